@@ -1,0 +1,130 @@
+"""Model presets built offline from configs with seeded weights, or loaded from a local checkpoint."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import torch
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+PRESETS_FILE = FIXTURES / "presets.json"
+PROMPT_FILE = FIXTURES / "prompt.txt"
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class UnknownModelError(ValueError):
+    """The model name is neither a preset, a local checkpoint, nor in the local Hugging Face cache."""
+
+
+@cache
+def presets() -> dict[str, dict]:
+    """The named presets of fixtures/presets.json: adding a model is one entry there."""
+    return json.loads(PRESETS_FILE.read_text())
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything a process needs to build the same model as another process, bit for bit."""
+
+    name: str
+    seed: int = 0
+    dtype: str = "auto"  # float32 on CPU, float16 on CUDA
+    device: str = "auto"  # cuda when available, else cpu
+
+    def resolved_device(self) -> str:
+        if self.device == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        return self.device
+
+    def resolved_dtype(self) -> torch.dtype:
+        if self.dtype == "auto":
+            return torch.float16 if self.resolved_device().startswith("cuda") else torch.float32
+        if self.dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {self.dtype!r}; choose from auto, {', '.join(DTYPES)}")
+        return DTYPES[self.dtype]
+
+
+def describe_choices() -> str:
+    return (
+        f"presets: {', '.join(presets())}. semgap never downloads a model: to use real weights, "
+        "copy a checkpoint directory (config.json and weights) onto this machine and pass its path, "
+        "e.g. --semgap-model /models/gpt2, or name a model already in the local Hugging Face cache"
+    )
+
+
+def check_model_name(name: str) -> str:
+    """Validate a model name without building it (for option parsing)."""
+    if name in presets() or Path(name).is_dir() or _in_local_hf_cache(name):
+        return name
+    raise UnknownModelError(f"unknown model {name!r}; {describe_choices()}")
+
+
+def _in_local_hf_cache(name: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except Exception:  # a malformed repo id is simply "not in the cache"
+        return False
+
+
+def build_model(spec: ModelSpec) -> torch.nn.Module:
+    """Build the model of `spec` in eval mode on its device.
+
+    Presets are initialised on the CPU after seeding torch's generator, so every process that builds
+    the same spec gets bit-identical weights; they move to the device afterwards.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    dtype = spec.resolved_dtype()
+    if spec.name in presets():
+        preset = presets()[spec.name]
+        config = AutoConfig.for_model(preset["model_type"], **preset["config"])
+        extra = {"attn_implementation": preset["attn_implementation"]} if preset.get("attn_implementation") else {}
+        torch.manual_seed(spec.seed)
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, **extra)
+    else:
+        check_model_name(spec.name)
+        model = AutoModelForCausalLM.from_pretrained(spec.name, dtype=dtype, local_files_only=True)
+    return model.eval().to(spec.resolved_device())
+
+
+def context_length(model: torch.nn.Module) -> int:
+    config = model.config
+    return int(getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings"))
+
+
+def prompt_ids(n_tokens: int, vocab_size: int) -> list[int]:
+    """`n_tokens` token ids from fixtures/prompt.txt, one per UTF-8 byte, the text repeated as needed.
+
+    GPT-2's first 256 ids are its byte tokens, so this needs no tokenizer files; for a model
+    with random weights the content of the prompt does not change what is measured.
+    """
+    if n_tokens < 1:
+        raise ValueError(f"a prompt needs at least 1 token, got {n_tokens}")
+    data = PROMPT_FILE.read_bytes()
+    return [data[i % len(data)] % vocab_size for i in range(n_tokens)]
+
+
+def check_fits_context(model: torch.nn.Module, prompt_tokens: int, decode_steps: int) -> None:
+    limit = context_length(model)
+    if prompt_tokens + decode_steps > limit:
+        raise ValueError(
+            f"a prompt of {prompt_tokens} tokens plus {decode_steps} decode steps exceeds the model's "
+            f"context of {limit} positions; lower --semgap-prompt-tokens or --semgap-decode-steps"
+        )
+
+
+def weights_of(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state dict on the CPU with tied tensors listed once (what a weight upload ships)."""
+    seen: set[int] = set()
+    weights = {}
+    for name, tensor in model.state_dict().items():
+        if tensor.data_ptr() in seen:
+            continue
+        seen.add(tensor.data_ptr())
+        weights[name] = tensor.detach().to("cpu").contiguous()
+    return weights

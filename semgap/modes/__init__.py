@@ -1,0 +1,25 @@
+"""The execution modes, by name: a new mode is a new module plus one line here."""
+from __future__ import annotations
+
+from semgap.modes.base import Mode, ModeContext, SemanticOptions
+from semgap.modes.local import LocalMode
+from semgap.modes.naive import NaiveMode
+from semgap.modes.remote_cache import RemoteCacheMode
+from semgap.modes.semantic import SemanticMode
+
+MODES: dict[str, type[Mode]] = {
+    "local": LocalMode,
+    "naive": NaiveMode,
+    "remote_cache": RemoteCacheMode,
+    "semantic": SemanticMode,
+}
+PHASES = ("prefill", "decode")
+
+
+def make_mode(name: str, context: ModeContext) -> Mode:
+    if name not in MODES:
+        raise ValueError(f"unknown mode {name!r}; choose from {', '.join(MODES)}")
+    return MODES[name](context)
+
+
+__all__ = ["MODES", "PHASES", "Mode", "ModeContext", "SemanticOptions", "make_mode"]

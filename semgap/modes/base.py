@@ -1,0 +1,109 @@
+"""The interface every execution mode implements, and the shared client side of remote calls."""
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+
+from semgap import codec
+from semgap.transport import CountingTransport, PayloadCounter
+
+
+@dataclass
+class ModeContext:
+    """What a mode works with: the client's copy of the model and, for remote modes, a transport."""
+
+    model: torch.nn.Module
+    transport: CountingTransport | None = None
+    semantic: "SemanticOptions" = field(default_factory=lambda: SemanticOptions())
+
+    @property
+    def counter(self) -> PayloadCounter:
+        return self.transport.counter if self.transport is not None else _NO_TRAFFIC
+
+
+_NO_TRAFFIC = PayloadCounter()
+
+TECHNIQUES = ("prune", "cast", "compress", "narrow-ids")
+
+
+@dataclass(frozen=True)
+class SemanticOptions:
+    """Which semantic techniques the `semantic` mode applies (each a switch, all on by default).
+
+    prune: only the last position's logits come back (the client reads no other row);
+    cast: logits come back as float16 (lossy: an argmax between near-equal logits can flip);
+    compress: messages are zstd-compressed (zlib where zstandard is not installed);
+    narrow-ids: token ids travel as int32 rather than int64.
+    """
+
+    prune: bool = True
+    cast: bool = True
+    compress: bool = True
+    narrow_ids: bool = True
+
+    @classmethod
+    def parse(cls, text: str) -> "SemanticOptions":
+        names = [name.strip() for name in text.split(",") if name.strip()]
+        if names == ["none"]:
+            names = []
+        unknown = [name for name in names if name not in TECHNIQUES]
+        if unknown:
+            raise ValueError(f"unknown semantic technique {unknown[0]!r}; choose from {', '.join(TECHNIQUES)} or none")
+        return cls(*(technique in names for technique in TECHNIQUES))
+
+    def __str__(self) -> str:
+        switches = (self.prune, self.cast, self.compress, self.narrow_ids)
+        return ",".join(name for name, on in zip(TECHNIQUES, switches) if on) or "none"
+
+    @property
+    def lossless(self) -> bool:
+        return not self.cast
+
+
+class Mode(ABC):
+    """One way of running inference: `prefill` a prompt, then `decode_one_token` at a time.
+
+    Both return the last position's logits ([vocab], float32 on the CPU) and the state the next
+    step needs; `release` frees that state. `setup` runs once per session, before any round.
+    """
+
+    name: ClassVar[str]
+    needs_server: ClassVar[bool] = True
+
+    def __init__(self, context: ModeContext):
+        self.context = context
+
+    def setup(self) -> None:
+        """Per-session preparation (a weight upload, say); its bytes count as setup bytes."""
+
+    @abstractmethod
+    def prefill(self, token_ids: list[int]) -> tuple[torch.Tensor, object]: ...
+
+    @abstractmethod
+    def decode_one_token(self, token_id: int, state: object) -> tuple[torch.Tensor, object]: ...
+
+    def release(self, state: object) -> None:
+        """Free what `prefill` left behind (no-op where the client holds the state)."""
+
+    def call(self, op: str, tensors: dict[str, torch.Tensor], meta: dict[str, str] | None = None,
+             compress: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        """Encode, send, receive and decode one request, timing both codec ends and adding up server time."""
+        counter = self.context.counter
+        start = time.perf_counter()
+        request = codec.encode(tensors, meta, compress=compress)
+        counter.encode_ms += (time.perf_counter() - start) * 1e3
+        response = self.context.transport.call(op, request)
+        start = time.perf_counter()
+        tensors, meta = codec.decode(response)
+        counter.decode_ms += (time.perf_counter() - start) * 1e3
+        counter.server_compute_ms += float(meta.get("server_compute_ms", 0.0))
+        return tensors, meta
+
+
+def last_row(logits: torch.Tensor) -> torch.Tensor:
+    """The last position's logits as float32 on the CPU: [batch, seq, vocab] -> [vocab]."""
+    return logits[0, -1].float().cpu()

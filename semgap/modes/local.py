@@ -1,0 +1,21 @@
+"""`local`: the model runs in the client process; nothing crosses a network."""
+from __future__ import annotations
+
+from semgap.modes.base import Mode, last_row
+from semgap.runtime import Engine
+
+
+class LocalMode(Mode):
+    name = "local"
+    needs_server = False
+
+    def setup(self) -> None:
+        self.engine = Engine(self.context.model)
+
+    def prefill(self, token_ids):
+        step = self.engine.prefill(token_ids)
+        return last_row(step.logits), step.cache
+
+    def decode_one_token(self, token_id, state):
+        step = self.engine.decode_one_token(token_id, state)
+        return last_row(step.logits), step.cache

@@ -1,0 +1,38 @@
+"""`remote_cache`: semantic-blind with persistent state; weights and KV cache stay on the server."""
+from __future__ import annotations
+
+import torch
+
+from semgap.codec import LogitsOptions
+from semgap.models import weights_of
+from semgap.modes.base import Mode, last_row
+
+
+class RemoteCacheMode(Mode):
+    """Weights are uploaded once; each step sends token ids and an opaque KV handle, and receives
+    every logit the model produced, uncompressed, as an opaque runtime would."""
+
+    name = "remote_cache"
+
+    def logits_options(self) -> LogitsOptions:
+        return LogitsOptions()
+
+    def ids(self, token_ids: list[int]) -> torch.Tensor:
+        return torch.tensor([token_ids], dtype=torch.long)  # [batch=1, seq]
+
+    def setup(self) -> None:
+        _, meta = self.call("upload_weights", weights_of(self.context.model))
+        self.weights_handle = meta["weights_handle"]
+
+    def prefill(self, token_ids):
+        meta = {"weights_handle": self.weights_handle, **self.logits_options().to_meta()}
+        response, meta = self.call("prefill", {"input_ids": self.ids(token_ids)}, meta)
+        return last_row(response["logits"]), meta["kv_handle"]
+
+    def decode_one_token(self, token_id, state):
+        meta = {"kv_handle": state, **self.logits_options().to_meta()}
+        response, _ = self.call("decode", {"input_ids": self.ids([token_id])}, meta)
+        return last_row(response["logits"]), state
+
+    def release(self, state) -> None:
+        self.call("release", {}, {"kv_handle": state})

@@ -1,0 +1,214 @@
+"""The GPU-side RPC server: holds the model and a KV-cache store behind opaque handles.
+
+Run it with `python -m semgap.server --model tiny-gpt2 --host 127.0.0.1 --port 29501`.
+"""
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import signal
+import sys
+import threading
+import uuid
+from collections import OrderedDict
+
+import torch
+
+from semgap import codec, models, transport
+from semgap.runtime import Engine, cache_to_tensors, stopwatch, tensors_to_cache
+
+MAX_CACHES = 64  # caches a crashed client never released are evicted oldest first beyond this
+
+EXPOSURE_WARNING = (
+    "WARNING: semgap server bound to {host}, which is not a loopback address. PyTorch RPC unpickles "
+    "whatever it receives, so anyone who can reach port {port} can run arbitrary code on this host "
+    "as this user. Bind wider only on an isolated network you control."
+)
+
+
+class ModelServer:
+    """Answers the operations the client modes call; one request at a time against one model."""
+
+    def __init__(self, spec: models.ModelSpec, monitor=None):
+        self.spec = spec
+        self.engine = Engine(models.build_model(spec))
+        self.monitor = monitor
+        self.weights_handle = "server-built"  # the preset's own weights until a client uploads
+        self.caches: OrderedDict[str, object] = OrderedDict()
+        self.lock = threading.Lock()
+        self.operations = {
+            "hello": self.hello,
+            "echo": self.echo,
+            "upload_weights": self.upload_weights,
+            "naive_step": self.naive_step,
+            "prefill": self.prefill,
+            "decode": self.decode,
+            "release": self.release,
+            "gpu_summary": self.gpu_summary,
+        }
+
+    def handle(self, op: str, request: bytes) -> bytes:
+        if op not in self.operations:
+            raise ValueError(f"unknown operation {op!r}; this server knows {', '.join(self.operations)}")
+        if op == "echo":  # byte-exact: no decoding, so wire tests see exactly what they sent
+            return request
+        tensors, meta = codec.decode(request)
+        with self.lock:
+            return self.operations[op](tensors, meta)
+
+    def hello(self, tensors, meta) -> bytes:
+        import transformers
+
+        info = {
+            "model": self.spec.name,
+            "seed": str(self.spec.seed),
+            "device": str(self.engine.device),
+            "dtype": str(next(self.engine.model.parameters()).dtype).removeprefix("torch."),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "compressor": codec.compressor_name(),
+            "gpu_name": torch.cuda.get_device_name() if self.engine.device.type == "cuda" else "",
+        }
+        return codec.encode({}, info)
+
+    def echo(self, tensors, meta) -> bytes:  # never called: handle() answers echo without decoding
+        raise AssertionError("unreachable")
+
+    def upload_weights(self, tensors, meta) -> bytes:
+        """Load the client's weights into the model once; later calls name them by handle."""
+        state = self.engine.model.state_dict()
+        unknown = sorted(set(tensors) - set(state))
+        if unknown:
+            raise ValueError(f"uploaded weights do not fit model {self.spec.name!r}: unexpected {unknown[:5]}")
+        with torch.no_grad():
+            for name, tensor in tensors.items():
+                state[name].copy_(tensor)
+        self.weights_handle = uuid.uuid4().hex
+        return codec.encode({}, {"weights_handle": self.weights_handle})
+
+    def naive_step(self, tensors, meta) -> bytes:
+        """Stateless: weights, input ids and the whole KV cache arrive; logits and the whole cache leave."""
+        device = self.engine.device
+        weights = {name[2:]: t.to(device) for name, t in tensors.items() if name.startswith("w.")}
+        kv = {name[3:]: t.to(device) for name, t in tensors.items() if name.startswith("kv.")}
+        with stopwatch(device) as timing:
+            cache = tensors_to_cache(kv) if kv else None
+            step = self.engine.decode_one_token(tensors["input_ids"], cache, weights) if kv else (
+                self.engine.prefill(tensors["input_ids"], weights)
+            )
+        response = {"logits": step.logits}
+        response.update({f"kv.{name}": t for name, t in cache_to_tensors(step.cache).items()})
+        return codec.encode(response, {"server_compute_ms": f"{timing['ms']:.6f}"})
+
+    def prefill(self, tensors, meta) -> bytes:
+        self._check_weights(meta)
+        with stopwatch(self.engine.device) as timing:
+            step = self.engine.prefill(tensors["input_ids"])
+        handle = uuid.uuid4().hex
+        self.caches[handle] = step.cache
+        while len(self.caches) > MAX_CACHES:
+            self.caches.popitem(last=False)
+        return self._logits_response(step.logits, meta, timing["ms"], kv_handle=handle)
+
+    def decode(self, tensors, meta) -> bytes:
+        cache = self._cache(meta.get("kv_handle", ""))
+        with stopwatch(self.engine.device) as timing:
+            step = self.engine.decode_one_token(tensors["input_ids"], cache)
+        self.caches[meta["kv_handle"]] = step.cache
+        return self._logits_response(step.logits, meta, timing["ms"])
+
+    def release(self, tensors, meta) -> bytes:
+        self._cache(meta.get("kv_handle", ""))
+        del self.caches[meta["kv_handle"]]
+        return codec.encode({})
+
+    def gpu_summary(self, tensors, meta) -> bytes:
+        """The GPU monitor's figures since a mark the client set earlier (`mark` in meta), as JSON."""
+        if self.monitor is None:
+            return codec.encode({}, {"summary": "", "mark": ""})
+        if meta.get("since", "") == "":
+            return codec.encode({}, {"summary": "", "mark": str(self.monitor.mark())})
+        summary = self.monitor.summary(int(meta["since"]))
+        return codec.encode({}, {"summary": json.dumps(summary.to_dict()), "mark": str(self.monitor.mark())})
+
+    def _check_weights(self, meta: dict[str, str]) -> None:
+        if meta.get("weights_handle") != self.weights_handle:
+            raise KeyError(
+                f"weights handle {meta.get('weights_handle')!r} is not the server's current one; "
+                "upload the weights again (another client may have replaced them)"
+            )
+
+    def _cache(self, handle: str) -> object:
+        if handle not in self.caches:
+            raise KeyError(f"unknown KV handle {handle!r}: it was released, evicted or the server restarted")
+        return self.caches[handle]
+
+    def _logits_response(self, logits: torch.Tensor, meta: dict[str, str], compute_ms: float, **extra: str) -> bytes:
+        options = codec.LogitsOptions.from_meta(meta)
+        return codec.encode(
+            {"logits": options.apply(logits)},
+            {"server_compute_ms": f"{compute_ms:.6f}", **extra},
+            compress=options.compress,
+        )
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m semgap.server", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="tiny-gpt2", help="preset or local checkpoint directory (default: tiny-gpt2)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of a preset's weights (default: 0)")
+    parser.add_argument("--dtype", default="auto", help="auto, float32, float16 or bfloat16 (default: auto)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: auto)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, loopback only)")
+    parser.add_argument("--port", type=int, default=29501, help="rendezvous port (default: 29501)")
+    parser.add_argument("--no-gpu-monitor", action="store_true", help="do not sample the GPU with NVML")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if not is_loopback(args.host):
+        print(EXPOSURE_WARNING.format(host=args.host, port=args.port), file=sys.stderr, flush=True)
+    try:
+        models.check_model_name(args.model)
+    except models.UnknownModelError as error:
+        print(f"semgap server: {error}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    monitor = None if args.no_gpu_monitor else _start_monitor()
+    spec = models.ModelSpec(args.model, seed=args.seed, dtype=args.dtype, device=args.device)
+    server = ModelServer(spec, monitor)
+    print(f"semgap server built model={spec.name} on device={server.engine.device}", flush=True)
+    try:
+        transport.serve(
+            args.host, args.port, server.handle, stop,
+            on_ready=lambda: print(f"semgap server ready on {args.host}:{args.port}", flush=True),
+        )
+    finally:
+        if monitor is not None:
+            monitor.stop()
+    print("semgap server stopped", flush=True)
+    return 0
+
+
+def _start_monitor():
+    from semgap.monitor import GpuMonitor
+
+    monitor = GpuMonitor()
+    monitor.start()
+    return monitor
+
+
+if __name__ == "__main__":
+    sys.exit(main())
