@@ -23,9 +23,10 @@ SUBNET_POOL = ipaddress.ip_network("10.213.0.0/16")
 # tbf sizing (measured on this 2-core VM, kernel 6.18, HZ=250, veth unshaped ~14 Gbit/s):
 # - The classic rule "burst >= rate/HZ" comes from tick-driven timers: if tbf can only release
 #   tokens once per tick, a smaller bucket caps the rate below the configured one.  tbf's
-#   watchdog is an hrtimer, so the bucket only has to outlast timer/softirq latency: 1 ms of
-#   traffic (= rate/HZ for HZ=1000) held 100mbit..10gbit to within 1 % of the header-corrected
-#   rate, and even 0.2 ms did (10gbit: 9.52 Gbit/s of TCP payload).
+#   watchdog is an hrtimer, so the bucket only has to outlast timer/softirq latency.  With 1 ms
+#   of traffic (= rate/HZ for HZ=1000) TCP payload goodput over 50 MB was 958 Mbit/s at 1gbit,
+#   4.83 Gbit/s at 5gbit, 9.76 Gbit/s at 10gbit (tbf charges per-segment headers, so the ideal is
+#   95.6 %; the excess is the initial bucket); even 0.2 ms held 10gbit (9.52 Gbit/s).
 # - The bucket must hold the largest packet tbf sees: veth has GSO/TSO on, so TCP hands it
 #   super-frames of up to 64 KiB; two of them keep back-to-back super-frames flowing.  This
 #   floor dominates below ~1gbit (128 KiB = 10 ms at 100mbit).
@@ -182,6 +183,8 @@ def _process_start_time_s(pid: int) -> float | None:
         return None
     # The command name may contain spaces and parentheses; fields resume after the last ')'.
     fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] in ("Z", "X"):
+        return None  # a crashed owner not yet reaped by its parent
     start_ticks = int(fields[19])  # field 22 of stat(5); fields[0] is field 3
     return _boot_time_s() + start_ticks / os.sysconf("SC_CLK_TCK")
 
@@ -367,11 +370,16 @@ class NetnsLink:
         return ["ip", "netns", "exec", self.namespace, *argv]
 
     def server_env(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
-        """Environment for the server process: TensorPipe and Gloo must bind the server veth."""
+        """Environment (a copy of `base`, default os.environ) binding TensorPipe and Gloo to the server veth.
+
+        The namespace only forces traffic onto the veth for TCP: TensorPipe's "cma" channel
+        (process_vm_readv) needs only a shared PID namespace, so restrict the agent to
+        _transports=["uv"], _channels=["basic"] or tensors bypass the link.
+        """
         return _ifname_env(self.server_ifname, base)
 
     def client_env(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
-        """Environment for the client process: TensorPipe and Gloo must bind the client veth."""
+        """Environment (a copy of `base`, default os.environ) binding TensorPipe and Gloo to the client veth."""
         return _ifname_env(self.client_ifname, base)
 
     def counters(self) -> LinkCounters:

@@ -92,9 +92,17 @@ def build_model(spec: ModelSpec) -> torch.nn.Module:
     return model.eval().to(spec.resolved_device())
 
 
-def context_length(model: torch.nn.Module) -> int:
-    config = model.config
-    return int(getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings"))
+def context_length_of(name: str) -> int:
+    """The number of positions model `name` can attend to, read from its config without building it."""
+    from transformers import AutoConfig
+
+    if name in presets():
+        preset = presets()[name]
+        config = AutoConfig.for_model(preset["model_type"], **preset["config"])
+    else:
+        check_model_name(name)
+        config = AutoConfig.from_pretrained(name, local_files_only=True)
+    return int(getattr(config, "n_positions", None) or config.max_position_embeddings)
 
 
 def prompt_ids(n_tokens: int, vocab_size: int) -> list[int]:
@@ -107,15 +115,6 @@ def prompt_ids(n_tokens: int, vocab_size: int) -> list[int]:
         raise ValueError(f"a prompt needs at least 1 token, got {n_tokens}")
     data = PROMPT_FILE.read_bytes()
     return [data[i % len(data)] % vocab_size for i in range(n_tokens)]
-
-
-def check_fits_context(model: torch.nn.Module, prompt_tokens: int, decode_steps: int) -> None:
-    limit = context_length(model)
-    if prompt_tokens + decode_steps > limit:
-        raise ValueError(
-            f"a prompt of {prompt_tokens} tokens plus {decode_steps} decode steps exceeds the model's "
-            f"context of {limit} positions; lower --semgap-prompt-tokens or --semgap-decode-steps"
-        )
 
 
 def weights_of(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -5,6 +5,9 @@ Command line, regenerating from saved pytest-benchmark JSON without rerunning::
     python -m semgap.report RUN.json [--out results/] [--h1 0.30] [--h2 0.15]
     python -m semgap.report OLD.json NEW.json   # also prints a regression comparison
 
+Plots are drawn on a bare ``matplotlib.figure.Figure`` (Agg canvas), so no
+pyplot state or GUI backend is touched.
+
 Exit status: 0 on success, 1 when ``--fail-on-regression`` is given and a
 regression was flagged, 2 on unreadable or invalid input.
 """
@@ -17,14 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-import matplotlib
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from semgap import stats  # noqa: E402
-from semgap.verdicts import (  # noqa: E402
-    BASELINE_MODE, MODE_ORDER, PAYLOAD_ONLY_NOTE, BenchRun, InvalidBenchmarkJSON, ModeSummary,
+from semgap import stats
+from semgap.verdicts import (
+    BASELINE_MODE, MODE_ORDER, PAYLOAD_ONLY_NOTE, PHASE_ORDER, BenchRun, InvalidBenchmarkJSON, ModeSummary,
     RunVerdicts, compute, parse_benchmarks,
 )
 
@@ -194,10 +194,21 @@ def _modes(rows: Sequence[ModeSummary]) -> list[str]:
     return [m for m in MODE_ORDER if m in present] + sorted(present - set(MODE_ORDER))
 
 
+def _annotate_rates(ax: Any, total: Sequence[float], pts: Sequence[ModeSummary]) -> None:
+    """Label points with their link rate, one label per distinct position."""
+    labels: dict[tuple[float, float], list[str]] = {}
+    for t, s in zip(total, pts):
+        if s.link_rate:
+            labels.setdefault((t, round(s.median_latency_ms, 3)), []).append(s.link_rate)
+    for (t, y), names in labels.items():
+        ax.annotate(", ".join(names), (t, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
+
+
 def plot_latency_vs_bytes(rv: RunVerdicts, path: Path) -> Path:
     """Median latency (IQR bars) vs bytes per round, one panel per (model, phase)."""
     panels = _panels(rv.summaries)
-    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
+    fig = Figure(figsize=(6 * len(panels), 4.5))
+    axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, (model, phase) in zip(axes[0], panels):
         rows = [s for s in rv.summaries if s.model == model and s.phase == phase]
         for mode in _modes(rows):
@@ -211,12 +222,10 @@ def plot_latency_vs_bytes(rv: RunVerdicts, path: Path) -> Path:
             err = [[s.median_latency_ms - s.q1_latency_ms for s in pts],
                    [s.q3_latency_ms - s.median_latency_ms for s in pts]]
             ax.errorbar(total, y, yerr=err, fmt=marker, color=color, label=mode, capsize=3)
-            for t, s in zip(total, pts):
-                if s.link_rate:
-                    ax.annotate(s.link_rate, (t, s.median_latency_ms), fontsize=7,
-                                xytext=(4, 4), textcoords="offset points")
-        level = rows[0].byte_level
+            _annotate_rates(ax, total, pts)
+        level = "/".join(sorted({s.byte_level for s in rows if s.mode != "local"})) or "payload"
         ax.set_xscale("log")
+        ax.margins(x=0.2)
         ax.set_xlabel(f"bytes per round, sent + received ({level} level, log scale)")
         ax.set_ylabel("median latency per round (ms), bars = IQR")
         ax.set_title(f"{model} {phase}: latency vs bytes")
@@ -224,7 +233,6 @@ def plot_latency_vs_bytes(rv: RunVerdicts, path: Path) -> Path:
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 
@@ -234,7 +242,8 @@ def plot_latency_vs_rate(rv: RunVerdicts, path: Path) -> Path | None:
     if not rated:
         return None
     panels = _panels(rated)
-    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
+    fig = Figure(figsize=(6 * len(panels), 4.5))
+    axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, (model, phase) in zip(axes[0], panels):
         rows = sorted((s for s in rated if s.model == model and s.phase == phase),
                       key=lambda s: s.link_rate_bps)
@@ -264,7 +273,6 @@ def plot_latency_vs_rate(rv: RunVerdicts, path: Path) -> Path | None:
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 
@@ -320,9 +328,21 @@ def _key(run: BenchRun) -> tuple[str, str, str | None, str]:
     return (run.model, run.phase, run.link_rate, run.mode)
 
 
+def _order(runs: dict) -> Any:
+    """Sort key for comparison lines: model, phase order, link rate, mode order."""
+    def key(k: tuple) -> tuple:
+        run = runs[k]
+        phase = PHASE_ORDER.index(run.phase) if run.phase in PHASE_ORDER else len(PHASE_ORDER)
+        mode = MODE_ORDER.index(run.mode) if run.mode in MODE_ORDER else len(MODE_ORDER)
+        return (run.model, phase, run.phase, run.link_rate_bps or 0, str(run.link_rate), mode, run.mode)
+    return key
+
+
 def _compare_pair(a: BenchRun, b: BenchRun, alpha: float, seed: int, n_resamples: int,
                   result: Comparison) -> str:
     label = f"{a.phase:<7} {a.model} {_rate(a.link_rate):<7} {a.mode:<12}"
+    if a.mode == "local":
+        return f"{label} no network; " + _latency_part(a, b, alpha, seed, n_resamples, result, label)
     common = set(a.bytes_sent_rounds) & set(b.bytes_sent_rounds)
     level = stats.choose_byte_level(sorted(common))
     bytes_a, bytes_b = stats.median(a.bytes_rounds(level)), stats.median(b.bytes_rounds(level))
@@ -332,19 +352,25 @@ def _compare_pair(a: BenchRun, b: BenchRun, alpha: float, seed: int, n_resamples
     if delta > 0:
         byte_part += " BYTE REGRESSION"
         result.byte_regressions.append(label.strip())
+    return f"{label} {byte_part}; " + _latency_part(a, b, alpha, seed, n_resamples, result, label)
+
+
+def _latency_part(a: BenchRun, b: BenchRun, alpha: float, seed: int, n_resamples: int,
+                  result: Comparison, label: str) -> str:
+    """Latency B vs A with bootstrap CI; records a regression only beyond noise."""
     ratio = stats.median_ratio_interval(b.latency_s, a.latency_s, n_resamples=n_resamples, seed=seed)
     lat_part = (f"latency {stats.median(a.latency_s) * 1e3:.3f} -> {stats.median(b.latency_s) * 1e3:.3f} ms "
                 f"{ratio.ratio - 1:+.1%} {_interval(_sub1(ratio.low), _sub1(ratio.high))}")
     if not stats.can_reach_alpha(len(b.latency_s), len(a.latency_s), alpha):
-        return f"{label} {byte_part}; {lat_part} too few rounds to judge"
+        return f"{lat_part} too few rounds to judge"
     p_slower = stats.mann_whitney_greater_p(b.latency_s, a.latency_s)
     p_faster = stats.mann_whitney_less_p(b.latency_s, a.latency_s)
     if ratio.low is not None and ratio.low > 1 and p_slower < alpha:
         result.latency_regressions.append(label.strip())
-        return f"{label} {byte_part}; {lat_part} p={p_slower:.2g} LATENCY REGRESSION"
+        return f"{lat_part} p={p_slower:.2g} LATENCY REGRESSION"
     if ratio.high is not None and ratio.high < 1 and p_faster < alpha:
-        return f"{label} {byte_part}; {lat_part} p={p_faster:.2g} faster"
-    return f"{label} {byte_part}; {lat_part} within noise"
+        return f"{lat_part} p={p_faster:.2g} faster"
+    return f"{lat_part} within noise"
 
 
 def _sub1(x: float | None) -> float | None:
@@ -365,11 +391,11 @@ def compare_runs(json_a: dict, json_b: dict, alpha: float = 0.05, seed: int = 0,
     runs_b = {_key(r): r for r in parse_benchmarks(json_b)}
     result = Comparison()
     result.lines.append(f"A: commit {_commit(json_a)}  ->  B: commit {_commit(json_b)}")
-    for key in sorted(runs_a.keys() & runs_b.keys(), key=lambda k: tuple(map(str, k))):
+    for key in sorted(runs_a.keys() & runs_b.keys(), key=_order(runs_a)):
         result.lines.append(_compare_pair(runs_a[key], runs_b[key], alpha, seed, n_resamples, result))
-    for key in sorted(runs_a.keys() - runs_b.keys(), key=lambda k: tuple(map(str, k))):
+    for key in sorted(runs_a.keys() - runs_b.keys(), key=_order(runs_a)):
         result.lines.append(f"only in A: {' '.join(map(str, key))}")
-    for key in sorted(runs_b.keys() - runs_a.keys(), key=lambda k: tuple(map(str, k))):
+    for key in sorted(runs_b.keys() - runs_a.keys(), key=_order(runs_b)):
         result.lines.append(f"only in B: {' '.join(map(str, key))}")
     result.lines.append(f"{len(result.byte_regressions)} byte regression(s), "
                         f"{len(result.latency_regressions)} latency regression(s)")

@@ -461,7 +461,8 @@ def conditions(output_json: dict, runs: Sequence[BenchRun]) -> Conditions:
     cpu = machine.get("cpu") if isinstance(machine.get("cpu"), dict) else {}
     versions = meta.get("versions") if isinstance(meta.get("versions"), dict) else {}
     rounds = [len(r.latency_s) for r in runs]
-    rates = meta.get("link_rates") or sorted({r.link_rate for r in runs if r.link_rate})
+    by_bps = sorted({(r.link_rate_bps or 0, r.link_rate) for r in runs if r.link_rate})
+    rates = meta.get("link_rates") or list(dict.fromkeys(rate for _, rate in by_bps))
     return Conditions(
         cpu=cpu.get("brand_raw") or machine.get("processor") or None,
         commit_id=commit.get("id"), commit_dirty=commit.get("dirty"),
@@ -496,8 +497,12 @@ def compute(output_json: dict, h1: float = 0.30, h2: float = 0.15, alpha: float 
     for key, group in groups.items():
         level = judged_level(group)
         result.summaries.extend(_summary(group[m], level) for m in sorted(group, key=_mode_rank))
-        result.verdicts.append(h1_verdict(key, group, level, h1))
-        result.verdicts.append(h2_verdict(key, group, level, h2, alpha, seed, n_resamples))
+        if BASELINE_MODE in group or CANDIDATE_MODE in group:
+            result.verdicts.append(h1_verdict(key, group, level, h1))
+            result.verdicts.append(h2_verdict(key, group, level, h2, alpha, seed, n_resamples))
+        else:
+            result.notes.append(f"no {BASELINE_MODE}/{CANDIDATE_MODE} in {'/'.join(map(str, key))}: "
+                                "no hypothesis verdict there")
         for ref in ("local", "naive"):
             result.taxes.extend(tax_entries(ref, key, groups, level, seed, n_resamples))
         result.rtt_projections.append(rtt_projection(key, group, rtts_s))

@@ -147,6 +147,9 @@ class TcpCounter:
     retransmissions (even loopback shows spurious ones).  On a lossless veth or loopback, once the
     peer has answered, all three agree up to the SYN/FIN byte.
 
+    A socket leaves the kernel's tables, counters and all, once both FINs are exchanged (even while
+    its fd is still open) or when it is closed; read snapshots while connections are open.
+
     Cost: one `ss` run plus a /proc/<pid>/fd scan; about 4-6 ms on a 2-core VM with ~30 TCP sockets
     (it grows with the host's total socket count, not with bytes).
     """

@@ -95,7 +95,7 @@ def test_compare_identical_runs_flags_nothing():
 
 def test_compare_flags_byte_regression_exactly():
     result = report.compare_runs(run_json(semantic_bytes=300), run_json(semantic_bytes=350))
-    assert result.byte_regressions == ["decode  tiny-gpt2 -       semantic", "prefill tiny-gpt2 -       semantic"]
+    assert result.byte_regressions == ["prefill tiny-gpt2 -       semantic", "decode  tiny-gpt2 -       semantic"]
     assert not result.latency_regressions
     line = [ln for ln in result.lines if "BYTE REGRESSION" in ln][0]
     assert "+100 (+12.5%)" in line  # tcp level: (350+100)*2 - (300+100)*2

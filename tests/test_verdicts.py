@@ -185,6 +185,8 @@ def sweep():
 
 def test_rate_sweep_crossover_and_local_reference():
     rv = verdicts.compute(sweep())
+    assert len(rv.verdicts) == 6  # the unshaped group holds only local: no hypothesis there
+    assert rv.conditions.link_rates == ["100mbit", "1gbit", "10gbit"]
     assert [find(rv, "H2", rate=r).verdict for r in ("100mbit", "1gbit", "10gbit")] == \
         [stats.SUPPORTED, stats.SUPPORTED, stats.NOT_SUPPORTED]
     (c,) = rv.crossovers

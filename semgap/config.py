@@ -1,0 +1,191 @@
+"""The semgap command-line options: parsing, validation, and the run's settings read from them once."""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from semgap import models
+from semgap.modes import MODES, PHASES, SemanticOptions
+
+LINKS = ("loopback", "netns")
+
+
+def _choices(known: tuple[str, ...] | list[str], what: str):
+    def parse(text: str) -> tuple[str, ...]:
+        names = tuple(name.strip() for name in text.split(",") if name.strip())
+        if text.strip() == "all":
+            return tuple(known)
+        unknown = [name for name in names if name not in known]
+        if unknown or not names:
+            raise argparse.ArgumentTypeError(f"unknown {what} {(unknown or [text])[0]!r}; choose from {', '.join(known)} or all")
+        return names
+
+    return parse
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return int(text)
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction between 0 and 1, got {text!r}")
+    return value
+
+
+def _model(text: str) -> str:
+    try:
+        return models.check_model_name(text)
+    except models.UnknownModelError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _address(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host.strip("[]"), int(port)
+
+
+def _semantic(text: str) -> SemanticOptions:
+    try:
+        return SemanticOptions.parse(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _rates(text: str) -> tuple[int, ...]:
+    from semgap.link import parse_rate
+
+    try:
+        return tuple(parse_rate(part.strip()) for part in text.split(",") if part.strip())
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def add_options(parser: pytest.Parser) -> None:
+    group = parser.getgroup("semgap", "semgap: the semantic-gap experiment")
+    option = group.addoption
+    option("--semgap-model", metavar="NAME", type=_model, default="tiny-gpt2",
+           help=f"model preset ({', '.join(models.presets())}) or a local checkpoint directory. Default: tiny-gpt2")
+    option("--semgap-seed", metavar="N", type=_non_negative_int, default=0, help="seed of a preset's weights. Default: 0")
+    option("--semgap-dtype", metavar="DTYPE", default="auto", choices=["auto", *models.DTYPES],
+           help="model dtype: auto is float32 on CPU, float16 on CUDA. Default: auto")
+    option("--semgap-device", metavar="DEVICE", default="auto",
+           help="where the model runs (client for local, server otherwise): auto, cpu, cuda. Default: auto")
+    option("--semgap-modes", metavar="LIST", type=_choices(list(MODES), "mode"), default=tuple(MODES),
+           help=f"comma list of modes ({', '.join(MODES)}) or all. Default: all")
+    option("--semgap-phases", metavar="LIST", type=_choices(PHASES, "phase"), default=PHASES,
+           help="comma list of phases (prefill, decode) or all. Default: all")
+    option("--semgap-prompt-tokens", metavar="N", type=_positive_int, default=128, help="prompt length. Default: 128")
+    option("--semgap-decode-steps", metavar="N", type=_positive_int, default=5,
+           help="tokens generated per decode round. Default: 5")
+    option("--semgap-rounds", metavar="N", type=_positive_int, default=20, help="measured rounds per benchmark. Default: 20")
+    option("--semgap-warmup-rounds", metavar="N", type=_non_negative_int, default=3,
+           help="discarded rounds before measuring. Default: 3")
+    option("--semgap-semantic", metavar="LIST", type=_semantic, default=SemanticOptions(),
+           help="techniques of the semantic mode: prune,cast,compress,narrow-ids or none. Default: all four")
+    option("--semgap-server", metavar="HOST:PORT", type=_address, default=None,
+           help="use the semgap server already running there; nothing is spawned. Default: spawn one")
+    option("--semgap-host", metavar="ADDRESS", default="127.0.0.1",
+           help="address a spawned server binds (non-loopback exposes code execution, see README). Default: 127.0.0.1")
+    option("--semgap-link", metavar="KIND", choices=LINKS, default="loopback",
+           help="loopback, or netns: the server in its own network namespace behind a veth pair (root). Default: loopback")
+    option("--semgap-link-rate", metavar="RATES", type=_rates, default=(),
+           help="with --semgap-link netns: tbf rate(s) on the veth, comma list like 100mbit,1gbit. Default: unshaped")
+    option("--semgap-rpc-timeout", metavar="SECONDS", type=_positive_int, default=120,
+           help="timeout of one RPC call. Default: 120")
+    option("--semgap-server-start-timeout", metavar="SECONDS", type=_positive_int, default=600,
+           help="how long to wait for a spawned server to build its model and serve. Default: 600")
+    option("--semgap-results", metavar="DIR", type=Path, default=Path("results"),
+           help="where logs, verdicts, report and plots go. Default: results")
+    option("--semgap-h1", metavar="FRACTION", type=_fraction, default=0.30,
+           help="H1: the byte reduction semantic must reach against remote_cache. Default: 0.30")
+    option("--semgap-h2", metavar="FRACTION", type=_fraction, default=0.15,
+           help="H2: the latency reduction semantic must reach against remote_cache. Default: 0.15")
+    option("--semgap-alpha", metavar="FRACTION", type=_fraction, default=0.05,
+           help="significance level of the latency test. Default: 0.05")
+    option("--semgap-enforce", action="store_true", default=False,
+           help="fail the run when a hypothesis is NOT SUPPORTED (a CI gate). Default: off")
+
+
+@dataclass(frozen=True)
+class SemgapConfig:
+    """The run's settings, read once from the options and kept in the pytest stash."""
+
+    model: str
+    seed: int
+    dtype: str
+    device: str
+    modes: tuple[str, ...]
+    phases: tuple[str, ...]
+    prompt_tokens: int
+    decode_steps: int
+    rounds: int
+    warmup_rounds: int
+    semantic: SemanticOptions
+    server: tuple[str, int] | None
+    host: str
+    link: str
+    link_rates_bps: tuple[int, ...]
+    rpc_timeout_s: int
+    server_start_timeout_s: int
+    results_dir: Path
+    h1: float
+    h2: float
+    alpha: float
+    enforce: bool
+
+    @classmethod
+    def from_pytest(cls, config: pytest.Config) -> "SemgapConfig":
+        get = config.getoption
+        settings = cls(
+            model=get("semgap_model"), seed=get("semgap_seed"), dtype=get("semgap_dtype"), device=get("semgap_device"),
+            modes=get("semgap_modes"), phases=get("semgap_phases"), prompt_tokens=get("semgap_prompt_tokens"),
+            decode_steps=get("semgap_decode_steps"), rounds=get("semgap_rounds"), warmup_rounds=get("semgap_warmup_rounds"),
+            semantic=get("semgap_semantic"), server=get("semgap_server"), host=get("semgap_host"), link=get("semgap_link"),
+            link_rates_bps=get("semgap_link_rate"), rpc_timeout_s=get("semgap_rpc_timeout"),
+            server_start_timeout_s=get("semgap_server_start_timeout"), results_dir=get("semgap_results"),
+            h1=get("semgap_h1"), h2=get("semgap_h2"), alpha=get("semgap_alpha"), enforce=get("semgap_enforce"),
+        )
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """Reject contradictory settings before anything starts."""
+        if self.link_rates_bps and self.link != "netns":
+            raise pytest.UsageError("--semgap-link-rate shapes the veth of --semgap-link netns; add --semgap-link netns")
+        if self.server is not None and self.link == "netns":
+            raise pytest.UsageError("--semgap-server names a server already running; --semgap-link netns starts its own")
+        limit = models.context_length_of(self.model)
+        if self.prompt_tokens + self.decode_steps > limit:
+            raise pytest.UsageError(
+                f"a prompt of {self.prompt_tokens} tokens plus {self.decode_steps} decode steps exceeds the context "
+                f"of {self.model} ({limit} positions); lower --semgap-prompt-tokens or --semgap-decode-steps"
+            )
+
+    @property
+    def spec(self) -> models.ModelSpec:
+        return models.ModelSpec(self.model, self.seed, self.dtype, self.device)
+
+    def server_args(self) -> tuple[str, ...]:
+        return ("--seed", str(self.seed), "--dtype", self.dtype, "--device", self.device)

@@ -1,0 +1,368 @@
+"""The experiment's moving parts for one pytest session: link, server, connection, and per-round records."""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, field
+
+from semgap import generate, models, transport
+from semgap.config import SemgapConfig
+from semgap.modes import MODES, ModeContext, make_mode
+from semgap.modes.local import LocalMode
+from semgap.serverproc import ServerProcess, free_port
+
+# TCP bytes may exceed payload bytes by RPC framing (pickled call, TensorPipe headers) per message;
+# measured on loopback: about 0.5 KiB per call and direction. Beyond this bound a run warns.
+FRAMING_BYTES_PER_CALL = 4096
+
+
+@dataclass(frozen=True)
+class Case:
+    """One benchmark of the matrix: a mode, a phase and, in a sweep, a link rate."""
+
+    mode: str
+    phase: str
+    link_rate_bps: int | None = None
+
+    @property
+    def id(self) -> str:
+        from semgap.link import format_rate
+
+        rate = f"-{format_rate(self.link_rate_bps)}" if self.link_rate_bps else ""
+        return f"{self.mode}-{self.phase}{rate}"
+
+
+def cases(settings: SemgapConfig) -> list[Case]:
+    rates = settings.link_rates_bps or (None,)
+    return [Case(mode, phase, rate) for rate in rates for mode in settings.modes for phase in settings.phases]
+
+
+@dataclass
+class Snapshot:
+    payload: transport.PayloadCounter
+    tcp: object | None  # semgap.wire.TcpBytes
+    link: object | None  # semgap.link.LinkCounters
+
+
+@dataclass
+class RoundRecord:
+    """What one round moved and spent, per level and direction (client's view)."""
+
+    payload_bytes_sent: int
+    payload_bytes_received: int
+    wire_tcp_bytes_sent: int | None
+    wire_tcp_bytes_received: int | None
+    wire_link_bytes_sent: int | None
+    wire_link_bytes_received: int | None
+    rpc_round_trips: int
+    server_compute_ms: float
+    encode_ms: float
+    decode_ms: float
+    tcp_sockets_closed: int = 0
+
+
+class ExperimentSession:
+    """Owns, for one pytest session, everything a benchmark round needs; `close` undoes all of it."""
+
+    def __init__(self, settings: SemgapConfig):
+        self.settings = settings
+        self.resources = ExitStack()
+        self.link = None
+        self.server: ServerProcess | None = None
+        self.transport: transport.CountingTransport | None = None
+        self.tcp_counter = None
+        self.server_info: dict[str, str] = {}
+        self.setup_bytes = transport.PayloadCounter()
+        self.warnings: list[str] = []
+        self.gpu_monitor = None
+
+    def open(self) -> "ExperimentSession":
+        settings = self.settings
+        try:
+            self.model = models.build_model(settings.spec)
+            self.prompt = models.prompt_ids(settings.prompt_tokens, self.model.config.vocab_size)
+            self.context = ModeContext(self.model, semantic=settings.semantic)
+            self.reference_tokens = generate.generate(self._local(), self.prompt, settings.decode_steps)
+            if any(MODES[name].needs_server for name in settings.modes):
+                self._connect()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _local(self) -> LocalMode:
+        mode = LocalMode(self.context)
+        mode.setup()
+        return mode
+
+    def _connect(self) -> None:
+        settings = self.settings
+        if settings.server is not None:
+            host, port = settings.server
+        else:
+            host, port = self._spawn_server()
+        self.transport = transport.CountingTransport(
+            transport.RpcTransport(host, port, timeout_s=settings.rpc_timeout_s)
+        )
+        self.resources.callback(self.transport.close)
+        self.context.transport = self.transport
+        from semgap import codec
+
+        self.server_info = codec.decode(self.transport.call("hello", codec.encode({})))[1]
+        if self.server_info.get("model") != settings.model or self.server_info.get("seed") != str(settings.seed):
+            raise RuntimeError(
+                f"the server at {host}:{port} holds {self.server_info.get('model')!r} (seed "
+                f"{self.server_info.get('seed')}), not {settings.model!r} (seed {settings.seed}); start it with "
+                f"--model {settings.model} --seed {settings.seed}"
+            )
+        self.tcp_counter = _tcp_counter(host)
+
+    def _spawn_server(self) -> tuple[str, int]:
+        settings = self.settings
+        log_dir = settings.results_dir / "logs"
+        prefix: tuple[str, ...] = ()
+        env: dict[str, str] = {}
+        host = settings.host
+        if settings.link == "netns":
+            from semgap.link import NetnsLink, cleanup_stale
+
+            cleanup_stale()
+            self.link = self.resources.enter_context(NetnsLink(rate_bps=None))
+            prefix, env, host = tuple(self.link.server_command([])), self.link.server_env(), self.link.server_address
+            os.environ.update(self.link.client_env())  # TensorPipe and Gloo pick the client's interface from these
+        port = free_port() if settings.link == "loopback" else 29500
+        self.server = ServerProcess.spawn(
+            settings.model, host, port, log_dir, extra_args=settings.server_args(), command_prefix=prefix, env=env,
+            ready_timeout_s=settings.server_start_timeout_s,
+        )
+        self.resources.callback(self.server.stop)
+        return host, port
+
+    def mode(self, name: str):
+        """A ready mode; the first resident mode uploads the weights, counted as setup bytes."""
+        if MODES[name].needs_server:
+            self.check_server()
+        before = self.context.counter.snapshot()
+        mode = make_mode(name, self.context)
+        mode.setup()
+        uploaded = self.context.counter.since(before)
+        if uploaded.bytes_sent:
+            self.setup_bytes = uploaded
+        return mode
+
+    def check_server(self) -> None:
+        if self.transport is None:
+            raise RuntimeError("no semgap server connection: this session was started without remote modes")
+        if self.server is not None and not self.server.alive:
+            raise RuntimeError(
+                f"the semgap server exited (code {self.server.process.returncode}); log {self.server.log_path}:\n"
+                f"{self.server.log_tail(10)}"
+            )
+        if self.transport.inner.broken:
+            raise RuntimeError("the connection to the semgap server was lost earlier in this run")
+
+    def set_link_rate(self, rate_bps: int | None) -> None:
+        if self.link is not None and self.link.rate_bps != rate_bps:
+            self.link.set_rate(rate_bps)
+
+    def snapshot(self) -> Snapshot:
+        return Snapshot(
+            self.context.counter.snapshot(),
+            self.tcp_counter.snapshot() if self.tcp_counter else None,
+            self.link.counters() if self.link else None,
+        )
+
+    def record(self, before: Snapshot, after: Snapshot) -> RoundRecord:
+        payload = after.payload.since(before.payload)
+        tcp = _tcp_delta(before.tcp, after.tcp)
+        link = after.link
+        return RoundRecord(
+            payload.bytes_sent, payload.bytes_received,
+            tcp.bytes_sent if tcp else None, tcp.bytes_received if tcp else None,
+            link.bytes_sent - before.link.bytes_sent if link else None,
+            link.bytes_received - before.link.bytes_received if link else None,
+            payload.round_trips, payload.server_compute_ms, payload.encode_ms, payload.decode_ms,
+            getattr(tcp, "sockets_closed", 0) if tcp else 0,
+        )
+
+    def gpu_mark(self, mode_name: str) -> str:
+        from semgap import codec
+
+        if MODES[mode_name].needs_server:
+            return codec.decode(self.transport.call("gpu_summary", codec.encode({}, {"since": ""})))[1]["mark"]
+        return str(self._client_monitor().mark())
+
+    def gpu_summary(self, mode_name: str, mark: str) -> dict:
+        from semgap import codec
+        from semgap.monitor import GpuSummary, unavailable_summary
+
+        if MODES[mode_name].needs_server:
+            meta = codec.decode(self.transport.call("gpu_summary", codec.encode({}, {"since": mark})))[1]
+            if not meta.get("summary"):
+                return unavailable_summary("the server runs without a GPU monitor").to_extra_info()
+            return GpuSummary.from_dict(json.loads(meta["summary"])).to_extra_info()
+        return self._client_monitor().summary(int(mark)).to_extra_info()
+
+    def _client_monitor(self):
+        if self.gpu_monitor is None:
+            from semgap.monitor import GpuMonitor
+
+            self.gpu_monitor = GpuMonitor().start()
+            self.resources.callback(self.gpu_monitor.stop)
+        return self.gpu_monitor
+
+    def check_framing(self, case: Case, rounds: list[RoundRecord]) -> None:
+        """Warn (never silently) when kernel TCP bytes stray from payload bytes beyond RPC framing."""
+        for record in rounds:
+            for direction in ("sent", "received"):
+                payload = getattr(record, f"payload_bytes_{direction}")
+                tcp = getattr(record, f"wire_tcp_bytes_{direction}")
+                if tcp is None:
+                    continue
+                bound = FRAMING_BYTES_PER_CALL * record.rpc_round_trips
+                if not payload <= tcp <= payload + bound:
+                    self.warnings.append(
+                        f"{case.id}: TCP bytes {direction} {tcp} vs payload {payload} exceed the framing bound "
+                        f"({bound} bytes for {record.rpc_round_trips} calls)"
+                    )
+                    return
+
+    def close(self) -> None:
+        self.resources.close()
+
+    def conditions(self) -> dict:
+        """What the JSON must say about how this run was made."""
+        import torch
+        import transformers
+
+        settings = self.settings
+        return {
+            "model": settings.model,
+            "seed": settings.seed,
+            "device": self.server_info.get("device") or str(next(self.model.parameters()).device),
+            "dtype": self.server_info.get("dtype") or str(next(self.model.parameters()).dtype).removeprefix("torch."),
+            "link": settings.link,
+            "link_rates_bps": list(settings.link_rates_bps),
+            "server": "external" if settings.server else "spawned",
+            "semantic": str(settings.semantic),
+            "compressor": self.server_info.get("compressor", ""),
+            "rounds": settings.rounds,
+            "warmup_rounds": settings.warmup_rounds,
+            "prompt_tokens": settings.prompt_tokens,
+            "decode_steps": settings.decode_steps,
+            "reference_tokens": self.reference_tokens,
+            "setup_bytes": asdict(self.setup_bytes),
+            "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                         "server_torch": self.server_info.get("torch", ""),
+                         "server_transformers": self.server_info.get("transformers", "")},
+            "gpu_name": self.server_info.get("gpu_name", ""),
+            "warnings": self.warnings,
+        }
+
+
+def _tcp_counter(host: str):
+    try:
+        from semgap.wire import TcpCounter, tcp_counters_available
+    except ImportError:
+        return None
+    available, _ = tcp_counters_available()
+    return TcpCounter(host) if available else None
+
+
+def _tcp_delta(before, after):
+    if before is None or after is None:
+        return None
+    from semgap.wire import delta
+
+    return delta(before, after)
+
+
+def median(values: list[float | int | None]) -> float | int | None:
+    present = [value for value in values if value is not None]
+    return statistics.median(present) if present else None
+
+
+@dataclass
+class CaseRunner:
+    """Runs one Case as `benchmark.pedantic` rounds and turns what they moved into extra_info."""
+
+    session: ExperimentSession
+    case: Case
+    rounds: list[RoundRecord] = field(default_factory=list)
+    tokens: list[list[int]] = field(default_factory=list)
+
+    def run(self, benchmark) -> None:
+        settings, case = self.session.settings, self.case
+        self.session.set_link_rate(case.link_rate_bps)
+        benchmark.group = f"{case.phase}" + (f" at {case.id.rsplit('-', 1)[-1]}" if case.link_rate_bps else "")
+        self.mode = self.session.mode(case.mode)
+        gpu_mark = self.session.gpu_mark(case.mode)
+        target = self._prefill_round if case.phase == "prefill" else self._decode_round
+        benchmark.pedantic(
+            target, setup=self._setup, teardown=self._teardown,
+            rounds=settings.rounds, warmup_rounds=settings.warmup_rounds,
+        )
+        measured = self.rounds[settings.warmup_rounds:]
+        self.session.check_framing(case, measured)
+        benchmark.extra_info.update(self.extra_info(measured))
+        benchmark.extra_info.update(self.session.gpu_summary(case.mode, gpu_mark))
+
+    def _setup(self):
+        state = None
+        if self.case.phase == "decode":  # the prompt is processed outside the measured round
+            state = generate.prefill(self.mode, self.session.prompt)
+        self.before = self.session.snapshot()
+        return (state,), {}
+
+    def _prefill_round(self, _):
+        token, self.state = generate.prefill(self.mode, self.session.prompt)
+        self.round_tokens = [token]
+
+    def _decode_round(self, prefilled):
+        first_token, state = prefilled
+        self.round_tokens, self.state = generate.decode_n_tokens(self.mode, first_token, state, self.session.settings.decode_steps)
+
+    def _teardown(self, _):
+        self.rounds.append(self.session.record(self.before, self.session.snapshot()))
+        self.tokens.append(self.round_tokens)
+        self.mode.release(self.state)
+
+    def extra_info(self, measured: list[RoundRecord]) -> dict:
+        settings, session, case = self.session.settings, self.session, self.case
+        from semgap.link import format_rate
+
+        info: dict = {
+            "mode": case.mode, "phase": case.phase, "model": settings.model,
+            "device": session.conditions()["device"] if case.mode != "local" else str(next(session.model.parameters()).device),
+            "prompt_tokens": settings.prompt_tokens, "decode_steps": settings.decode_steps if case.phase == "decode" else 0,
+            "link": settings.link, "link_rate": format_rate(case.link_rate_bps) if case.link_rate_bps else None,
+            "link_rate_bps": case.link_rate_bps, "semantic": str(settings.semantic) if case.mode == "semantic" else None,
+        }
+        for name in RoundRecord.__dataclass_fields__:
+            values = [getattr(record, name) for record in measured]
+            info[name] = median(values)
+            info[f"{name}_rounds"] = values
+        info["wire_levels"] = ["payload"] + [
+            level for level in ("tcp", "link") if info[f"wire_{level}_bytes_sent"] is not None
+        ]
+        remote = MODES[case.mode].needs_server
+        info["setup_bytes_sent"] = session.setup_bytes.bytes_sent if remote else 0
+        info["setup_bytes_received"] = session.setup_bytes.bytes_received if remote else 0
+        info.update(self._token_info())
+        return info
+
+    def _token_info(self) -> dict:
+        reference = self.session.reference_tokens
+        expected = reference[:1] if self.case.phase == "prefill" else reference[1:]
+        tokens = self.tokens[-1]
+        agreement = sum(a == b for a, b in zip(tokens, expected)) / len(expected)
+        import hashlib
+
+        return {
+            "token_ids": tokens,
+            "tokens_sha256": hashlib.sha256(json.dumps(tokens).encode()).hexdigest(),
+            "tokens_same_every_round": all(round_tokens == tokens for round_tokens in self.tokens),
+            "token_agreement_with_local": agreement,
+        }

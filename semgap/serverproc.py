@@ -1,0 +1,119 @@
+"""Start a semgap server as a separate process group, wait until it serves, and stop all of it."""
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+READY_LINE = "semgap server ready on"
+PR_SET_PDEATHSIG = 1
+
+
+class ServerStartError(RuntimeError):
+    """The server process exited or did not become ready in time; the message holds its log's tail."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+def _die_with_parent() -> None:
+    # Runs in the child between fork and exec: the kernel sends SIGTERM to the server if the pytest
+    # process dies without running its teardown (SIGKILL, a crash), so no server outlives its run.
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+@dataclass
+class ServerProcess:
+    process: subprocess.Popen
+    host: str
+    port: int
+    log_path: Path
+
+    @classmethod
+    def spawn(
+        cls,
+        model: str,
+        host: str,
+        port: int,
+        log_dir: Path,
+        *,
+        extra_args: tuple[str, ...] = (),
+        command_prefix: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+        ready_timeout_s: float = 300.0,
+    ) -> "ServerProcess":
+        """Start `python -m semgap.server` (after `command_prefix`, e.g. `ip netns exec NS`) and wait for it."""
+        log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = log_dir / f"server-{model.replace('/', '_')}-{port}-{time.strftime('%Y%m%d-%H%M%S')}.log"
+        argv = [*command_prefix, sys.executable, "-u", "-m", "semgap.server",
+                "--model", model, "--host", host, "--port", str(port), *extra_args]
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen(
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, "PYTHONPATH": _source_root(), **(env or {})},
+                start_new_session=True,  # its own process group: teardown kills the whole group
+                preexec_fn=_die_with_parent,
+            )
+        server = cls(process, host, port, log_path)
+        try:
+            server.wait_ready(ready_timeout_s)
+        except BaseException:
+            server.stop()
+            raise
+        return server
+
+    def wait_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if READY_LINE in self.log_tail(20):
+                return
+            if self.process.poll() is not None:
+                raise ServerStartError(
+                    f"semgap server exited with code {self.process.returncode} before it was ready; "
+                    f"log {self.log_path}:\n{self.log_tail()}"
+                )
+            time.sleep(0.1)
+        raise ServerStartError(f"semgap server not ready after {timeout_s:.0f} s; log {self.log_path}:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return ""
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """SIGTERM the process group, then SIGKILL whatever is left after `timeout_s`."""
+        for signum, wait_s in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(self.process.pid, signum)
+            except ProcessLookupError:
+                break
+            try:
+                self.process.wait(wait_s)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        self.process.wait(5.0)
+
+
+def _source_root() -> str:
+    """The checkout holding the semgap package, so the server imports the same code as the client."""
+    root = str(Path(__file__).resolve().parent.parent)
+    existing = os.environ.get("PYTHONPATH", "")
+    return f"{root}{os.pathsep}{existing}" if existing else root
