@@ -1,6 +1,7 @@
 """A private veth link into a network namespace, optionally rate-shaped with tbf, with byte counters."""
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import itertools
 import math
@@ -233,17 +234,17 @@ def cleanup_stale(prefix: str = NAMESPACE_PREFIX) -> list[str]:
         if not _owner_alive(int(match.group(1)), created):
             # Delete the root-side veth first: that removes both ends at once even if some leftover
             # process keeps the namespace itself alive.
-            serial_if = _client_ifname(int(match.group(1)), match.group(2)) if match.group(2).isdigit() else None
-            if serial_if and serial_if in _list_root_links():
-                _run(["ip", "link", "del", serial_if], check=False)
-                removed.append(serial_if)
+            client_if = _client_ifname(int(match.group(1)), match.group(2))
+            if Path(f"/sys/class/net/{client_if}").exists():
+                _run(["ip", "link", "del", "dev", client_if], check=False)
+                removed.append(client_if)
             _run(["ip", "netns", "del", name], check=False)
             removed.append(name)
     veth_re = re.compile(rf"^{VETH_PREFIX}(\d+)n(\d+)c$")
     for ifname in _list_root_links():
         match = veth_re.match(ifname)
         if match and not _owner_alive(int(match.group(1)), None):
-            _run(["ip", "link", "del", ifname], check=False)
+            _run(["ip", "link", "del", "dev", ifname], check=False)
             removed.append(ifname)
     return removed
 
@@ -290,7 +291,9 @@ class NetnsLink:
     """A veth pair from the root namespace (client) into a fresh namespace (server), on a private /30.
 
     Both directions are shaped with tbf at rate_bps (None: unshaped).  tbf limits throughput but
-    not per-packet serialization delay: a message smaller than the burst passes at veth speed.
+    not per-packet serialization delay: after idle, a message smaller than the burst
+    (tbf_parameters: max(128 KiB, 1 ms of rate)) passes at veth speed.  No added latency: this
+    kernel lacks netem (see netem_available).
     Use as a context manager or call close() (idempotent, safe in finally blocks).
     """
 
@@ -318,8 +321,9 @@ class NetnsLink:
             self._setup(subnet.prefixlen)
             self.set_rate(rate_bps)
         except BaseException:
-            # Undo whatever half of the setup happened before re-raising.
-            self.close()
+            # Undo whatever half of the setup happened; the setup error is the one to report.
+            with contextlib.suppress(LinkCommandError):
+                self.close()
             raise
 
     def _setup(self, prefixlen: int) -> None:

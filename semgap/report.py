@@ -168,7 +168,8 @@ def markdown(rv: RunVerdicts, output_json: dict) -> str:
     """The full ``report.md`` text."""
     levels = sorted({s.byte_level for s in rv.summaries})
     level_lines = [f"- **{lv}**: {LEVEL_MEANING.get(lv, lv)}" for lv in levels] or ["- none"]
-    failures = [(f.get("name", "-"), f.get("reason", "-")) for f in rv.failures]
+    failures = [(f.get("name", "-"), (str(f.get("reason", "-")).splitlines() or ["-"])[0][:200])
+                for f in rv.failures]
     lines = ["# semgap report", "", "Byte level used for bytes per round and H1:", "", *level_lines, ""]
     lines += _verdicts_md(rv) + _modes_md(rv) + _tax_md(rv, "local") + _tax_md(rv, "naive")
     lines += _sweep_md(rv) + _rtt_md(rv)

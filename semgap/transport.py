@@ -31,10 +31,18 @@ class Transport(Protocol):
     def close(self) -> None: ...
 
 
-def _dispatch(op: str, request: bytes) -> bytes:
+class ServerError(RuntimeError):
+    """The server refused or failed a request; it goes on serving."""
+
+
+def _dispatch(op: str, request: bytes) -> tuple[str, bytes | str]:
+    # Errors come back as values: PyTorch RPC would wrap a raised exception in its remote traceback.
     if _handler is None:
-        raise RuntimeError("this RPC worker is not a semgap server")
-    return _handler(op, request)
+        return "error", "this RPC worker is not a semgap server"
+    try:
+        return "ok", _handler(op, request)
+    except Exception as error:
+        return "error", f"{type(error).__name__}: {error.args[0] if len(error.args) == 1 else error}"
 
 
 def _backend_options(host: str, port: int, timeout_s: float):
@@ -88,7 +96,7 @@ class RpcTransport:
         self.host, self.port, self.timeout_s = host, port, timeout_s
         probe_server(host, port, connect_timeout_s)
         # Ranks only need to be unique among the clients connected at the same time.
-        rank = random.SystemRandom().randint(1, 65535)  # RPC worker ids are 16-bit
+        rank = random.SystemRandom().randint(1, 32767)  # RPC worker ids are int16
         options = _backend_options(host, port, connect_timeout_s)
         rpc.init_rpc(f"semgap_client_{rank}", rank=rank, world_size=None, rpc_backend_options=options)
         self.broken = False
@@ -96,7 +104,7 @@ class RpcTransport:
 
     def call(self, op: str, request: bytes) -> bytes:
         try:
-            return self._rpc.rpc_sync(SERVER_NAME, _dispatch, args=(op, request), timeout=self.timeout_s)
+            status, response = self._rpc.rpc_sync(SERVER_NAME, _dispatch, args=(op, request), timeout=self.timeout_s)
         except Exception as error:
             if _is_connection_failure(error):
                 self.broken = True
@@ -104,6 +112,9 @@ class RpcTransport:
                     f"lost the semgap server at {self.host}:{self.port} during {op!r}: {_first_line(error)}"
                 ) from error
             raise
+        if status != "ok":
+            raise ServerError(f"semgap server at {self.host}:{self.port} refused {op!r}: {response}")
+        return response
 
     def close(self) -> None:
         if self.closed:

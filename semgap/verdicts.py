@@ -490,6 +490,7 @@ def compute(output_json: dict, h1: float = 0.30, h2: float = 0.15, alpha: float 
     meta = output_json.get("semgap") if isinstance(output_json.get("semgap"), dict) else {}
     result.failures = [f for f in meta.get("failures") or [] if isinstance(f, dict)]
     result.conditions = conditions(output_json, runs)
+    result.notes.extend(f"measurement warning: {w}" for w in meta.get("warnings") or [])
     if not runs:
         result.notes.append("no semgap benchmarks (extra_info.mode) found")
         return result

@@ -150,8 +150,9 @@ class TcpCounter:
     A socket leaves the kernel's tables, counters and all, once both FINs are exchanged (even while
     its fd is still open) or when it is closed; read snapshots while connections are open.
 
-    Cost: one `ss` run plus a /proc/<pid>/fd scan; about 4-6 ms on a 2-core VM with ~30 TCP sockets
-    (it grows with the host's total socket count, not with bytes).
+    Cost: one `ss` run plus a /proc/<pid>/fd scan: median 2.3 ms (40 TCP sockets on the host) and
+    2.9 ms, p90 4.1 ms (150 sockets, 40 of them matching) on the 2-core dev VM; it grows with the
+    host's socket count, not with bytes.
     """
 
     def __init__(self, peer_host: str, pid: int | None = None, exclude_ports: Iterable[int] = (),

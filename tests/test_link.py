@@ -21,6 +21,7 @@ from semgap.link import (
     netem_available,
     parse_rate,
 )
+from semgap.link import _owner_alive
 from semgap.wire import TcpBytes, TcpCounter, delta
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -56,7 +57,11 @@ import time; time.sleep(60)
 """
 
 available, reason = link_available()
-needs_link = pytest.mark.skipif(not available, reason=reason)
+
+
+def needs_link(test):
+    """Mark a test that builds namespaces: the `netns` marker, skipped with the reason when impossible."""
+    return pytest.mark.netns(pytest.mark.skipif(not available, reason=reason)(test))
 
 
 def namespaces() -> list[str]:
@@ -315,6 +320,15 @@ def test_cleanup_stale_removes_crashed_owner_links_only():
             subprocess.run(["ip", "netns", "del", namespace], check=False)
         if ifname and interface_exists(ifname):
             subprocess.run(["ip", "link", "del", ifname], check=False)
+
+
+def test_owner_check_sees_through_a_reused_pid():
+    # A link created an hour ago cannot belong to this process, which started seconds ago: its
+    # pid was reused, the link is stale.  A link created now by a live pid is not.
+    now = time.time()
+    assert _owner_alive(os.getpid(), now) is True
+    assert _owner_alive(os.getpid(), now - 3600) is False
+    assert _owner_alive(2**22 + 1, now) is False  # above pid_max: no such process
 
 
 @needs_link

@@ -63,6 +63,19 @@ def test_write_creates_report_files(tmp_path):
     assert (tmp_path / "out" / "latency_vs_bytes.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_failures_only_run_still_writes_a_report(tmp_path):
+    data = {"benchmarks": [], "semgap": {"failures": [{"name": "test_semantic_gap[semantic-decode]",
+                                                       "reason": "RuntimeError: boom\ntraceback..."}],
+                                         "warnings": ["netns unavailable"]}}
+    rv = verdicts.compute(data)
+    paths = report.write(rv, data, tmp_path)
+    assert sorted(p.name for p in paths) == ["report.md", "verdicts.json"]
+    md = (tmp_path / "report.md").read_text()
+    assert "| test_semantic_gap[semantic-decode] | RuntimeError: boom |" in md
+    assert "measurement warning: netns unavailable" in md
+    assert report.terminal_lines(rv) == []
+
+
 def test_rate_plot_only_with_rates(tmp_path):
     data = run_json(rates=True)
     rv = verdicts.compute(data)

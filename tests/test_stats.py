@@ -157,8 +157,8 @@ def test_crossover_interpolates_in_log_rate():
 
 
 def test_crossover_when_hypothesis_holds_at_high_rates():
-    c = stats.crossover_rate([1e6, 1e7], [0.05, 0.25], 0.15)
-    assert c.rate_bps == pytest.approx(10 ** 6.5)
+    c = stats.crossover_rate([1e6, 1e7], [0.05, 0.25], 0.10)
+    assert c.rate_bps == pytest.approx(10 ** 6.25)  # a quarter of the way in log10(rate)
     assert c.holds_below is False
 
 

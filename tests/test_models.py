@@ -1,0 +1,82 @@
+"""Presets, local checkpoints and prompts: offline, reproducible, with clear errors."""
+import hashlib
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from semgap import models
+
+from .conftest import REPO
+
+
+def weights_digest(model) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in models.weights_of(model).items():
+        digest.update(name.encode())
+        digest.update(tensor.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def test_same_preset_and_seed_give_bit_identical_weights_in_another_process(tiny_model):
+    code = (
+        "from semgap import models; from tests.test_models import weights_digest; "
+        "print(weights_digest(models.build_model(models.ModelSpec('tiny-gpt2'))))"
+    )
+    other = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert other.stdout.strip() == weights_digest(tiny_model)
+
+
+def test_another_seed_gives_other_weights(tiny_model):
+    assert weights_digest(models.build_model(models.ModelSpec("tiny-gpt2", seed=1))) != weights_digest(tiny_model)
+
+
+def test_tiny_preset_has_the_shape_of_sshleifer_tiny_gpt2(tiny_model):
+    config = tiny_model.config
+    assert (config.vocab_size, config.n_layer, config.n_head, config.n_embd) == (50257, 2, 2, 2)
+
+
+def test_every_preset_builds_a_config():
+    for name in models.presets():
+        assert models.context_length_of(name) >= 1024
+
+
+def test_unknown_name_lists_presets_and_says_how_to_use_a_checkpoint():
+    start = time.monotonic()
+    with pytest.raises(models.UnknownModelError) as error:
+        models.check_model_name("EleutherAI/not-on-this-machine")
+    assert time.monotonic() - start < 10  # answered from the disk, no network wait
+    message = str(error.value)
+    for name in models.presets():
+        assert name in message
+    assert "checkpoint directory" in message and "never downloads" in message
+
+
+def test_local_checkpoint_directory_loads_offline_with_its_weights(tiny_model, tmp_path):
+    tiny_model.save_pretrained(tmp_path / "checkpoint")
+    loaded = models.build_model(models.ModelSpec(str(tmp_path / "checkpoint")))
+    assert weights_digest(loaded) == weights_digest(tiny_model)
+    assert models.context_length_of(str(tmp_path / "checkpoint")) == 1024
+
+
+def test_weights_list_tied_tensors_once(tiny_model):
+    weights = models.weights_of(tiny_model)
+    assert "transformer.wte.weight" in weights and "lm_head.weight" not in weights
+    assert all(tensor.device.type == "cpu" for tensor in weights.values())
+
+
+def test_prompt_ids_are_deterministic_bytes_within_the_vocabulary():
+    ids = models.prompt_ids(300, 50257)
+    assert ids == models.prompt_ids(300, 50257) and len(ids) == 300
+    assert ids[:2] == list(models.PROMPT_FILE.read_bytes()[:2])
+    assert max(models.prompt_ids(50, 7)) < 7
+    with pytest.raises(ValueError):
+        models.prompt_ids(0, 50257)
+
+
+def test_dtype_auto_is_float32_on_cpu_and_unknown_dtype_fails():
+    assert models.ModelSpec("tiny-gpt2", device="cpu").resolved_dtype() == torch.float32
+    with pytest.raises(ValueError, match="unknown dtype"):
+        models.ModelSpec("tiny-gpt2", dtype="int3").resolved_dtype()

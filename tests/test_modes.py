@@ -1,0 +1,83 @@
+"""The four modes against a real server: same tokens when lossless, and the byte ordering they exist to show."""
+import pytest
+
+from semgap import generate, models
+from semgap.modes import MODES, ModeContext, SemanticOptions, make_mode
+
+STEPS = 5
+
+
+@pytest.fixture(scope="module")
+def prompt(tiny_model):
+    return models.prompt_ids(128, tiny_model.config.vocab_size)
+
+
+@pytest.fixture(scope="module")
+def context(tiny_model, client):
+    return ModeContext(tiny_model, client, SemanticOptions.parse("prune,compress,narrow-ids"))
+
+
+def run(name, context, prompt, semantic=None):
+    if semantic is not None:
+        context = ModeContext(context.model, context.transport, SemanticOptions.parse(semantic))
+    mode = make_mode(name, context)
+    mode.setup()
+    before = context.counter.snapshot()
+    first, state = generate.prefill(mode, prompt)
+    prefill = context.counter.since(before)
+    before = context.counter.snapshot()
+    tokens, state = generate.decode_n_tokens(mode, first, state, STEPS)
+    decode = context.counter.since(before)
+    mode.release(state)
+    return [first, *tokens], prefill, decode
+
+
+def test_unknown_mode_names_the_choices(context):
+    with pytest.raises(ValueError, match="unknown mode 'remote'; choose from local, naive, remote_cache, semantic"):
+        make_mode("remote", context)
+
+
+def test_semantic_options_parse_and_reject_unknown_techniques():
+    assert str(SemanticOptions.parse("cast,prune")) == "prune,cast"
+    assert SemanticOptions.parse("none") == SemanticOptions(False, False, False, False)
+    assert SemanticOptions.parse("prune,compress").lossless
+    with pytest.raises(ValueError, match="unknown semantic technique 'gzip'"):
+        SemanticOptions.parse("prune,gzip")
+
+
+def test_lossless_modes_generate_the_tokens_of_local(context, prompt):
+    reference, _, _ = run("local", context, prompt)
+    assert len(reference) == STEPS + 1
+    for name in ("naive", "remote_cache", "semantic"):
+        tokens, _, _ = run(name, context, prompt)
+        assert tokens == reference, name
+
+
+def test_local_mode_sends_nothing(context, prompt):
+    _, prefill, decode = run("local", ModeContext(context.model), prompt)
+    assert (prefill.bytes_sent, decode.bytes_sent, prefill.round_trips) == (0, 0, 0)
+
+
+def test_bytes_order_naive_above_remote_cache_above_semantic(context, prompt):
+    _, naive_prefill, naive_decode = run("naive", context, prompt)
+    _, blind_prefill, blind_decode = run("remote_cache", context, prompt)
+    _, semantic_prefill, semantic_decode = run("semantic", context, prompt, semantic="prune,cast,compress,narrow-ids")
+    total = lambda counter: counter.bytes_sent + counter.bytes_received  # noqa: E731
+    assert total(naive_decode) > 2 * total(blind_decode)  # weights and KV every step
+    assert total(semantic_prefill) < 0.7 * total(blind_prefill)
+    assert total(semantic_decode) < 0.7 * total(blind_decode)
+    # remote_cache brings back every position's fp32 logits in prefill: [1, 128, vocab]
+    vocab = context.model.config.vocab_size
+    assert blind_prefill.bytes_received >= 128 * vocab * 4
+    assert semantic_prefill.bytes_received < vocab * 2 + 1024
+    assert blind_decode.round_trips == semantic_decode.round_trips == STEPS
+
+
+def test_cast_semantic_run_still_produces_tokens(context, prompt):
+    tokens, _, _ = run("semantic", context, prompt, semantic="prune,cast,compress,narrow-ids")
+    assert len(tokens) == STEPS + 1 and all(0 <= token < context.model.config.vocab_size for token in tokens)
+
+
+def test_registry_covers_every_mode_once():
+    assert list(MODES) == ["local", "naive", "remote_cache", "semantic"]
+    assert [cls.name for cls in MODES.values()] == list(MODES)

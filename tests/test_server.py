@@ -1,0 +1,68 @@
+"""The server: clear errors that leave it serving, loopback by default, clean shutdown, bounded connects."""
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from semgap import codec, server, transport
+from semgap.serverproc import ServerProcess, ServerStartError, free_port
+
+from .conftest import REPO
+
+
+def call(client, op, tensors=None, meta=None):
+    return codec.decode(client.call(op, codec.encode(tensors or {}, meta)))
+
+
+def test_unknown_kv_handle_is_a_clear_error_and_the_server_keeps_serving(client):
+    with pytest.raises(transport.ServerError, match="unknown KV handle 'no-such-handle': it was released"):
+        call(client, "decode", {"input_ids": __import__("torch").tensor([[1]])}, {"kv_handle": "no-such-handle"})
+    assert call(client, "hello")[1]["model"] == "tiny-gpt2"
+
+
+def test_unknown_operation_is_a_clear_error(client):
+    with pytest.raises(transport.ServerError, match="unknown operation 'reboot'"):
+        call(client, "reboot")
+    assert call(client, "hello")[1]["device"] == "cpu"
+
+
+def test_echo_returns_the_exact_bytes(client):
+    payload = bytes(range(256)) * 1000
+    assert client.call("echo", payload) == payload
+
+
+def test_unreachable_server_fails_fast_with_advice():
+    start = time.monotonic()
+    with pytest.raises(transport.ServerUnreachable, match="no semgap server answers at 127.0.0.1:"):
+        transport.RpcTransport("127.0.0.1", free_port(), connect_timeout_s=3)
+    assert time.monotonic() - start < 10
+
+
+def test_loopback_detection():
+    assert server.is_loopback("127.0.0.1") and server.is_loopback("::1") and server.is_loopback("localhost")
+    assert not server.is_loopback("0.0.0.0") and not server.is_loopback("10.0.0.1")
+
+
+def test_binding_wider_than_loopback_warns_about_unpickling():
+    # An unknown model stops the server right after the warning, so nothing ever listens on 0.0.0.0.
+    result = subprocess.run(
+        [sys.executable, "-m", "semgap.server", "--host", "0.0.0.0", "--model", "no-such-model"],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 2
+    assert "unpickles whatever it receives" in result.stderr and "0.0.0.0" in result.stderr
+    assert "unknown model 'no-such-model'" in result.stderr
+
+
+def test_sigterm_stops_the_server_cleanly(tmp_path):
+    process = ServerProcess.spawn("tiny-gpt2", "127.0.0.1", free_port(), tmp_path, extra_args=("--no-gpu-monitor",))
+    process.process.send_signal(signal.SIGTERM)
+    assert process.process.wait(30) == 0
+    assert "semgap server stopped" in process.log_tail()
+
+
+def test_a_server_that_cannot_start_reports_its_log(tmp_path):
+    with pytest.raises(ServerStartError, match="unknown model"):
+        ServerProcess.spawn("no-such-model", "127.0.0.1", free_port(), tmp_path, ready_timeout_s=60)
