@@ -31,6 +31,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.stash[settings_key] = SemgapConfig.from_pytest(config)
     config.stash[run_key] = RunRecord()
+    json_path = config.getoption("benchmark_json", None)
+    if json_path is not None:  # pytest-benchmark does not create the folder it writes into
+        json_path.parent.mkdir(parents=True, exist_ok=True)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

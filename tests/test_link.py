@@ -307,8 +307,8 @@ def test_cleanup_stale_removes_crashed_owner_links_only():
         owner.send_signal(signal.SIGKILL)
         owner.wait()
         assert namespace in namespaces() and interface_exists(ifname)  # the crash left them behind
-        removed = cleanup_stale()
-        assert namespace in removed
+        # (Another session's cleanup_stale may have beaten us to it; what matters is that it is gone.)
+        cleanup_stale()
         assert namespace not in namespaces() and not interface_exists(ifname)
         with NetnsLink() as fresh:  # the next run is not disturbed
             assert fresh.namespace in namespaces()
