@@ -131,7 +131,7 @@ class ExperimentSession:
             cleanup_stale()
             self.link = self.resources.enter_context(NetnsLink(rate_bps=None))
             prefix, env, host = tuple(self.link.server_command([])), self.link.server_env(), self.link.server_address
-            os.environ.update(self.link.client_env())  # TensorPipe and Gloo pick the client's interface from these
+            self._set_client_interface(self.link.client_ifname)
         port = free_port() if settings.link == "loopback" else 29500
         self.server = ServerProcess.spawn(
             settings.model, host, port, log_dir, extra_args=settings.server_args(), command_prefix=prefix, env=env,
@@ -139,6 +139,13 @@ class ExperimentSession:
         )
         self.resources.callback(self.server.stop)
         return host, port
+
+    def _set_client_interface(self, ifname: str) -> None:
+        # TensorPipe and Gloo choose the interface they announce from these variables; restored at close.
+        for name in ("TP_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME"):
+            previous = os.environ.get(name)
+            os.environ[name] = ifname
+            self.resources.callback(_restore_env, name, previous)
 
     def mode(self, name: str):
         """A ready mode; the first resident mode uploads the weights, counted as setup bytes."""
@@ -260,6 +267,13 @@ class ExperimentSession:
             "gpu_name": self.server_info.get("gpu_name", ""),
             "warnings": self.warnings,
         }
+
+
+def _restore_env(name: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
 
 
 def _tcp_counter(host: str):
