@@ -9,6 +9,7 @@ import pytest
 
 from semgap import models
 from semgap.modes import MODES, PHASES, SemanticOptions
+from semgap.runtime import FAST_PATH_SETTINGS
 
 LINKS = ("loopback", "netns")
 
@@ -92,6 +93,10 @@ def add_options(parser: pytest.Parser) -> None:
            help="model dtype: auto is float32 on CPU, float16 on CUDA. Default: auto")
     option("--semgap-device", metavar="DEVICE", default="auto",
            help="where the model runs (client for local, server otherwise): auto, cpu, cuda. Default: auto")
+    option("--semgap-fast-path", metavar="SETTING", default="auto", choices=FAST_PATH_SETTINGS,
+           help="decode with a static KV cache and torch.compile (CUDA graphs) wherever the cache stays resident "
+                "(local, remote_cache, semantic; naive ships its cache and stays eager): on, off, static (static "
+                "cache, no compile), or auto = on for CUDA, off for CPU. Default: auto")
     option("--semgap-modes", metavar="LIST", type=_choices(list(MODES), "mode"), default=tuple(MODES),
            help=f"comma list of modes ({', '.join(MODES)}) or all. Default: all")
     option("--semgap-phases", metavar="LIST", type=_choices(PHASES, "phase"), default=PHASES,
@@ -136,6 +141,7 @@ class SemgapConfig:
     seed: int
     dtype: str
     device: str
+    fast_path: str
     modes: tuple[str, ...]
     phases: tuple[str, ...]
     prompt_tokens: int
@@ -160,6 +166,7 @@ class SemgapConfig:
         get = config.getoption
         settings = cls(
             model=get("semgap_model"), seed=get("semgap_seed"), dtype=get("semgap_dtype"), device=get("semgap_device"),
+            fast_path=get("semgap_fast_path"),
             modes=get("semgap_modes"), phases=get("semgap_phases"), prompt_tokens=get("semgap_prompt_tokens"),
             decode_steps=get("semgap_decode_steps"), rounds=get("semgap_rounds"), warmup_rounds=get("semgap_warmup_rounds"),
             semantic=get("semgap_semantic"), server=get("semgap_server"), host=get("semgap_host"), link=get("semgap_link"),
@@ -174,6 +181,12 @@ class SemgapConfig:
         """Reject contradictory settings before anything starts."""
         if self.link_rates_bps and self.link != "netns":
             raise pytest.UsageError("--semgap-link-rate shapes the veth of --semgap-link netns; add --semgap-link netns")
+        if self.link == "netns":
+            from semgap.link import link_available
+
+            available, reason = link_available()
+            if not available:
+                raise pytest.UsageError(f"--semgap-link netns cannot run here: {reason}")
         if self.server is not None and self.link == "netns":
             raise pytest.UsageError("--semgap-server names a server already running; --semgap-link netns starts its own")
         limit = models.context_length_of(self.model)
@@ -187,5 +200,11 @@ class SemgapConfig:
     def spec(self) -> models.ModelSpec:
         return models.ModelSpec(self.model, self.seed, self.dtype, self.device)
 
+    @property
+    def max_cache_len(self) -> int:
+        """Positions a static KV cache needs: the prompt plus every decoded token."""
+        return self.prompt_tokens + self.decode_steps
+
     def server_args(self) -> tuple[str, ...]:
-        return ("--seed", str(self.seed), "--dtype", self.dtype, "--device", self.device)
+        return ("--seed", str(self.seed), "--dtype", self.dtype, "--device", self.device,
+                "--fast-path", self.fast_path, "--max-cache-len", str(self.max_cache_len))

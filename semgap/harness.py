@@ -7,15 +7,17 @@ import statistics
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 
-from semgap import generate, models, transport
+from semgap import generate, models, runtime, transport
 from semgap.config import SemgapConfig
 from semgap.modes import MODES, ModeContext, make_mode
 from semgap.modes.local import LocalMode
 from semgap.serverproc import ServerProcess, free_port
 
-# TCP bytes may exceed payload bytes by RPC framing (pickled call, TensorPipe headers) per message;
-# measured on loopback: about 0.5 KiB per call and direction. Beyond this bound a run warns.
-FRAMING_BYTES_PER_CALL = 4096
+# TCP bytes may exceed payload bytes by RPC framing (TensorPipe message descriptor, the pickled
+# (op, request) call) per message, independent of the payload's size: measured on loopback and
+# across the netns veth, 238-260 bytes per call sent (it grows with the op name) and 149-165
+# received (tests/test_wire_truth.py).  Outside payload .. payload + this bound per call a run warns.
+FRAMING_BYTES_PER_CALL = 1024
 
 
 @dataclass(frozen=True)
@@ -83,7 +85,12 @@ class ExperimentSession:
         try:
             self.model = models.build_model(settings.spec)
             self.prompt = models.prompt_ids(settings.prompt_tokens, self.model.config.vocab_size)
-            self.context = ModeContext(self.model, semantic=settings.semantic)
+            self.context = ModeContext(
+                self.model, semantic=settings.semantic, max_cache_len=settings.max_cache_len,
+                decode_path=runtime.resolve_decode_path(settings.fast_path, next(self.model.parameters()).device),
+            )
+            # Compiling and capturing the client's decode step happen here, before any round.
+            self.context.local_engine().warm_up()
             self.reference_tokens = generate.generate(self._local(), self.prompt, settings.decode_steps)
             if any(MODES[name].needs_server for name in settings.modes):
                 self._connect()
@@ -118,6 +125,23 @@ class ExperimentSession:
                 f"--model {settings.model} --seed {settings.seed}"
             )
         self.tcp_counter = _tcp_counter(host)
+        server_cache_len = int(self.server_info.get("max_cache_len", "0") or 0)
+        if self.server_info.get("fast_path", runtime.EAGER_DYNAMIC) != runtime.EAGER_DYNAMIC and (
+            server_cache_len < settings.max_cache_len
+        ):
+            self.warnings.append(
+                f"the server's static KV caches hold {server_cache_len} positions, fewer than the "
+                f"{settings.max_cache_len} a round needs: its steps beyond that run eager-dynamic"
+            )
+
+    def decode_path(self, mode_name: str) -> str:
+        """Which decode path ran `mode_name`'s steps (extra_info `fast_path`)."""
+        mode = MODES[mode_name]
+        if mode.ships_cache:
+            return runtime.EAGER_DYNAMIC
+        if mode.needs_server:  # a server from before the fast path reports none: it ran eager-dynamic
+            return self.server_info.get("fast_path", runtime.EAGER_DYNAMIC)
+        return self.context.decode_path
 
     def _spawn_server(self) -> tuple[str, int]:
         settings = self.settings
@@ -265,6 +289,11 @@ class ExperimentSession:
                          "server_torch": self.server_info.get("torch", ""),
                          "server_transformers": self.server_info.get("transformers", "")},
             "gpu_name": self.server_info.get("gpu_name", ""),
+            "fast_path": settings.fast_path,
+            "decode_path_local": self.context.decode_path,
+            "decode_path_server": self.server_info.get("fast_path", ""),
+            "engine_stats_local": asdict(self.context.engine.read_compile_counters()) if self.context.engine else {},
+            "engine_stats_server_at_start": json.loads(self.server_info.get("engine_stats", "{}") or "{}"),
             "warnings": self.warnings,
         }
 
@@ -362,6 +391,7 @@ class CaseRunner:
             level for level in ("tcp", "link") if info[f"wire_{level}_bytes_sent"] is not None
         ]
         remote = MODES[case.mode].needs_server
+        info["fast_path"] = session.decode_path(case.mode)
         info["setup_bytes_sent"] = session.setup_bytes.bytes_sent if remote else 0
         info["setup_bytes_received"] = session.setup_bytes.bytes_received if remote else 0
         info.update(self._token_info())

@@ -330,8 +330,13 @@ class NetnsLink:
         ns, cif, sif = self.namespace, self.client_ifname, self.server_ifname
         _run(["ip", "netns", "add", ns])
         self._created_namespace = True
-        _run(["ip", "link", "add", cif, "type", "veth", "peer", "name", sif, "netns", ns])
+        # Both ends start in the root namespace, where their sysfs is at hand, and the server end
+        # moves into the namespace once flow steering is set (the setting moves with it).
+        _run(["ip", "link", "add", cif, "type", "veth", "peer", "name", sif])
         self._created_veth = True
+        for ifname in (cif, sif):
+            _keep_flows_in_order(ifname)
+        _run(["ip", "link", "set", "dev", sif, "netns", ns])
         # addrgenmode none: no IPv6 link-local address, hence no DAD/router solicitations adding
         # background bytes to the counters.
         _run(["ip", "link", "set", "dev", cif, "addrgenmode", "none"])
@@ -420,6 +425,28 @@ class NetnsLink:
         rate = format_rate(self.rate_bps) if self.rate_bps else "unshaped"
         return (f"NetnsLink({self.namespace}: {self.client_ifname} {self.client_address} <-> "
                 f"{self.server_ifname} {self.server_address}, {rate})")
+
+
+def _keep_flows_in_order(ifname: str) -> None:
+    """Turn on RPS for ifname's receive queue so each TCP flow is processed on one CPU, in order.
+
+    A veth hands a packet to the receive backlog of whichever CPU the sender runs on.  When the
+    sender migrates mid-stream, two CPUs drain parts of one flow at once and the receiver sees
+    segments out of order; TCP answers with spurious fast retransmissions.  Measured on the 2-core
+    dev VM: 4 of 50 echoes of 10 MB retransmitted 65 KB to 1.9 MB (up to 20 % more link bytes,
+    varying run to run); with RPS, which picks the CPU by flow hash, 0 of 150.  A real NIC keeps a
+    flow in order too.  Best effort: a kernel without CONFIG_RPS has no rps_cpus file.
+    """
+    cpus = os.sched_getaffinity(0) or {0}
+    mask = sum(1 << cpu for cpu in cpus)
+    words = []  # rps_cpus takes comma-separated 32-bit hex words, most significant first
+    while True:
+        words.append(f"{mask & 0xFFFFFFFF:08x}")
+        mask >>= 32
+        if not mask:
+            break
+    with contextlib.suppress(OSError):
+        Path(f"/sys/class/net/{ifname}/queues/rx-0/rps_cpus").write_text(",".join(reversed(words)))
 
 
 def _ifname_env(ifname: str, base: Mapping[str, str] | None) -> dict[str, str]:

@@ -228,7 +228,8 @@ def plot_latency_vs_bytes(rv: RunVerdicts, path: Path) -> Path:
         ax.set_xscale("log")
         ax.margins(x=0.2)
         ax.set_xlabel(f"bytes per round, sent + received ({level} level, log scale)")
-        ax.set_ylabel("median latency per round (ms), bars = IQR")
+        ax.set_yscale("log")  # modes differ by orders of magnitude: a linear axis hides the fast ones
+        ax.set_ylabel("median latency per round (ms, log scale), bars = IQR")
         ax.set_title(f"{model} {phase}: latency vs bytes")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
@@ -268,7 +269,8 @@ def plot_latency_vs_rate(rv: RunVerdicts, path: Path) -> Path | None:
                 ax.axvline(c.rate_bps, color="gray", linestyle="-.", label=f"H2 crossover {_bps(c.rate_bps)}")
         ax.set_xscale("log")
         ax.set_xlabel("link rate (bit/s, log scale)")
-        ax.set_ylabel("median latency per round (ms), bars = IQR")
+        ax.set_yscale("log")  # modes differ by orders of magnitude: a linear axis hides the fast ones
+        ax.set_ylabel("median latency per round (ms, log scale), bars = IQR")
         ax.set_title(f"{model} {phase}: latency vs link rate")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)

@@ -12,10 +12,12 @@ import sys
 import threading
 import uuid
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 
 import torch
 
-from semgap import codec, models, transport
+from semgap import codec, models, runtime, transport
 from semgap.runtime import Engine, cache_to_tensors, stopwatch, tensors_to_cache
 
 MAX_CACHES = 64  # caches a crashed client never released are evicted oldest first beyond this
@@ -30,9 +32,16 @@ EXPOSURE_WARNING = (
 class ModelServer:
     """Answers the operations the client modes call; one request at a time against one model."""
 
-    def __init__(self, spec: models.ModelSpec, monitor=None):
+    def __init__(self, spec: models.ModelSpec, monitor=None, fast_path: str = "off", max_cache_len: int | None = None):
         self.spec = spec
-        self.engine = Engine(models.build_model(spec))
+        decode_path = runtime.resolve_decode_path(fast_path, spec.resolved_device())
+        self.engine = Engine(models.build_model(spec), decode_path, max_cache_len)
+        # CUDA graphs captured by cudagraph trees belong to the capturing thread, and RPC requests
+        # arrive on a pool of threads: on the compiled path one engine thread runs every operation.
+        self.engine_thread = (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="semgap-engine")
+            if self.engine.decode_path == runtime.STATIC_COMPILE else None
+        )
         self.monitor = monitor
         self.weights_handle = "server-built"  # the preset's own weights until a client uploads
         self.caches: OrderedDict[str, object] = OrderedDict()
@@ -55,7 +64,20 @@ class ModelServer:
             return request
         tensors, meta = codec.decode(request)
         with self.lock:
-            return self.operations[op](tensors, meta)
+            return self._on_engine_thread(self.operations[op], tensors, meta)
+
+    def warm_up(self) -> float:
+        """Compile and capture the decode step now (seconds), so no client's round pays for it."""
+        return self._on_engine_thread(self.engine.warm_up)
+
+    def close(self) -> None:
+        if self.engine_thread is not None:
+            self.engine_thread.shutdown(wait=True)
+
+    def _on_engine_thread(self, function, *args):
+        if self.engine_thread is None:
+            return function(*args)
+        return self.engine_thread.submit(function, *args).result()
 
     def hello(self, tensors, meta) -> bytes:
         import transformers
@@ -69,6 +91,10 @@ class ModelServer:
             "transformers": transformers.__version__,
             "compressor": codec.compressor_name(),
             "gpu_name": torch.cuda.get_device_name() if self.engine.device.type == "cuda" else "",
+            "fast_path": self.engine.decode_path,
+            "max_cache_len": str(self.engine.max_cache_len),
+            "warmup_s": f"{self.engine.stats.warmup_s:.3f}",
+            "engine_stats": json.dumps(asdict(self.engine.read_compile_counters())),
         }
         return codec.encode({}, info)
 
@@ -99,7 +125,7 @@ class ModelServer:
             )
         response = {"logits": step.logits}
         response.update({f"kv.{name}": t for name, t in cache_to_tensors(step.cache).items()})
-        return codec.encode(response, {"server_compute_ms": f"{timing['ms']:.6f}"})
+        return codec.encode(response, {"server_compute_ms": compute_ms_text(timing["ms"])})
 
     def prefill(self, tensors, meta) -> bytes:
         self._check_weights(meta)
@@ -108,7 +134,7 @@ class ModelServer:
         handle = uuid.uuid4().hex
         self.caches[handle] = step.cache
         while len(self.caches) > MAX_CACHES:
-            self.caches.popitem(last=False)
+            self.engine.release(self.caches.popitem(last=False)[1])
         return self._logits_response(step.logits, meta, timing["ms"], kv_handle=handle)
 
     def decode(self, tensors, meta) -> bytes:
@@ -120,7 +146,7 @@ class ModelServer:
 
     def release(self, tensors, meta) -> bytes:
         self._cache(meta.get("kv_handle", ""))
-        del self.caches[meta["kv_handle"]]
+        self.engine.release(self.caches.pop(meta["kv_handle"]))
         return codec.encode({})
 
     def gpu_summary(self, tensors, meta) -> bytes:
@@ -148,9 +174,14 @@ class ModelServer:
         options = codec.LogitsOptions.from_meta(meta)
         return codec.encode(
             {"logits": options.apply(logits)},
-            {"server_compute_ms": f"{compute_ms:.6f}", **extra},
+            {"server_compute_ms": compute_ms_text(compute_ms), **extra},
             compress=options.compress,
         )
+
+
+def compute_ms_text(milliseconds: float) -> str:
+    # Fixed width, so an uncompressed response's size does not change with the number of digits.
+    return f"{milliseconds:015.6f}"
 
 
 def is_loopback(host: str) -> bool:
@@ -171,6 +202,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, loopback only)")
     parser.add_argument("--port", type=int, default=29501, help="rendezvous port (default: 29501)")
     parser.add_argument("--no-gpu-monitor", action="store_true", help="do not sample the GPU with NVML")
+    parser.add_argument("--fast-path", choices=runtime.FAST_PATH_SETTINGS, default="auto",
+                        help="decode path of resident caches: on = static KV cache + torch.compile (CUDA graphs), "
+                             "static = static cache without compiling, off = eager with a dynamic cache, "
+                             "auto = on for CUDA, off for CPU (default: auto)")
+    parser.add_argument("--max-cache-len", type=int, default=None,
+                        help="positions of each static KV cache: prompt plus generated tokens (default: the model's context)")
     return parser.parse_args(argv)
 
 
@@ -188,14 +225,21 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signum, lambda *_: stop.set())
     monitor = None if args.no_gpu_monitor else _start_monitor()
     spec = models.ModelSpec(args.model, seed=args.seed, dtype=args.dtype, device=args.device)
-    server = ModelServer(spec, monitor)
+    server = ModelServer(spec, monitor, fast_path=args.fast_path, max_cache_len=args.max_cache_len)
     print(f"semgap server built model={spec.name} on device={server.engine.device}", flush=True)
+    # Before the ready line: a spawning client waits for it, so compiling is never charged to a round.
+    warmup_s = server.warm_up()
+    print(f"semgap server warmed up path={server.engine.decode_path} max_cache_len={server.engine.max_cache_len} "
+          f"in {warmup_s:.1f} s", flush=True)
     try:
         transport.serve(
             args.host, args.port, server.handle, stop,
             on_ready=lambda: print(f"semgap server ready on {args.host}:{args.port}", flush=True),
         )
     finally:
+        # After the rounds: a recompile, a cudagraph skip or a fallback during them shows here.
+        print(f"semgap server engine stats: {json.dumps(asdict(server.engine.read_compile_counters()))}", flush=True)
+        server.close()
         if monitor is not None:
             monitor.stop()
     print("semgap server stopped", flush=True)

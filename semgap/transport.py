@@ -6,9 +6,11 @@ TensorPipe is archived, but both ship and work in torch 2.13.
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import random
 import socket
+import struct
 import threading
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
@@ -77,6 +79,7 @@ def serve(
 
     global _handler
     _handler = handler
+    pin_interface(host)
     rpc.init_rpc(SERVER_NAME, rank=0, world_size=None, rpc_backend_options=_backend_options(host, port, timeout_s))
     try:
         on_ready()
@@ -95,6 +98,7 @@ class RpcTransport:
         self._rpc = rpc
         self.host, self.port, self.timeout_s = host, port, timeout_s
         probe_server(host, port, connect_timeout_s)
+        pin_interface(_source_address(host, port))
         # Ranks only need to be unique among the clients connected at the same time.
         rank = random.SystemRandom().randint(1, 32767)  # RPC worker ids are int16
         options = _backend_options(host, port, connect_timeout_s)
@@ -122,6 +126,45 @@ class RpcTransport:
         self.closed = True
         # A graceful shutdown waits for the server's acknowledgement, which a dead server never sends.
         self._rpc.shutdown(graceful=not self.broken)
+
+
+def pin_interface(local_address: str) -> None:
+    """Make TensorPipe and Gloo announce the interface holding `local_address`.
+
+    Unpinned, TensorPipe announces the address the host name resolves to, which need not be the one
+    the server was bound to, and the kernel counters looked up by the server's address would then
+    miss the data connection. Variables already set (the netns link sets them) are kept.
+    """
+    if "TP_SOCKET_IFNAME" in os.environ:
+        return
+    interface = _interface_of(local_address)
+    if interface is not None:
+        os.environ["TP_SOCKET_IFNAME"] = interface
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", interface)
+
+
+def _interface_of(address: str) -> str | None:
+    """The interface whose IPv4 address is `address` (SIOCGIFADDR on each), or None."""
+    SIOCGIFADDR = 0x8915
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        for _, name in socket.if_nameindex():
+            try:
+                answer = fcntl.ioctl(probe.fileno(), SIOCGIFADDR, struct.pack("256s", name.encode()[:15]))
+            except OSError:
+                continue
+            if socket.inet_ntoa(answer[20:24]) == address:
+                return name
+    return None
+
+
+def _source_address(host: str, port: int) -> str:
+    """The local address the kernel would use towards host:port (a UDP connect sends nothing)."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect((host, port))
+            return probe.getsockname()[0]
+    except OSError:
+        return ""
 
 
 def probe_server(host: str, port: int, timeout_s: float) -> None:

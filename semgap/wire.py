@@ -156,8 +156,10 @@ class TcpCounter:
     """
 
     def __init__(self, peer_host: str, pid: int | None = None, exclude_ports: Iterable[int] = (),
-                 *, netns: str | None = None) -> None:
+                 *, netns: str | None = None, peer_ports: Iterable[int] | None = None) -> None:
         self.peer_host = peer_host
+        # Only sockets to these remote ports, where the process holds other connections to the same peer.
+        self.peer_ports = None if peer_ports is None else frozenset(int(p) for p in peer_ports)
         self.pid = os.getpid() if pid is None else pid
         self.exclude_ports = frozenset(int(p) for p in exclude_ports)
         self.netns = netns
@@ -184,6 +186,8 @@ class TcpCounter:
         except ValueError:
             return False
         if peer_address not in self._peers:
+            return False
+        if self.peer_ports is not None and peer_port not in self.peer_ports:
             return False
         return peer_port not in self.exclude_ports and local_port not in self.exclude_ports
 

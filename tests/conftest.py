@@ -1,4 +1,5 @@
 """Shared fixtures of the library's tests: one tiny server and one client connection per test process."""
+import os
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,9 @@ from semgap.serverproc import ServerProcess, free_port
 pytest_plugins = ["pytester"]
 
 REPO = Path(__file__).resolve().parent.parent
+BENCHMARK = (REPO / "benchmarks" / "test_semantic_gap.py").read_text()
+# Inner sessions write their pid, so tests can tell their namespaces and servers from others'.
+INNER_CONFTEST = 'import os\npytest_plugins = ["semgap.plugin"]\nopen("inner.pid", "w").write(str(os.getpid()))\n'
 
 
 @pytest.fixture(scope="session")
@@ -30,3 +34,23 @@ def client(tiny_server):
     connection = transport.CountingTransport(transport.RpcTransport(tiny_server.host, tiny_server.port, timeout_s=30))
     yield connection
     connection.close()
+
+
+@pytest.fixture
+def outside_xdist(monkeypatch):
+    """Keep a worker's PYTEST_XDIST_* variables from inner runs: pytest-benchmark would disable itself there."""
+    for name in [name for name in os.environ if name.startswith("PYTEST_XDIST_")]:
+        monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def suite(pytester, monkeypatch, outside_xdist):
+    """A copy of the benchmark suite in a temporary directory, run by inner pytest sessions on this checkout."""
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    pytester.makepyfile(test_semantic_gap=BENCHMARK)
+    pytester.makeconftest(INNER_CONFTEST)
+    pytester.makeini(
+        "[pytest]\naddopts = --benchmark-save-data --benchmark-json=results/benchmark.json\n"
+        "filterwarnings =\n    error:::semgap\n"
+    )
+    return pytester

@@ -1,4 +1,6 @@
 """The four modes against a real server: same tokens when lossless, and the byte ordering they exist to show."""
+import dataclasses
+
 import pytest
 
 from semgap import generate, models
@@ -14,12 +16,14 @@ def prompt(tiny_model):
 
 @pytest.fixture(scope="module")
 def context(tiny_model, client):
-    return ModeContext(tiny_model, client, SemanticOptions.parse("prune,compress,narrow-ids"))
+    context = ModeContext(tiny_model, client, SemanticOptions.parse("prune,compress,narrow-ids"))
+    make_mode("remote_cache", context).setup()  # one upload; contexts derived below share its handle
+    return context
 
 
 def run(name, context, prompt, semantic=None):
     if semantic is not None:
-        context = ModeContext(context.model, context.transport, SemanticOptions.parse(semantic))
+        context = dataclasses.replace(context, semantic=SemanticOptions.parse(semantic))
     mode = make_mode(name, context)
     mode.setup()
     before = context.counter.snapshot()

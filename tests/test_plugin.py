@@ -9,25 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import REPO
 
-BENCHMARK = (REPO / "benchmarks" / "test_semantic_gap.py").read_text()
 QUICK = ("--semgap-rounds", "3", "--semgap-warmup-rounds", "1", "--semgap-prompt-tokens", "32",
          "--semgap-decode-steps", "3", "-p", "no:cacheprovider")
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def suite(pytester, monkeypatch):
-    """A copy of the benchmark suite in a temporary directory, using this checkout's semgap."""
-    monkeypatch.setenv("PYTHONPATH", str(REPO))
-    pytester.makepyfile(test_semantic_gap=BENCHMARK)
-    pytester.makeconftest('pytest_plugins = ["semgap.plugin"]')
-    pytester.makeini(
-        "[pytest]\naddopts = --benchmark-save-data --benchmark-json=results/benchmark.json\n"
-        "filterwarnings =\n    error:::semgap\n"
-    )
-    return pytester
 
 
 def load(pytester, name="results/benchmark.json"):
@@ -61,6 +46,15 @@ def test_a_run_writes_bytes_tokens_verdicts_report_and_plots(suite):
     for name in ("verdicts.json", "report.md", "latency_vs_bytes.png"):
         assert (suite.path / "results" / name).stat().st_size > 0, name
     assert load(suite)["semgap"]["failures"] == []
+    # The report regenerates from the saved JSON alone, with the same verdicts.
+    again = subprocess.run([sys.executable, "-m", "semgap.report", "results/benchmark.json", "--out", "again"],
+                           cwd=suite.path, capture_output=True, text=True, check=True)
+    assert again.returncode == 0
+    first, second = (json.loads((suite.path / folder / "verdicts.json").read_text())["verdicts"]
+                     for folder in ("results", "again"))
+    assert [(v["hypothesis"], v["phase"], v["verdict"]) for v in first] == \
+        [(v["hypothesis"], v["phase"], v["verdict"]) for v in second]
+    assert len(first) == 4
 
 
 @pytest.mark.parametrize("enforce, exit_code", [(False, 0), (True, 1)])
@@ -92,9 +86,9 @@ def test_bad_options_fail_at_once_naming_the_choices(suite, option, message):
 
 
 def test_under_xdist_benchmarks_are_skipped_with_a_reason_not_passed(suite):
-    result = suite.runpytest_subprocess("-n", "2", *QUICK, "--semgap-modes", "local")
+    result = suite.runpytest_subprocess("-n", "2", "-rs", *QUICK, "--semgap-modes", "local")
     result.assert_outcomes(skipped=2)
-    result.stdout.fnmatch_lines(["*benchmarking is disabled (pytest-xdist*"], consecutive=False) if False else None
+    result.stdout.fnmatch_lines(["*benchmarking is disabled (pytest-xdist or --benchmark-disable)*"])
     assert "passed" not in result.outlines[-1]
 
 

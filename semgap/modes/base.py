@@ -9,6 +9,7 @@ from typing import ClassVar
 import torch
 
 from semgap import codec
+from semgap.runtime import EAGER_DYNAMIC, Engine
 from semgap.transport import CountingTransport, PayloadCounter
 
 
@@ -19,6 +20,18 @@ class ModeContext:
     model: torch.nn.Module
     transport: CountingTransport | None = None
     semantic: "SemanticOptions" = field(default_factory=lambda: SemanticOptions())
+    decode_path: str = EAGER_DYNAMIC  # how the client's own Engine decodes (semgap.runtime.DECODE_PATHS)
+    max_cache_len: int | None = None  # positions of its static caches; None: the model's context
+    engine: Engine | None = field(default=None, repr=False)
+    # The server's handle of the weights this context uploaded: remote_cache and semantic share one
+    # upload per session (12 GB for GPT-J-6B: ~20 s on loopback) instead of one per benchmark.
+    weights_handle: str | None = None
+
+    def local_engine(self) -> Engine:
+        """The one Engine on the client's model: every local mode of a session shares its compiled step and caches."""
+        if self.engine is None:
+            self.engine = Engine(self.model, self.decode_path, self.max_cache_len)
+        return self.engine
 
     @property
     def counter(self) -> PayloadCounter:
@@ -73,6 +86,7 @@ class Mode(ABC):
 
     name: ClassVar[str]
     needs_server: ClassVar[bool] = True
+    ships_cache: ClassVar[bool] = False  # the KV cache crosses the wire each step: the server decodes it eager-dynamic
 
     def __init__(self, context: ModeContext):
         self.context = context

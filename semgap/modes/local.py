@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from semgap.modes.base import Mode, last_row
-from semgap.runtime import Engine
 
 
 class LocalMode(Mode):
@@ -10,7 +9,7 @@ class LocalMode(Mode):
     needs_server = False
 
     def setup(self) -> None:
-        self.engine = Engine(self.context.model)
+        self.engine = self.context.local_engine()
 
     def prefill(self, token_ids):
         step = self.engine.prefill(token_ids)
@@ -19,3 +18,6 @@ class LocalMode(Mode):
     def decode_one_token(self, token_id, state):
         step = self.engine.decode_one_token(token_id, state)
         return last_row(step.logits), step.cache
+
+    def release(self, state):
+        self.engine.release(state)  # a static cache goes back to the engine's pool

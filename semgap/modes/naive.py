@@ -11,6 +11,7 @@ class NaiveMode(Mode):
     """The server keeps nothing between calls: each one carries everything the step needs, both ways."""
 
     name = "naive"
+    ships_cache = True
 
     def setup(self) -> None:
         self.weights = {f"w.{name}": tensor for name, tensor in weights_of(self.context.model).items()}

@@ -21,8 +21,10 @@ class RemoteCacheMode(Mode):
         return torch.tensor([token_ids], dtype=torch.long)  # [batch=1, seq]
 
     def setup(self) -> None:
-        _, meta = self.call("upload_weights", weights_of(self.context.model))
-        self.weights_handle = meta["weights_handle"]
+        if self.context.weights_handle is None:
+            _, meta = self.call("upload_weights", weights_of(self.context.model))
+            self.context.weights_handle = meta["weights_handle"]
+        self.weights_handle = self.context.weights_handle
 
     def prefill(self, token_ids):
         meta = {"weights_handle": self.weights_handle, **self.logits_options().to_meta()}
