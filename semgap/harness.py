@@ -1,17 +1,24 @@
 """The experiment's moving parts for one pytest session: link, server, connection, and per-round records."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import statistics
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 
-from semgap import generate, models, runtime, transport
+import torch
+import transformers
+
+from semgap import codec, generate, models, runtime, transport
 from semgap.config import SemgapConfig
+from semgap.link import LinkCounters, NetnsLink, cleanup_stale, format_rate
 from semgap.modes import MODES, ModeContext, make_mode
 from semgap.modes.local import LocalMode
+from semgap.monitor import GpuMonitor, GpuSummary, unavailable_summary
 from semgap.serverproc import ServerProcess, free_port
+from semgap.wire import TcpBytes, TcpCounter, delta, tcp_counters_available
 
 # TCP bytes may exceed payload bytes by RPC framing (TensorPipe message descriptor, the pickled
 # (op, request) call) per message, independent of the payload's size: measured on loopback and
@@ -30,8 +37,6 @@ class Case:
 
     @property
     def id(self) -> str:
-        from semgap.link import format_rate
-
         rate = f"-{format_rate(self.link_rate_bps)}" if self.link_rate_bps else ""
         return f"{self.mode}-{self.phase}{rate}"
 
@@ -44,8 +49,8 @@ def cases(settings: SemgapConfig) -> list[Case]:
 @dataclass
 class Snapshot:
     payload: transport.PayloadCounter
-    tcp: object | None  # semgap.wire.TcpBytes
-    link: object | None  # semgap.link.LinkCounters
+    tcp: TcpBytes | None
+    link: LinkCounters | None
 
 
 @dataclass
@@ -115,8 +120,6 @@ class ExperimentSession:
         )
         self.resources.callback(self.transport.close)
         self.context.transport = self.transport
-        from semgap import codec
-
         self.server_info = codec.decode(self.transport.call("hello", codec.encode({})))[1]
         if self.server_info.get("model") != settings.model or self.server_info.get("seed") != str(settings.seed):
             raise RuntimeError(
@@ -124,7 +127,9 @@ class ExperimentSession:
                 f"{self.server_info.get('seed')}), not {settings.model!r} (seed {settings.seed}); start it with "
                 f"--model {settings.model} --seed {settings.seed}"
             )
-        self.tcp_counter = _tcp_counter(host)
+        self.tcp_counter, reason = _tcp_counter(host)
+        if self.tcp_counter is None:
+            self.warnings.append(f"no kernel TCP counters ({reason}): bytes are counted at the payload level only")
         server_cache_len = int(self.server_info.get("max_cache_len", "0") or 0)
         if self.server_info.get("fast_path", runtime.EAGER_DYNAMIC) != runtime.EAGER_DYNAMIC and (
             server_cache_len < settings.max_cache_len
@@ -150,8 +155,6 @@ class ExperimentSession:
         env: dict[str, str] = {}
         host = settings.host
         if settings.link == "netns":
-            from semgap.link import NetnsLink, cleanup_stale
-
             cleanup_stale()
             self.link = self.resources.enter_context(NetnsLink(rate_bps=None))
             prefix, env, host = tuple(self.link.server_command([])), self.link.server_env(), self.link.server_address
@@ -218,17 +221,17 @@ class ExperimentSession:
             getattr(tcp, "sockets_closed", 0) if tcp else 0,
         )
 
-    def gpu_mark(self, mode_name: str) -> str:
-        from semgap import codec
+    def device(self, mode_name: str) -> str:
+        """Where `mode_name`'s model runs: the server's device for remote modes, else the client's."""
+        client_device = str(next(self.model.parameters()).device)
+        return self.server_info.get("device", client_device) if MODES[mode_name].needs_server else client_device
 
+    def gpu_mark(self, mode_name: str) -> str:
         if MODES[mode_name].needs_server:
             return codec.decode(self.transport.call("gpu_summary", codec.encode({}, {"since": ""})))[1]["mark"]
         return str(self._client_monitor().mark())
 
     def gpu_summary(self, mode_name: str, mark: str) -> dict:
-        from semgap import codec
-        from semgap.monitor import GpuSummary, unavailable_summary
-
         if MODES[mode_name].needs_server:
             meta = codec.decode(self.transport.call("gpu_summary", codec.encode({}, {"since": mark})))[1]
             if not meta.get("summary"):
@@ -238,8 +241,6 @@ class ExperimentSession:
 
     def _client_monitor(self):
         if self.gpu_monitor is None:
-            from semgap.monitor import GpuMonitor
-
             self.gpu_monitor = GpuMonitor().start()
             self.resources.callback(self.gpu_monitor.stop)
         return self.gpu_monitor
@@ -265,14 +266,11 @@ class ExperimentSession:
 
     def conditions(self) -> dict:
         """What the JSON must say about how this run was made."""
-        import torch
-        import transformers
-
         settings = self.settings
         return {
             "model": settings.model,
             "seed": settings.seed,
-            "device": self.server_info.get("device") or str(next(self.model.parameters()).device),
+            "device": self.device(next((mode for mode in settings.modes if MODES[mode].needs_server), "local")),
             "dtype": self.server_info.get("dtype") or str(next(self.model.parameters()).dtype).removeprefix("torch."),
             "link": settings.link,
             "link_rates_bps": list(settings.link_rates_bps),
@@ -305,20 +303,20 @@ def _restore_env(name: str, value: str | None) -> None:
         os.environ[name] = value
 
 
-def _tcp_counter(host: str):
+def _tcp_counter(host: str) -> tuple[TcpCounter | None, str]:
+    """Kernel TCP counters towards the server, or None and the reason they cannot be had."""
+    available, reason = tcp_counters_available()
+    if not available:
+        return None, reason
     try:
-        from semgap.wire import TcpCounter, tcp_counters_available
-    except ImportError:
-        return None
-    available, _ = tcp_counters_available()
-    return TcpCounter(host) if available else None
+        return TcpCounter(host), ""
+    except ValueError as error:  # a host name: resolving it could query DNS, so it is not done
+        return None, str(error)
 
 
 def _tcp_delta(before, after):
     if before is None or after is None:
         return None
-    from semgap.wire import delta
-
     return delta(before, after)
 
 
@@ -339,7 +337,7 @@ class CaseRunner:
     def run(self, benchmark) -> None:
         settings, case = self.session.settings, self.case
         self.session.set_link_rate(case.link_rate_bps)
-        benchmark.group = f"{case.phase}" + (f" at {case.id.rsplit('-', 1)[-1]}" if case.link_rate_bps else "")
+        benchmark.group = case.phase + (f" at {format_rate(case.link_rate_bps)}" if case.link_rate_bps else "")
         self.mode = self.session.mode(case.mode)
         gpu_mark = self.session.gpu_mark(case.mode)
         target = self._prefill_round if case.phase == "prefill" else self._decode_round
@@ -374,11 +372,9 @@ class CaseRunner:
 
     def extra_info(self, measured: list[RoundRecord]) -> dict:
         settings, session, case = self.session.settings, self.session, self.case
-        from semgap.link import format_rate
-
         info: dict = {
             "mode": case.mode, "phase": case.phase, "model": settings.model,
-            "device": session.conditions()["device"] if case.mode != "local" else str(next(session.model.parameters()).device),
+            "device": session.device(case.mode),
             "prompt_tokens": settings.prompt_tokens, "decode_steps": settings.decode_steps if case.phase == "decode" else 0,
             "link": settings.link, "link_rate": format_rate(case.link_rate_bps) if case.link_rate_bps else None,
             "link_rate_bps": case.link_rate_bps, "semantic": str(settings.semantic) if case.mode == "semantic" else None,
@@ -402,8 +398,6 @@ class CaseRunner:
         expected = reference[:1] if self.case.phase == "prefill" else reference[1:]
         tokens = self.tokens[-1]
         agreement = sum(a == b for a, b in zip(tokens, expected)) / len(expected)
-        import hashlib
-
         return {
             "token_ids": tokens,
             "tokens_sha256": hashlib.sha256(json.dumps(tokens).encode()).hexdigest(),

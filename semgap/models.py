@@ -80,13 +80,13 @@ def build_model(spec: ModelSpec) -> torch.nn.Module:
     on CUDA also of the GPU model, whose SM count shapes how random numbers map to elements. Building
     on the GPU takes seconds where initialising GPT-J-6B on the CPU and copying 12 GB takes minutes.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     dtype = spec.resolved_dtype()
     device = spec.resolved_device()
     if spec.name in presets():
         preset = presets()[spec.name]
-        config = AutoConfig.for_model(preset["model_type"], **preset["config"])
+        config = config_of(spec.name)
         extra = {"attn_implementation": preset["attn_implementation"]} if preset.get("attn_implementation") else {}
         torch.manual_seed(spec.seed)
         with torch.device(device):
@@ -97,19 +97,25 @@ def build_model(spec: ModelSpec) -> torch.nn.Module:
     return model.eval().to(device)
 
 
+def config_of(name: str):
+    """The transformers config of a preset or local checkpoint, without building the model."""
+    from transformers import AutoConfig
+
+    if name in presets():
+        preset = presets()[name]
+        return AutoConfig.for_model(preset["model_type"], **preset["config"])
+    check_model_name(name)
+    return AutoConfig.from_pretrained(name, local_files_only=True)
+
+
 def weight_bytes_of(name: str, dtype: torch.dtype) -> int:
     """Bytes of model `name`'s parameters in `dtype`, tied tensors once: what one decode step streams.
 
     Built on the meta device, so it allocates nothing and needs no weights.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    if name in presets():
-        preset = presets()[name]
-        config = AutoConfig.for_model(preset["model_type"], **preset["config"])
-    else:
-        check_model_name(name)
-        config = AutoConfig.from_pretrained(name, local_files_only=True)
+    config = config_of(name)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     unique = {id(parameter): parameter for parameter in model.parameters()}
@@ -118,14 +124,7 @@ def weight_bytes_of(name: str, dtype: torch.dtype) -> int:
 
 def context_length_of(name: str) -> int:
     """The number of positions model `name` can attend to, read from its config without building it."""
-    from transformers import AutoConfig
-
-    if name in presets():
-        preset = presets()[name]
-        config = AutoConfig.for_model(preset["model_type"], **preset["config"])
-    else:
-        check_model_name(name)
-        config = AutoConfig.from_pretrained(name, local_files_only=True)
+    config = config_of(name)
     return int(getattr(config, "n_positions", None) or config.max_position_embeddings)
 
 

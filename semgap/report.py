@@ -205,6 +205,21 @@ def _annotate_rates(ax: Any, total: Sequence[float], pts: Sequence[ModeSummary])
         ax.annotate(", ".join(names), (t, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
 
 
+def _finish_panel(ax: Any, xlabel: str, title: str) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_yscale("log")  # modes differ by orders of magnitude: a linear axis hides the fast ones
+    ax.set_ylabel("median latency per round (ms, log scale), bars = IQR")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return path
+
+
 def plot_latency_vs_bytes(rv: RunVerdicts, path: Path) -> Path:
     """Median latency (IQR bars) vs bytes per round, one panel per (model, phase)."""
     panels = _panels(rv.summaries)
@@ -227,15 +242,9 @@ def plot_latency_vs_bytes(rv: RunVerdicts, path: Path) -> Path:
         level = "/".join(sorted({s.byte_level for s in rows if s.mode != "local"})) or "payload"
         ax.set_xscale("log")
         ax.margins(x=0.2)
-        ax.set_xlabel(f"bytes per round, sent + received ({level} level, log scale)")
-        ax.set_yscale("log")  # modes differ by orders of magnitude: a linear axis hides the fast ones
-        ax.set_ylabel("median latency per round (ms, log scale), bars = IQR")
-        ax.set_title(f"{model} {phase}: latency vs bytes")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    return path
+        _finish_panel(ax, f"bytes per round, sent + received ({level} level, log scale)",
+                      f"{model} {phase}: latency vs bytes")
+    return _save(fig, path)
 
 
 def plot_latency_vs_rate(rv: RunVerdicts, path: Path) -> Path | None:
@@ -268,15 +277,8 @@ def plot_latency_vs_rate(rv: RunVerdicts, path: Path) -> Path | None:
             if c.model == model and c.phase == phase and c.rate_bps:
                 ax.axvline(c.rate_bps, color="gray", linestyle="-.", label=f"H2 crossover {_bps(c.rate_bps)}")
         ax.set_xscale("log")
-        ax.set_xlabel("link rate (bit/s, log scale)")
-        ax.set_yscale("log")  # modes differ by orders of magnitude: a linear axis hides the fast ones
-        ax.set_ylabel("median latency per round (ms, log scale), bars = IQR")
-        ax.set_title(f"{model} {phase}: latency vs link rate")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    return path
+        _finish_panel(ax, "link rate (bit/s, log scale)", f"{model} {phase}: latency vs link rate")
+    return _save(fig, path)
 
 
 # ---------------------------------------------------------------- public API

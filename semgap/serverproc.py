@@ -26,9 +26,10 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def _die_with_parent() -> None:
-    # Runs in the child between fork and exec: the kernel sends SIGTERM to the server if the pytest
-    # process dies without running its teardown (SIGKILL, a crash), so no server outlives its run.
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    # Runs in the child between fork and exec: the kernel kills the server if the pytest process dies
+    # without running its teardown (SIGKILL, a crash), so no server outlives its run. SIGKILL, since a
+    # server whose client vanished mid-call may never finish a graceful shutdown.
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 @dataclass

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 SERVER_NAME = "semgap_server"
+SHUTDOWN_GRACE_S = 15.0
 Handler = Callable[[str, bytes], bytes]
 
 # The server process's request handler; PyTorch RPC calls `_dispatch` by reference, so it must be
@@ -85,7 +86,12 @@ def serve(
         on_ready()
         stop.wait()
     finally:
+        # A client that vanished mid-call can leave the agent's shutdown waiting forever: bound it.
+        deadline = threading.Timer(SHUTDOWN_GRACE_S, os._exit, (3,))
+        deadline.daemon = True
+        deadline.start()
         rpc.shutdown(graceful=False)
+        deadline.cancel()
         _handler = None
 
 

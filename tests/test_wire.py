@@ -2,11 +2,9 @@
 from __future__ import annotations
 
 import socket
-import statistics
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 
