@@ -299,20 +299,22 @@ def write(run_verdicts: RunVerdicts, output_json: dict, out_dir: Path) -> list[P
 
 
 def terminal_lines(run_verdicts: RunVerdicts) -> list[str]:
-    """One compact line per verdict; the change is semantic vs remote_cache (negative = less)."""
-    lines = []
+    """A header, then one compact line per verdict: the reduction of semantic vs remote_cache, as in report.md."""
+    if not run_verdicts.verdicts:
+        return []
+    lines = ["reduction = 1 - semantic/remote_cache (positive: semantic cheaper); H1 bytes, H2 latency"]
     for v in run_verdicts.verdicts:
         what = "bytes  " if v.hypothesis == "H1" else "latency"
-        change = "-" if v.estimate is None else f"{-v.estimate:+.1%}"
+        reduction = "-" if v.estimate is None else f"{v.estimate:+.1%}"
         if v.ci_low is None or v.ci_high is None:
             interval = ""
         elif v.ci_low == v.ci_high:
             interval = f"exact {v.byte_level}"
         else:
-            interval = f"[{-v.ci_high:+.1%}, {-v.ci_low:+.1%}]"
+            interval = f"[{v.ci_low:+.1%}, {v.ci_high:+.1%}]"
         p = f" p={v.p_value:.2g}" if v.p_value is not None else ""
         lines.append(f"{v.hypothesis} {what} {v.phase:<7} {v.model} {_rate(v.link_rate):<7} "
-                     f"{change:>7} {interval}{p}  {v.verdict}")
+                     f"{reduction:>7} {interval}{p} vs {v.threshold:.0%}  {v.verdict}")
     return lines
 
 

@@ -87,13 +87,14 @@ def test_rate_plot_only_with_rates(tmp_path):
 
 def test_terminal_lines():
     rv = verdicts.compute(run_json(semantic_latency=0.095))
-    lines = report.terminal_lines(rv)
+    header, *lines = report.terminal_lines(rv)
+    assert header.startswith("reduction = 1 - semantic/remote_cache")
     assert len(lines) == 4
     h1_decode = [ln for ln in lines if ln.startswith("H1") and "decode" in ln][0]
-    assert "-63.6% exact tcp" in h1_decode  # tcp level: 1 - (400+400)/(1100+1100)
+    assert "+63.6% exact tcp vs 30%" in h1_decode  # tcp level: 1 - (400+400)/(1100+1100)
     assert h1_decode.endswith("SUPPORTED") and "NOT" not in h1_decode
     h2_decode = [ln for ln in lines if ln.startswith("H2") and "decode" in ln][0]
-    assert "-5.0%" in h2_decode and h2_decode.endswith("NOT SUPPORTED")
+    assert "+5.0%" in h2_decode and h2_decode.endswith("NOT SUPPORTED")
     assert all(len(ln) < 100 for ln in lines)
 
 
