@@ -55,11 +55,6 @@ def _metadata(body: bytes) -> dict[str, str]:
     return json.loads(body[8 : 8 + header_length]).get("__metadata__", {})
 
 
-def cast_floats(tensors: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """Cast every floating-point tensor to `dtype` (the semantic cast); others pass unchanged."""
-    return {name: t.to(dtype) if t.is_floating_point() else t for name, t in tensors.items()}
-
-
 @dataclass(frozen=True)
 class LogitsOptions:
     """How the server returns logits: which positions, in which dtype, compressed or not."""

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 
 from semgap import models
 from semgap.modes import MODES, PHASES, SemanticOptions
@@ -60,6 +62,12 @@ def _model(text: str) -> str:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+def _device(text: str) -> str:
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", text):
+        raise argparse.ArgumentTypeError(f"unknown device {text!r}; choose from auto, cpu, cuda, cuda:N")
+    return text
+
+
 def _address(text: str) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
@@ -91,7 +99,7 @@ def add_options(parser: pytest.Parser) -> None:
     option("--semgap-seed", metavar="N", type=_non_negative_int, default=0, help="seed of a preset's weights. Default: 0")
     option("--semgap-dtype", metavar="DTYPE", default="auto", choices=["auto", *models.DTYPES],
            help="model dtype: auto is float32 on CPU, float16 on CUDA. Default: auto")
-    option("--semgap-device", metavar="DEVICE", default="auto",
+    option("--semgap-device", metavar="DEVICE", type=_device, default="auto",
            help="where the model runs (client for local, server otherwise): auto, cpu, cuda. Default: auto")
     option("--semgap-fast-path", metavar="SETTING", default="auto", choices=FAST_PATH_SETTINGS,
            help="decode with a static KV cache and torch.compile (CUDA graphs) wherever the cache stays resident "
@@ -120,7 +128,7 @@ def add_options(parser: pytest.Parser) -> None:
     option("--semgap-rpc-timeout", metavar="SECONDS", type=_positive_int, default=120,
            help="timeout of one RPC call. Default: 120")
     option("--semgap-server-start-timeout", metavar="SECONDS", type=_positive_int, default=600,
-           help="how long to wait for a spawned server to build its model and serve. Default: 600")
+           help="how long to wait for a spawned server to build its model, and for the one weight upload. Default: 600")
     option("--semgap-results", metavar="DIR", type=Path, default=Path("results"),
            help="where logs, verdicts, report and plots go. Default: results")
     option("--semgap-h1", metavar="FRACTION", type=_fraction, default=0.30,
@@ -181,6 +189,13 @@ class SemgapConfig:
         """Reject contradictory settings before anything starts."""
         if self.link_rates_bps and self.link != "netns":
             raise pytest.UsageError("--semgap-link-rate shapes the veth of --semgap-link netns; add --semgap-link netns")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise pytest.UsageError(f"--semgap-device {self.device}: torch sees no CUDA device on this machine")
+        if self.host in ("0.0.0.0", "::", ""):
+            raise pytest.UsageError(
+                f"--semgap-host {self.host!r} is a wildcard: give the concrete address the client should reach "
+                "(bytes are counted on the connection to it)"
+            )
         if self.link == "netns":
             from semgap.link import link_available
 

@@ -92,6 +92,7 @@ class ExperimentSession:
             self.prompt = models.prompt_ids(settings.prompt_tokens, self.model.config.vocab_size)
             self.context = ModeContext(
                 self.model, semantic=settings.semantic, max_cache_len=settings.max_cache_len,
+                upload_timeout_s=settings.server_start_timeout_s,
                 decode_path=runtime.resolve_decode_path(settings.fast_path, next(self.model.parameters()).device),
             )
             # Compiling and capturing the client's decode step happen here, before any round.
@@ -99,6 +100,7 @@ class ExperimentSession:
             self.reference_tokens = generate.generate(self._local(), self.prompt, settings.decode_steps)
             if any(MODES[name].needs_server for name in settings.modes):
                 self._connect()
+                self.upload_weights()
         except BaseException:
             self.close()
             raise
@@ -127,6 +129,12 @@ class ExperimentSession:
                 f"{self.server_info.get('seed')}), not {settings.model!r} (seed {settings.seed}); start it with "
                 f"--model {settings.model} --seed {settings.seed}"
             )
+        if self.server_info.get("dtype") != self.context.dtype_name:
+            raise RuntimeError(
+                f"the server at {host}:{port} computes in {self.server_info.get('dtype')}, this client in "
+                f"{self.context.dtype_name}: the modes would not compute the same function; pass "
+                f"--semgap-dtype {self.server_info.get('dtype')} (or start the server with --dtype {self.context.dtype_name})"
+            )
         self.tcp_counter, reason = _tcp_counter(host)
         if self.tcp_counter is None:
             self.warnings.append(f"no kernel TCP counters ({reason}): bytes are counted at the payload level only")
@@ -138,6 +146,11 @@ class ExperimentSession:
                 f"the server's static KV caches hold {server_cache_len} positions, fewer than the "
                 f"{settings.max_cache_len} a round needs: its steps beyond that run eager-dynamic"
             )
+
+    def upload_weights(self) -> None:
+        """Ship the weights once, before any link shaping, if a mode keeps them on the server."""
+        if any(_resident(MODES[name]) for name in self.settings.modes):
+            self.mode("remote_cache")
 
     def decode_path(self, mode_name: str) -> str:
         """Which decode path ran `mode_name`'s steps (extra_info `fast_path`)."""
@@ -218,7 +231,7 @@ class ExperimentSession:
             link.bytes_sent - before.link.bytes_sent if link else None,
             link.bytes_received - before.link.bytes_received if link else None,
             payload.round_trips, payload.server_compute_ms, payload.encode_ms, payload.decode_ms,
-            getattr(tcp, "sockets_closed", 0) if tcp else 0,
+            tcp.sockets_closed if tcp else 0,
         )
 
     def device(self, mode_name: str) -> str:
@@ -271,7 +284,7 @@ class ExperimentSession:
             "model": settings.model,
             "seed": settings.seed,
             "device": self.device(next((mode for mode in settings.modes if MODES[mode].needs_server), "local")),
-            "dtype": self.server_info.get("dtype") or str(next(self.model.parameters()).dtype).removeprefix("torch."),
+            "dtype": self.context.dtype_name,
             "link": settings.link,
             "link_rates_bps": list(settings.link_rates_bps),
             "server": "external" if settings.server else "spawned",
@@ -279,6 +292,7 @@ class ExperimentSession:
             "compressor": self.server_info.get("compressor", ""),
             "rounds": settings.rounds,
             "warmup_rounds": settings.warmup_rounds,
+            "h1": settings.h1, "h2": settings.h2, "alpha": settings.alpha,
             "prompt_tokens": settings.prompt_tokens,
             "decode_steps": settings.decode_steps,
             "reference_tokens": self.reference_tokens,
@@ -294,6 +308,11 @@ class ExperimentSession:
             "engine_stats_server_at_start": json.loads(self.server_info.get("engine_stats", "{}") or "{}"),
             "warnings": self.warnings,
         }
+
+
+def _resident(mode: type) -> bool:
+    """Whether the mode keeps weights and KV cache on the server (and so shares the one upload)."""
+    return mode.needs_server and not mode.ships_cache
 
 
 def _restore_env(name: str, value: str | None) -> None:
@@ -345,7 +364,8 @@ class CaseRunner:
             target, setup=self._setup, teardown=self._teardown,
             rounds=settings.rounds, warmup_rounds=settings.warmup_rounds,
         )
-        measured = self.rounds[settings.warmup_rounds:]
+        # --benchmark-cprofile runs setup and teardown once more after the measured rounds: not a round.
+        measured = self.rounds[settings.warmup_rounds:settings.warmup_rounds + settings.rounds]
         self.session.check_framing(case, measured)
         benchmark.extra_info.update(self.extra_info(measured))
         benchmark.extra_info.update(self.session.gpu_summary(case.mode, gpu_mark))
@@ -386,10 +406,10 @@ class CaseRunner:
         info["wire_levels"] = ["payload"] + [
             level for level in ("tcp", "link") if info[f"wire_{level}_bytes_sent"] is not None
         ]
-        remote = MODES[case.mode].needs_server
+        resident = _resident(MODES[case.mode])
         info["fast_path"] = session.decode_path(case.mode)
-        info["setup_bytes_sent"] = session.setup_bytes.bytes_sent if remote else 0
-        info["setup_bytes_received"] = session.setup_bytes.bytes_received if remote else 0
+        info["setup_bytes_sent"] = session.setup_bytes.bytes_sent if resident else 0
+        info["setup_bytes_received"] = session.setup_bytes.bytes_received if resident else 0
         info.update(self._token_info())
         return info
 

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 
 import pytest
 
+from semgap import report, verdicts
 from semgap.config import SemgapConfig, add_options
 from semgap.harness import Case, CaseRunner, ExperimentSession, cases
 
@@ -19,6 +21,7 @@ class RunRecord:
 
     failures: list[dict] = field(default_factory=list)
     conditions: dict = field(default_factory=dict)
+    session: ExperimentSession | None = None  # while it is open: after -x or Ctrl-C the JSON is written before teardown
     verdicts: object | None = None
     output_json: dict | None = None
     report_error: str = ""
@@ -42,6 +45,25 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("semgap_case", matrix, ids=[case.id for case in matrix])
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Decided before any fixture runs, so a disabled run builds no model, server or namespace.
+    reason = _benchmarking_disabled(config)
+    if reason:
+        for item in items:
+            if "semgap_case" in getattr(item, "fixturenames", ()):
+                item.add_marker(pytest.mark.skip(reason=reason))
+
+
+def _benchmarking_disabled(config: pytest.Config) -> str:
+    if config.getoption("benchmark_disable", False):
+        return "benchmarking is disabled (--benchmark-disable): semgap needs measured rounds"
+    if config.getoption("benchmark_skip", False):
+        return "benchmarks are skipped (--benchmark-skip)"
+    if os.environ.get("PYTEST_XDIST_WORKER") or config.getoption("numprocesses", None):
+        return "benchmarking is disabled (pytest-xdist or --benchmark-disable): semgap needs measured rounds"
+    return ""
+
+
 @pytest.fixture(scope="session")
 def semgap_settings(request: pytest.FixtureRequest) -> SemgapConfig:
     return request.config.stash[settings_key]
@@ -50,12 +72,16 @@ def semgap_settings(request: pytest.FixtureRequest) -> SemgapConfig:
 @pytest.fixture(scope="session")
 def semgap_session(request: pytest.FixtureRequest, semgap_settings: SemgapConfig):
     """The link, server and connection shared by every benchmark; all torn down at the end, also on failure."""
-    session = ExperimentSession(semgap_settings).open()
+    record = request.config.stash[run_key]
+    record.session = ExperimentSession(semgap_settings).open()
     try:
-        yield session
+        yield record.session
     finally:
-        request.config.stash[run_key].conditions = session.conditions()
-        session.close()
+        try:
+            record.conditions = record.session.conditions()
+        finally:
+            record.session.close()
+            record.session = None
 
 
 @pytest.fixture
@@ -78,6 +104,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
 
 def pytest_benchmark_update_json(config: pytest.Config, benchmarks, output_json: dict) -> None:
     record = config.stash[run_key]
+    if record.session is not None:
+        record.conditions = record.session.conditions()
     output_json["semgap"] = {**record.conditions, "failures": record.failures}
     record.output_json = output_json
 
@@ -93,8 +121,6 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         record.output_json = {"benchmarks": [], "semgap": {**record.conditions, "failures": record.failures}}
         settings.results_dir.mkdir(parents=True, exist_ok=True)
         (settings.results_dir / "failures.json").write_text(json.dumps(record.output_json, indent=2))
-    from semgap import report, verdicts
-
     try:
         record.verdicts = verdicts.compute(
             record.output_json, h1=settings.h1, h2=settings.h2, alpha=settings.alpha
@@ -112,8 +138,6 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     record, settings = config.stash[run_key], config.stash[settings_key]
     if record.output_json is None:
         return
-    from semgap import report, verdicts
-
     write = terminalreporter.write_line
     terminalreporter.section("semgap verdicts")
     for warning in record.conditions.get("warnings", []):

@@ -14,18 +14,28 @@ regression was flagged, 2 on unreadable or invalid input.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
-
-from matplotlib.figure import Figure
+from typing import TYPE_CHECKING, Any, Sequence
 
 from semgap import stats
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 from semgap.verdicts import (
-    BASELINE_MODE, MODE_ORDER, PAYLOAD_ONLY_NOTE, PHASE_ORDER, BenchRun, InvalidBenchmarkJSON, ModeSummary,
-    RunVerdicts, compute, parse_benchmarks,
+    BASELINE_MODE,
+    MODE_ORDER,
+    PAYLOAD_ONLY_NOTE,
+    PHASE_ORDER,
+    BenchRun,
+    InvalidBenchmarkJSON,
+    ModeSummary,
+    RunVerdicts,
+    compute,
+    parse_benchmarks,
 )
 
 LEVEL_MEANING = {
@@ -223,6 +233,10 @@ def _save(fig: Figure, path: Path) -> Path:
 def plot_latency_vs_bytes(rv: RunVerdicts, path: Path) -> Path:
     """Median latency (IQR bars) vs bytes per round, one panel per (model, phase)."""
     panels = _panels(rv.summaries)
+    from matplotlib.figure import (
+        Figure,  # imported only when plotting: a run without matplotlib still reports
+    )
+
     fig = Figure(figsize=(6 * len(panels), 4.5))
     axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, (model, phase) in zip(axes[0], panels):
@@ -253,6 +267,10 @@ def plot_latency_vs_rate(rv: RunVerdicts, path: Path) -> Path | None:
     if not rated:
         return None
     panels = _panels(rated)
+    from matplotlib.figure import (
+        Figure,  # imported only when plotting: a run without matplotlib still reports
+    )
+
     fig = Figure(figsize=(6 * len(panels), 4.5))
     axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, (model, phase) in zip(axes[0], panels):
@@ -290,7 +308,9 @@ def write(run_verdicts: RunVerdicts, output_json: dict, out_dir: Path) -> list[P
     paths = [out_dir / "verdicts.json", out_dir / "report.md"]
     paths[0].write_text(json.dumps(run_verdicts.to_dict(), indent=2, default=str) + "\n")
     paths[1].write_text(markdown(run_verdicts, output_json))
-    if run_verdicts.summaries:
+    if run_verdicts.summaries and importlib.util.find_spec("matplotlib") is None:
+        print("semgap report: matplotlib is not installed, so no plots were drawn", file=sys.stderr)
+    elif run_verdicts.summaries:
         paths.append(plot_latency_vs_bytes(run_verdicts, out_dir / "latency_vs_bytes.png"))
         rate_plot = plot_latency_vs_rate(run_verdicts, out_dir / "latency_vs_rate.png")
         if rate_plot is not None:
@@ -439,15 +459,26 @@ def _load(path: str) -> dict:
     return data
 
 
+THRESHOLDS = (("h1", 0.30), ("h2", 0.15), ("alpha", 0.05))
+
+
+def _threshold(args: argparse.Namespace, output_json: dict, name: str, default: float) -> float:
+    """The option if given, else what the run itself used (saved in its JSON), else the default."""
+    if getattr(args, name) is not None:
+        return getattr(args, name)
+    saved = (output_json.get("semgap") or {}).get(name)
+    return float(saved) if saved is not None else default
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m semgap.report",
                                 description="Regenerate the semgap report from saved pytest-benchmark JSON; "
                                             "with two files, compare them (first = before, second = after).")
     p.add_argument("paths", nargs="+", metavar="PATH", help="one or two pytest-benchmark JSON files")
     p.add_argument("--out", default="results", help="output directory (default: results/)")
-    p.add_argument("--h1", type=float, default=0.30, help="H1 byte-reduction threshold (default 0.30)")
-    p.add_argument("--h2", type=float, default=0.15, help="H2 latency-reduction threshold (default 0.15)")
-    p.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
+    p.add_argument("--h1", type=float, default=None, help="H1 byte-reduction threshold (default: the run's, else 0.30)")
+    p.add_argument("--h2", type=float, default=None, help="H2 latency-reduction threshold (default: the run's, else 0.15)")
+    p.add_argument("--alpha", type=float, default=None, help="significance level (default: the run's, else 0.05)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     p.add_argument("--fail-on-regression", action="store_true",
                    help="exit 1 when a byte or latency regression is flagged")
@@ -462,8 +493,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         runs = [_load(p) for p in args.paths]
-        rv = compute(runs[-1], h1=args.h1, h2=args.h2, alpha=args.alpha, seed=args.seed)
-        comparison = compare_runs(runs[0], runs[1], args.alpha, args.seed) if len(runs) == 2 else None
+        h1, h2, alpha = (_threshold(args, runs[-1], name, default) for name, default in THRESHOLDS)
+        rv = compute(runs[-1], h1=h1, h2=h2, alpha=alpha, seed=args.seed)
+        comparison = compare_runs(runs[0], runs[1], alpha, args.seed) if len(runs) == 2 else None
     except InvalidBenchmarkJSON as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

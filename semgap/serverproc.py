@@ -63,7 +63,7 @@ class ServerProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env={**os.environ, "PYTHONPATH": _source_root(), **(env or {})},
+                env={**os.environ, **(env or {}), "PYTHONPATH": _source_root()},
                 start_new_session=True,  # its own process group: teardown kills the whole group
                 preexec_fn=_die_with_parent,
             )

@@ -17,6 +17,7 @@ from typing import Callable, Protocol
 
 SERVER_NAME = "semgap_server"
 SHUTDOWN_GRACE_S = 15.0
+INTERFACE_VARIABLES = ("TP_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME")
 Handler = Callable[[str, bytes], bytes]
 
 # The server process's request handler; PyTorch RPC calls `_dispatch` by reference, so it must be
@@ -29,7 +30,7 @@ class ServerUnreachable(ConnectionError):
 
 
 class Transport(Protocol):
-    def call(self, op: str, request: bytes) -> bytes: ...
+    def call(self, op: str, request: bytes, timeout_s: float | None = None) -> bytes: ...
 
     def close(self) -> None: ...
 
@@ -104,6 +105,7 @@ class RpcTransport:
         self._rpc = rpc
         self.host, self.port, self.timeout_s = host, port, timeout_s
         probe_server(host, port, connect_timeout_s)
+        self._environment = {name: os.environ.get(name) for name in INTERFACE_VARIABLES}
         pin_interface(_source_address(host, port))
         # Ranks only need to be unique among the clients connected at the same time.
         rank = random.SystemRandom().randint(1, 32767)  # RPC worker ids are int16
@@ -112,9 +114,11 @@ class RpcTransport:
         self.broken = False
         self.closed = False
 
-    def call(self, op: str, request: bytes) -> bytes:
+    def call(self, op: str, request: bytes, timeout_s: float | None = None) -> bytes:
         try:
-            status, response = self._rpc.rpc_sync(SERVER_NAME, _dispatch, args=(op, request), timeout=self.timeout_s)
+            status, response = self._rpc.rpc_sync(
+                SERVER_NAME, _dispatch, args=(op, request), timeout=timeout_s or self.timeout_s
+            )
         except Exception as error:
             if _is_connection_failure(error):
                 self.broken = True
@@ -132,6 +136,11 @@ class RpcTransport:
         self.closed = True
         # A graceful shutdown waits for the server's acknowledgement, which a dead server never sends.
         self._rpc.shutdown(graceful=not self.broken)
+        for name, value in self._environment.items():  # what pin_interface set is this connection's only
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def pin_interface(local_address: str) -> None:
@@ -222,8 +231,8 @@ class CountingTransport:
     inner: Transport
     counter: PayloadCounter = field(default_factory=PayloadCounter)
 
-    def call(self, op: str, request: bytes) -> bytes:
-        response = self.inner.call(op, request)
+    def call(self, op: str, request: bytes, timeout_s: float | None = None) -> bytes:
+        response = self.inner.call(op, request, timeout_s)
         self.counter.bytes_sent += len(request)
         self.counter.bytes_received += len(response)
         self.counter.round_trips += 1

@@ -58,8 +58,11 @@ def test_lossless_modes_generate_the_tokens_of_local(context, prompt):
 
 
 def test_local_mode_sends_nothing(context, prompt):
-    _, prefill, decode = run("local", ModeContext(context.model), prompt)
-    assert (prefill.bytes_sent, decode.bytes_sent, prefill.round_trips) == (0, 0, 0)
+    # The context holds a live connection: local must not use it.
+    before = context.counter.snapshot()
+    _, prefill, decode = run("local", context, prompt)
+    assert context.counter.since(before) == type(before)()
+    assert (prefill.bytes_sent, decode.bytes_received, prefill.round_trips) == (0, 0, 0)
 
 
 def test_bytes_order_naive_above_remote_cache_above_semantic(context, prompt):

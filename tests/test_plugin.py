@@ -46,10 +46,13 @@ def test_a_run_writes_bytes_tokens_verdicts_report_and_plots(suite):
     for name in ("verdicts.json", "report.md", "latency_vs_bytes.png"):
         assert (suite.path / "results" / name).stat().st_size > 0, name
     assert load(suite)["semgap"]["failures"] == []
+    # The one weight upload is setup, shared by the resident modes; naive ships weights in its rounds.
+    setup = {case: info["setup_bytes_sent"] for case, info in cases.items()}
+    assert setup["remote_cache-decode"] == setup["semantic-prefill"] > 400_000
+    assert setup["naive-decode"] == setup["local-prefill"] == 0
     # The report regenerates from the saved JSON alone, with the same verdicts.
     again = subprocess.run([sys.executable, "-m", "semgap.report", "results/benchmark.json", "--out", "again"],
                            cwd=suite.path, capture_output=True, text=True, check=True)
-    assert again.returncode == 0
     first, second = (json.loads((suite.path / folder / "verdicts.json").read_text())["verdicts"]
                      for folder in ("results", "again"))
     assert [(v["hypothesis"], v["phase"], v["verdict"]) for v in first] == \
@@ -78,6 +81,8 @@ def test_enforce_turns_a_not_supported_hypothesis_into_a_failed_run(suite, enfor
     ("--semgap-prompt-tokens=1024", "exceeds the context of tiny-gpt2 (1024 positions)"),
     ("--semgap-link-rate=1gbit", "add --semgap-link netns"),
     ("--semgap-link-rate=fast", "fast"),
+    ("--semgap-device=gpu", "unknown device 'gpu'; choose from auto, cpu, cuda, cuda:N"),
+    ("--semgap-host=0.0.0.0", "is a wildcard: give the concrete address"),
 ])
 def test_bad_options_fail_at_once_naming_the_choices(suite, option, message):
     result = suite.runpytest_subprocess("--benchmark-only", option)
@@ -100,6 +105,15 @@ def test_the_suite_runs_twice_against_one_external_server(suite, tiny_server):
         result.assert_outcomes(passed=4)
     assert tiny_server.alive
     assert not list((suite.path / "results").glob("logs/server-*.log"))  # nothing was spawned
+
+
+def test_a_server_computing_in_another_dtype_is_refused_with_advice(suite, tiny_server):
+    result = suite.runpytest_subprocess("--benchmark-only", *QUICK, "--semgap-modes", "remote_cache",
+                                        "--semgap-server", f"{tiny_server.host}:{tiny_server.port}",
+                                        "--semgap-dtype", "bfloat16")
+    result.assert_outcomes(errors=2)
+    result.stdout.fnmatch_lines(["*computes in float32, this client in bfloat16*--semgap-dtype float32*"])
+    assert tiny_server.alive
 
 
 def server_pids(port: int) -> list[int]:

@@ -154,6 +154,18 @@ def test_cli_threshold_options_change_verdicts(tmp_path):
     assert {v["verdict"] for v in saved["verdicts"]} == {"NOT SUPPORTED"}
 
 
+def test_cli_uses_the_thresholds_the_run_saved_unless_told_otherwise(tmp_path):
+    data = run_json()
+    data.setdefault("semgap", {}).update({"h1": 0.9, "h2": 0.9, "alpha": 0.05})
+    src = tmp_path / "run.json"
+    src.write_text(json.dumps(data))
+    assert cli(src, "--out", tmp_path / "saved").returncode == 0
+    saved = json.loads((tmp_path / "saved" / "verdicts.json").read_text())
+    assert {v["verdict"] for v in saved["verdicts"]} == {"NOT SUPPORTED"} and saved["h1"] == 0.9
+    assert cli(src, "--out", tmp_path / "told", "--h1", 0.3).returncode == 0
+    assert json.loads((tmp_path / "told" / "verdicts.json").read_text())["h1"] == 0.3
+
+
 def test_cli_compares_two_runs(tmp_path):
     a, b = tmp_path / "a.json", tmp_path / "b.json"
     a.write_text(json.dumps(run_json(semantic_bytes=300)))

@@ -26,6 +26,11 @@ class ModeContext:
     # The server's handle of the weights this context uploaded: remote_cache and semantic share one
     # upload per session (12 GB for GPT-J-6B: ~20 s on loopback) instead of one per benchmark.
     weights_handle: str | None = None
+    upload_timeout_s: float | None = None  # a 12 GB upload outlasts the per-call RPC timeout
+
+    @property
+    def dtype_name(self) -> str:
+        return str(next(self.model.parameters()).dtype).removeprefix("torch.")
 
     def local_engine(self) -> Engine:
         """The one Engine on the client's model: every local mode of a session shares its compiled step and caches."""
@@ -104,13 +109,13 @@ class Mode(ABC):
         """Free what `prefill` left behind (no-op where the client holds the state)."""
 
     def call(self, op: str, tensors: dict[str, torch.Tensor], meta: dict[str, str] | None = None,
-             compress: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+             compress: bool = False, timeout_s: float | None = None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         """Encode, send, receive and decode one request, timing both codec ends and adding up server time."""
         counter = self.context.counter
         start = time.perf_counter()
         request = codec.encode(tensors, meta, compress=compress)
         counter.encode_ms += (time.perf_counter() - start) * 1e3
-        response = self.context.transport.call(op, request)
+        response = self.context.transport.call(op, request, timeout_s)
         start = time.perf_counter()
         tensors, meta = codec.decode(response)
         counter.decode_ms += (time.perf_counter() - start) * 1e3

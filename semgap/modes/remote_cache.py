@@ -22,7 +22,7 @@ class RemoteCacheMode(Mode):
 
     def setup(self) -> None:
         if self.context.weights_handle is None:
-            _, meta = self.call("upload_weights", weights_of(self.context.model))
+            _, meta = self.call("upload_weights", weights_of(self.context.model), timeout_s=self.context.upload_timeout_s)
             self.context.weights_handle = meta["weights_handle"]
         self.weights_handle = self.context.weights_handle
 
