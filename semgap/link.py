@@ -130,17 +130,27 @@ def _missing_requirements() -> str | None:
     return None
 
 
+@contextlib.contextmanager
+def _probe_namespace(purpose: str):
+    """A throwaway namespace for a capability probe, deleted afterwards; raises LinkCommandError."""
+    name = f"{NAMESPACE_PREFIX}{purpose}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    _run(["ip", "netns", "add", name])
+    try:
+        yield name
+    finally:
+        _run(["ip", "netns", "del", name], check=False)
+
+
 def link_available() -> tuple[bool, str]:
     """(ok, reason): whether a NetnsLink can be created here; probes by creating a throwaway namespace."""
     missing = _missing_requirements()
     if missing:
         return False, missing
-    probe = f"{NAMESPACE_PREFIX}probe-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     try:
-        _run(["ip", "netns", "add", probe])
+        with _probe_namespace("probe"):
+            pass
     except (LinkCommandError, LinkUnavailable) as exc:
         return False, f"cannot create a network namespace ({exc}); the default loopback link works without it"
-    _run(["ip", "netns", "del", probe], check=False)
     return True, "root, iproute2 and network namespaces are available"
 
 
@@ -154,19 +164,15 @@ def netem_available() -> tuple[bool, str]:
     missing = _missing_requirements()
     if missing:
         return False, missing
-    probe = f"{NAMESPACE_PREFIX}netem-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     try:
-        _run(["ip", "netns", "add", probe])
-    except LinkCommandError as exc:
+        with _probe_namespace("netem") as probe:
+            _run(["ip", "-n", probe, "link", "set", "lo", "up"])
+            result = _run(["tc", "-n", probe, "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms"], check=False)
+    except (LinkCommandError, LinkUnavailable) as exc:
         return False, f"cannot create a probe namespace: {exc}"
-    try:
-        _run(["ip", "-n", probe, "link", "set", "lo", "up"])
-        result = _run(["tc", "-n", probe, "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms"], check=False)
-        if result.returncode != 0:
-            return False, f"netem delay is not supported by this kernel: {result.stderr.strip()}"
-        return True, "netem delay works"
-    finally:
-        _run(["ip", "netns", "del", probe], check=False)
+    if result.returncode != 0:
+        return False, f"netem delay is not supported by this kernel: {result.stderr.strip()}"
+    return True, "netem delay works"
 
 
 def _boot_time_s() -> float:
