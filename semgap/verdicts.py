@@ -462,11 +462,11 @@ def conditions(output_json: dict, runs: Sequence[BenchRun]) -> Conditions:
     versions = meta.get("versions") if isinstance(meta.get("versions"), dict) else {}
     rounds = [len(r.latency_s) for r in runs]
     by_bps = sorted({(r.link_rate_bps or 0, r.link_rate) for r in runs if r.link_rate})
-    rates = meta.get("link_rates") or list(dict.fromkeys(rate for _, rate in by_bps))
+    rates = list(dict.fromkeys(rate for _, rate in by_bps))
     return Conditions(
         cpu=cpu.get("brand_raw") or machine.get("processor") or None,
         commit_id=commit.get("id"), commit_dirty=commit.get("dirty"),
-        python_version=versions.get("python") or machine.get("python_version"),
+        python_version=machine.get("python_version"),
         torch_version=versions.get("torch"), versions=dict(versions),
         device=meta.get("device"), link=meta.get("link") or next((r.link for r in runs if r.link), None),
         link_rates=list(rates), models=sorted({r.model for r in runs}),
