@@ -7,6 +7,7 @@ import os
 import statistics
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
+from typing import Callable
 
 import torch
 import transformers
@@ -73,8 +74,9 @@ class RoundRecord:
 class ExperimentSession:
     """Owns, for one pytest session, everything a benchmark round needs; `close` undoes all of it."""
 
-    def __init__(self, settings: SemgapConfig):
+    def __init__(self, settings: SemgapConfig, progress: Callable[[str], None] = lambda line: None):
         self.settings = settings
+        self.progress = progress  # a line to the terminal during long set-up steps
         self.resources = ExitStack()
         self.link = None
         self.server: ServerProcess | None = None
@@ -88,6 +90,7 @@ class ExperimentSession:
     def open(self) -> "ExperimentSession":
         settings = self.settings
         try:
+            self.progress(f"semgap: building {settings.model} in the client")
             self.model = models.build_model(settings.spec)
             self.prompt = models.prompt_ids(settings.prompt_tokens, self.model.config.vocab_size)
             self.context = ModeContext(
@@ -175,7 +178,7 @@ class ExperimentSession:
         port = free_port() if settings.link == "loopback" else 29500
         self.server = ServerProcess.spawn(
             settings.model, host, port, log_dir, extra_args=settings.server_args(), command_prefix=prefix, env=env,
-            ready_timeout_s=settings.server_start_timeout_s,
+            ready_timeout_s=settings.server_start_timeout_s, progress=self.progress,
         )
         self.resources.callback(self.server.stop)
         return host, port

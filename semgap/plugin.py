@@ -73,7 +73,7 @@ def semgap_settings(request: pytest.FixtureRequest) -> SemgapConfig:
 def semgap_session(request: pytest.FixtureRequest, semgap_settings: SemgapConfig):
     """The link, server and connection shared by every benchmark; all torn down at the end, also on failure."""
     record = request.config.stash[run_key]
-    record.session = ExperimentSession(semgap_settings).open()
+    record.session = ExperimentSession(semgap_settings, _progress_writer(request.config)).open()
     try:
         yield record.session
     finally:
@@ -82,6 +82,20 @@ def semgap_session(request: pytest.FixtureRequest, semgap_settings: SemgapConfig
         finally:
             record.session.close()
             record.session = None
+
+
+def _progress_writer(config: pytest.Config):
+    """Write set-up progress straight to the terminal, past pytest's output capture."""
+    terminal = config.pluginmanager.get_plugin("terminalreporter")
+    capture = config.pluginmanager.get_plugin("capturemanager")
+
+    def write(line: str) -> None:
+        if terminal is None or capture is None:
+            return
+        with capture.global_and_fixture_disabled():
+            terminal.write_line(line)
+
+    return write
 
 
 @pytest.fixture

@@ -10,9 +10,11 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 READY_LINE = "semgap server ready on"
 PR_SET_PDEATHSIG = 1
+PROGRESS_EVERY_S = 15.0
 
 
 class ServerStartError(RuntimeError):
@@ -51,6 +53,7 @@ class ServerProcess:
         command_prefix: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
         ready_timeout_s: float = 300.0,
+        progress: Callable[[str], None] = lambda line: None,
     ) -> "ServerProcess":
         """Start `python -m semgap.server` (after `command_prefix`, e.g. `ip netns exec NS`) and wait for it."""
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -69,15 +72,21 @@ class ServerProcess:
             )
         server = cls(process, host, port, log_path)
         try:
-            server.wait_ready(ready_timeout_s)
+            server.wait_ready(ready_timeout_s, progress)
         except BaseException:
             server.stop()
             raise
         return server
 
-    def wait_ready(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
+    def wait_ready(self, timeout_s: float, progress: Callable[[str], None] = lambda line: None) -> None:
+        """Wait for the ready line; every PROGRESS_EVERY_S say how long it has been (large models take minutes)."""
+        start = time.monotonic()
+        deadline, next_progress = start + timeout_s, start + PROGRESS_EVERY_S
         while time.monotonic() < deadline:
+            if time.monotonic() >= next_progress:
+                last_line = (self.log_tail(1) or "(no output yet)").strip()
+                progress(f"semgap: waiting {time.monotonic() - start:.0f} s for the server; its log says: {last_line}")
+                next_progress += PROGRESS_EVERY_S
             if READY_LINE in self.log_tail(20):
                 return
             if self.process.poll() is not None:

@@ -26,7 +26,8 @@ def by_case(output_json):
 def test_a_run_writes_bytes_tokens_verdicts_report_and_plots(suite):
     result = suite.runpytest_subprocess("--benchmark-only", *QUICK)
     result.assert_outcomes(passed=8)
-    result.stdout.fnmatch_lines(["*semgap verdicts*", "H1 bytes*prefill*", "H2 latency*decode*"])
+    result.stdout.fnmatch_lines(["semgap: building tiny-gpt2 in the client",
+                                 "*semgap verdicts*", "H1 bytes*prefill*", "H2 latency*decode*"])
     cases = by_case(load(suite))
     assert set(cases) == {f"{mode}-{phase}" for mode in ("local", "naive", "remote_cache", "semantic")
                           for phase in ("prefill", "decode")}

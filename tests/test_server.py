@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from semgap import codec, server, transport
+from semgap import codec, server, serverproc, transport
 from semgap.serverproc import ServerProcess, ServerStartError, free_port
 
 from .conftest import REPO
@@ -61,6 +61,16 @@ def test_sigterm_stops_the_server_cleanly(tmp_path):
     process.process.send_signal(signal.SIGTERM)
     assert process.process.wait(30) == 0
     assert "semgap server stopped" in process.log_tail()
+
+
+def test_a_slow_server_start_reports_progress(tmp_path, monkeypatch):
+    monkeypatch.setattr(serverproc, "PROGRESS_EVERY_S", 0.2)
+    lines = []
+    slow_start = ("bash", "-c", 'sleep 1.5; exec "$@"', "slow-start")  # then runs the server's argv
+    process = ServerProcess.spawn("tiny-gpt2", "127.0.0.1", free_port(), tmp_path, command_prefix=slow_start,
+                                  extra_args=("--no-gpu-monitor",), progress=lines.append)
+    process.stop()
+    assert len(lines) >= 3 and all(line.startswith("semgap: waiting") for line in lines)
 
 
 def test_a_server_that_cannot_start_reports_its_log(tmp_path):
