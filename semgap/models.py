@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from semgap.runtime import context_length
+
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 PRESETS_FILE = FIXTURES / "presets.json"
 PROMPT_FILE = FIXTURES / "prompt.txt"
@@ -124,8 +126,7 @@ def weight_bytes_of(name: str, dtype: torch.dtype) -> int:
 
 def context_length_of(name: str) -> int:
     """The number of positions model `name` can attend to, read from its config without building it."""
-    config = config_of(name)
-    return int(getattr(config, "n_positions", None) or config.max_position_embeddings)
+    return context_length(config_of(name))
 
 
 def prompt_ids(n_tokens: int, vocab_size: int) -> list[int]:
