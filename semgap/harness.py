@@ -52,6 +52,7 @@ class Snapshot:
     payload: transport.PayloadCounter
     tcp: TcpBytes | None
     link: LinkCounters | None
+    server_tcp: TcpBytes | None  # the spawned server's sockets: what it retransmitted
 
 
 @dataclass
@@ -69,6 +70,10 @@ class RoundRecord:
     encode_ms: float
     decode_ms: float
     tcp_sockets_closed: int = 0
+    # Retransmitted TCP bytes, each way: in the link bytes, not in the TCP bytes.  Received is what
+    # the server retransmitted, known only for a server this session spawned.
+    wire_tcp_bytes_retransmitted_sent: int | None = None
+    wire_tcp_bytes_retransmitted_received: int | None = None
 
 
 class ExperimentSession:
@@ -82,6 +87,7 @@ class ExperimentSession:
         self.server: ServerProcess | None = None
         self.transport: transport.CountingTransport | None = None
         self.tcp_counter = None
+        self.server_tcp_counter = None
         self.server_info: dict[str, str] = {}
         self.setup_bytes = transport.PayloadCounter()
         self.warnings: list[str] = []
@@ -141,6 +147,11 @@ class ExperimentSession:
         self.tcp_counter, reason = _tcp_counter(host)
         if self.tcp_counter is None:
             self.warnings.append(f"no kernel TCP counters ({reason}): bytes are counted at the payload level only")
+        elif self.server is not None:  # the server's end of the same connections: the client's address as peer
+            self.server_tcp_counter = TcpCounter(
+                self.link.client_address if self.link else host, pid=self.server.process.pid,
+                netns=self.link.namespace if self.link else None,
+            )
         server_cache_len = int(self.server_info.get("max_cache_len", "0") or 0)
         if self.server_info.get("fast_path", runtime.EAGER_DYNAMIC) != runtime.EAGER_DYNAMIC and (
             server_cache_len < settings.max_cache_len
@@ -222,11 +233,13 @@ class ExperimentSession:
             self.context.counter.snapshot(),
             self.tcp_counter.snapshot() if self.tcp_counter else None,
             self.link.counters() if self.link else None,
+            self.server_tcp_counter.snapshot() if self.server_tcp_counter else None,
         )
 
     def record(self, before: Snapshot, after: Snapshot) -> RoundRecord:
         payload = after.payload.since(before.payload)
         tcp = _tcp_delta(before.tcp, after.tcp)
+        server_tcp = _tcp_delta(before.server_tcp, after.server_tcp)
         link = after.link
         return RoundRecord(
             payload.bytes_sent, payload.bytes_received,
@@ -235,6 +248,8 @@ class ExperimentSession:
             link.bytes_received - before.link.bytes_received if link else None,
             payload.round_trips, payload.server_compute_ms, payload.encode_ms, payload.decode_ms,
             tcp.sockets_closed if tcp else 0,
+            wire_tcp_bytes_retransmitted_sent=tcp.bytes_retransmitted if tcp else None,
+            wire_tcp_bytes_retransmitted_received=server_tcp.bytes_retransmitted if server_tcp else None,
         )
 
     def device(self, mode_name: str) -> str:

@@ -108,9 +108,26 @@ def _conditions_md(rv: RunVerdicts, output_json: dict) -> list[str]:
             ("link", c.link or "-"), ("link rates", ", ".join(map(str, c.link_rates)) or "-"),
             ("models", ", ".join(c.models) or "-"), ("date", c.datetime or "-"),
             ("rounds per benchmark", f"{c.rounds_min}-{c.rounds_max}" if c.rounds_min else "-"),
+            ("TCP retransmitted (in link bytes)", _retransmitted(output_json)),
             ("thresholds", f"H1 >= {rv.h1:.0%} bytes, H2 >= {rv.h2:.0%} latency, alpha {rv.alpha}, "
                            f"bootstrap seed {rv.seed}")]
     return ["## Conditions", ""] + _table(("item", "value"), rows)
+
+
+def _retransmitted(output_json: dict) -> str:
+    """Retransmitted TCP bytes over all measured rounds, each way, and how many rounds had any."""
+    totals, rounds, known = [0, 0], 0, [False, False]
+    for bench in output_json.get("benchmarks", []):
+        info = bench.get("extra_info", {})
+        per_direction = [info.get(f"wire_tcp_bytes_retransmitted_{d}_rounds") or [] for d in ("sent", "received")]
+        for index, values in enumerate(per_direction):
+            known[index] |= any(v is not None for v in values)
+            totals[index] += sum(v or 0 for v in values)
+        rounds += sum(1 for pair in zip(*per_direction) if any(pair))
+    if not any(known):
+        return "-"
+    sent, received = (_bytes(total) if seen else "unknown" for total, seen in zip(totals, known))
+    return f"sent {sent}, received {received}; {rounds} rounds with any"
 
 
 def _modes_md(rv: RunVerdicts) -> list[str]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -202,6 +203,21 @@ def test_link_is_configured(link):
 
 
 @needs_link
+def test_both_veth_ends_steer_each_flow_to_one_cpu(link):
+    # Without RPS a veth splits one flow across CPUs when the sender migrates, and the receiver
+    # answers the reordering with spurious retransmissions: 4 of 50 echoes of 10 MB retransmitted
+    # 65 KB to 1.9 MB on the 2-core dev VM; with it, 0 of 150.  Both receive queues must have it.
+    client_rps = Path(f"/sys/class/net/{link.client_ifname}/queues/rx-0/rps_cpus")
+    if not client_rps.exists():
+        pytest.skip("this kernel has no RPS (CONFIG_RPS off): flows on the veth may be reordered")
+    server_rps = subprocess.run(
+        ["ip", "netns", "exec", link.namespace, "cat", f"/sys/class/net/{link.server_ifname}/queues/rx-0/rps_cpus"],
+        check=True, capture_output=True, text=True).stdout
+    for mask in (client_rps.read_text(), server_rps):
+        assert int(mask.strip().replace(",", ""), 16) == sum(1 << cpu for cpu in os.sched_getaffinity(0)), mask
+
+
+@needs_link
 def test_idle_link_is_silent(link):
     # No IPv6 autoconfiguration and static neighbours: nothing but our own traffic in the counters.
     before = link.counters()
@@ -235,27 +251,38 @@ def test_tcp_counter_on_the_link_sees_exact_payload(link, sink):
     assert counted.bytes_sent == 8 + payload  # length header + payload
 
 
+def client_qdiscs(link: NetnsLink) -> str:
+    return subprocess.run(["tc", "-s", "qdisc", "show", "dev", link.client_ifname], check=True,
+                          capture_output=True, text=True).stdout
+
+
+def overlimits(qdiscs: str) -> int:
+    """Packets the tbf held back for want of tokens (tc -s: "(dropped D, overlimits N requeues R)")."""
+    return sum(int(n) for n in re.findall(r"overlimits (\d+)", qdiscs))
+
+
 @needs_link
 def test_shaping_rate_and_set_rate(link, sink):
     payload = 12_500_000  # 1 s at 100mbit
     link.set_rate(parse_rate("100mbit"))
-    qdiscs = subprocess.run(["tc", "qdisc", "show", "dev", link.client_ifname], check=True,
-                            capture_output=True, text=True).stdout
     server_qdiscs = subprocess.run(["tc", "-n", link.namespace, "qdisc", "show", "dev", link.server_ifname],
                                    check=True, capture_output=True, text=True).stdout
-    assert "tbf" in qdiscs and "rate 100Mbit" in qdiscs and "rate 100Mbit" in server_qdiscs
+    assert "tbf" in client_qdiscs(link) and "rate 100Mbit" in client_qdiscs(link)
+    assert "rate 100Mbit" in server_qdiscs
     slow = payload * 8 / send_to_sink(link, sink, payload)[0]
+    held_back = overlimits(client_qdiscs(link))
     link.set_rate(parse_rate("200mbit"))
+    assert "rate 200Mbit" in client_qdiscs(link)
     fast = payload * 8 / send_to_sink(link, sink, payload)[0]
     print(f"achieved TCP payload rate: {slow / 1e6:.1f} Mbit/s at 100mbit, {fast / 1e6:.1f} Mbit/s at 200mbit")
-    # tbf charges Ethernet/IP/TCP headers per segment, so payload goodput is ~95.6 % of the rate
-    # (1448 of 1514 bytes); measured 96.6 and 192 Mbit/s.
-    assert 0.90 * 100e6 <= slow <= 1.10 * 100e6
-    assert 0.90 * 200e6 <= fast <= 1.10 * 200e6
+    # The shaper held packets back, and no transfer beat its rate (an unshaped veth moves several
+    # Gbit/s here).  How close a transfer comes to the rate depends on the machine's load, so it is
+    # printed, not asserted: tbf charges Ethernet/IP/TCP headers per segment, so payload goodput is
+    # at most ~95.6 % of the rate (1448 of 1514 bytes); measured 96.6 and 192 Mbit/s on an idle VM.
+    assert held_back > 0, client_qdiscs(link)
+    assert slow <= 1.05 * 100e6 and fast <= 1.05 * 200e6, (slow, fast)
     link.set_rate(None)
-    qdiscs = subprocess.run(["tc", "qdisc", "show", "dev", link.client_ifname], check=True,
-                            capture_output=True, text=True).stdout
-    assert "tbf" not in qdiscs and link.rate_bps is None
+    assert "tbf" not in client_qdiscs(link) and link.rate_bps is None
 
 
 @needs_link

@@ -59,6 +59,8 @@ def test_a_run_writes_bytes_tokens_verdicts_report_and_plots(suite):
     assert [(v["hypothesis"], v["phase"], v["verdict"]) for v in first] == \
         [(v["hypothesis"], v["phase"], v["verdict"]) for v in second]
     assert len(first) == 4
+    assert "wrote again/verdicts.json" in again.stdout, again.stdout
+    assert all(v["verdict"] in again.stdout for v in second), again.stdout  # and prints the verdicts
 
 
 @pytest.mark.parametrize("enforce, exit_code", [(False, 0), (True, 1)])
@@ -104,6 +106,10 @@ def test_the_suite_runs_twice_against_one_external_server(suite, tiny_server):
         result = suite.runpytest_subprocess("--benchmark-only", *QUICK, "--semgap-server", address,
                                             "--semgap-modes", "remote_cache,semantic")
         result.assert_outcomes(passed=4)
+        for info in (bench["extra_info"] for bench in load(suite)["benchmarks"]):
+            # The client's sockets are its own; another process's server is not read.
+            assert all(isinstance(v, int) for v in info["wire_tcp_bytes_retransmitted_sent_rounds"])
+            assert set(info["wire_tcp_bytes_retransmitted_received_rounds"]) == {None}
     assert tiny_server.alive
     assert not list((suite.path / "results").glob("logs/server-*.log"))  # nothing was spawned
 

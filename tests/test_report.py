@@ -63,6 +63,21 @@ def test_write_creates_report_files(tmp_path):
     assert (tmp_path / "out" / "latency_vs_bytes.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_conditions_total_the_retransmitted_bytes():
+    data = run_json()
+
+    def row() -> str:
+        markdown = report.markdown(verdicts.compute(data), data)
+        return next(line for line in markdown.splitlines() if line.startswith("| TCP retransmitted"))
+
+    assert row().endswith("| - |")  # a run from before the field: nothing claimed
+    for index, bench_ in enumerate(data["benchmarks"]):
+        n = len(bench_["stats"]["data"])
+        bench_["extra_info"]["wire_tcp_bytes_retransmitted_sent_rounds"] = [0] * (n - 1) + [65_483 * (index == 3)]
+        bench_["extra_info"]["wire_tcp_bytes_retransmitted_received_rounds"] = [None] * n
+    assert "| sent 65,483, received unknown; 1 rounds with any |" in row()
+
+
 def test_failures_only_run_still_writes_a_report(tmp_path):
     data = {"benchmarks": [], "semgap": {"failures": [{"name": "test_semantic_gap[semantic-decode]",
                                                        "reason": "RuntimeError: boom\ntraceback..."}],

@@ -66,16 +66,21 @@ def test_loopback_echo_moves_the_payload_plus_a_small_constant_framing(client):
     rpc = client.inner  # the bare RpcTransport: echo answers the request bytes unchanged
     counter = TcpCounter("127.0.0.1")
     assert rpc.call("echo", b"warm-up") == b"warm-up"  # every connection is open before counting
-    overheads = {}
+    overheads, retransmitted = {}, {}
     for size in (0, 1_000_000, ECHO_BYTES):
         payload = pattern(size)
         before = counter.snapshot()
         answer = rpc.call("echo", payload)
         moved = delta(before, counter.snapshot())
         assert answer == payload
-        assert moved.sockets_closed == 0 and moved.bytes_retransmitted == 0, moved
+        assert moved.sockets_closed == 0, moved
         overheads[size] = (moved.bytes_sent - size, moved.bytes_received - size)
-    print(f"loopback framing per echo call (sent, received) by payload size: {overheads}")
+        retransmitted[size] = moved.bytes_retransmitted
+    # Loopback reorders a flow whose sender migrates between CPUs, and TCP answers with fast
+    # retransmissions (README, "Retransmissions"; CI on two busy cores: 130_966 B, two 64 KiB
+    # segments, on the 10 MB echo).  Sent bytes exclude them, so the framing stays exact either way.
+    print(f"loopback framing per echo call (sent, received) by payload size: {overheads}; "
+          f"retransmitted: {retransmitted}")
     for size, (sent, received) in overheads.items():
         assert 0 <= sent <= FRAMING_BOUND and 0 <= received <= FRAMING_BOUND, (size, sent, received)
     # Framing does not grow with the payload: 1 MB and 10 MB carry exactly the same overhead.
@@ -169,9 +174,8 @@ def test_echo_across_the_namespace_tcp_is_payload_and_link_is_tcp_plus_headers(n
     assert payload <= m["tcp_sent"] <= payload + FRAMING_BOUND
     assert payload <= m["tcp_received"] <= payload + FRAMING_BOUND
     assert (m["server_received"], m["server_sent"]) == (m["tcp_sent"], m["tcp_received"])
-    # The veth keeps each flow in order (RPS, see link._keep_flows_in_order), so nothing is
-    # retransmitted: without it 4 of 50 such echoes retransmitted 65 KB to 1.9 MB.
-    assert m["tcp_retransmitted"] == m["server_retransmitted"] == 0
+    # Retransmissions are rare (the veth keeps flows in order, see test_link's RPS test) but a
+    # receiver starved of CPU still draws spurious ones; they are counted in the link bytes below.
     # Link: every byte TCP sent (retransmissions too), plus a header of >= 54 B on every packet.
     # With GSO a veth "packet" is a super-frame of up to 64 KiB carrying one header, so headers
     # are counted per packet the veth counted, not per MSS.  Measured 10.0 MB + 12-21 KB each way
@@ -262,12 +266,15 @@ def assert_link_bytes_bounded(case: str, info: dict) -> None:
     7.5 KB (6.4 MB of KV cache), at most 0.57 % of the round's TCP bytes both ways, spread between
     rounds of one case up to 6 KB; no retransmission once the veth keeps flows in order.  Asserted:
     at least one header per call, at most 0.2 % of the bytes moved both ways + 1 KiB per call (about
-    2x the worst measured).  A retransmitted 64 KiB super-frame would break it: good, it is not noise.
+    2x the worst measured), beyond what the round records as retransmitted (a loaded machine can
+    still draw a spurious one).  Unrecorded extra bytes break it: good, they would not be noise.
     """
     for index, calls in enumerate(info["rpc_round_trips_rounds"]):
         moved = info["wire_tcp_bytes_sent_rounds"][index] + info["wire_tcp_bytes_received_rounds"][index]
         for direction in ("sent", "received"):
-            overhead = info[f"wire_link_bytes_{direction}_rounds"][index] - info[f"wire_tcp_bytes_{direction}_rounds"][index]
+            retransmitted = info[f"wire_tcp_bytes_retransmitted_{direction}_rounds"][index]
+            overhead = (info[f"wire_link_bytes_{direction}_rounds"][index]
+                        - info[f"wire_tcp_bytes_{direction}_rounds"][index] - retransmitted)
             if calls == 0:
                 # local rounds make no call, but a delayed ACK of the previous round's traffic can
                 # still cross the veth during one (seen: 66 B); a few such packets at most.
@@ -304,6 +311,8 @@ def test_bytes_are_identical_round_to_round_and_run_to_run(suite, link):
             payload, tcp = info[f"payload_bytes_{direction}"], info[f"wire_tcp_bytes_{direction}"]
             assert payload <= tcp <= payload + FRAMING_BOUND * info["rpc_round_trips"], (case, direction)
         for run in runs:
+            for direction in ("sent", "received"):  # both ends are this session's: both are known
+                assert all(isinstance(v, int) and v >= 0 for v in run[case][f"wire_tcp_bytes_retransmitted_{direction}_rounds"])
             if link == "netns":
                 assert_link_bytes_bounded(case, run[case])
             else:
