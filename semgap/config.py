@@ -94,11 +94,11 @@ def _rates(text: str) -> tuple[int, ...]:
 def add_options(parser: pytest.Parser) -> None:
     group = parser.getgroup("semgap", "semgap: the semantic-gap experiment")
     option = group.addoption
-    option("--semgap-model", metavar="NAME", type=_model, default="tiny-gpt2",
-           help=f"model preset ({', '.join(models.presets())}) or a local checkpoint directory. Default: tiny-gpt2")
+    option("--semgap-model", metavar="NAME", type=_model, default="gpt2-mini",
+           help=f"model preset ({', '.join(models.presets())}) or a local checkpoint directory. Default: gpt2-mini")
     option("--semgap-seed", metavar="N", type=_non_negative_int, default=0, help="seed of a preset's weights. Default: 0")
     option("--semgap-dtype", metavar="DTYPE", default="auto", choices=["auto", *models.DTYPES],
-           help="model dtype: auto is float32 on CPU, float16 on CUDA. Default: auto")
+           help="model dtype: auto is the serving dtype, bfloat16 on the CPU and float16 on CUDA. Default: auto")
     option("--semgap-device", metavar="DEVICE", type=_device, default="auto",
            help="where the model runs (client for local, server otherwise): auto, cpu, cuda. Default: auto")
     option("--semgap-fast-path", metavar="SETTING", default="auto", choices=FAST_PATH_SETTINGS,

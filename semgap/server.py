@@ -1,6 +1,6 @@
 """The GPU-side RPC server: holds the model and a KV-cache store behind opaque handles.
 
-Run it with `python -m semgap.server --model tiny-gpt2 --host 127.0.0.1 --port 29501`.
+Run it with `python -m semgap.server --model gpt2-mini --host 127.0.0.1 --port 29501`.
 """
 from __future__ import annotations
 
@@ -195,7 +195,7 @@ def is_loopback(host: str) -> bool:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m semgap.server", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="tiny-gpt2", help="preset or local checkpoint directory (default: tiny-gpt2)")
+    parser.add_argument("--model", default="gpt2-mini", help="preset or local checkpoint directory (default: gpt2-mini)")
     parser.add_argument("--seed", type=int, default=0, help="seed of a preset's weights (default: 0)")
     parser.add_argument("--dtype", default="auto", help="auto, float32, float16 or bfloat16 (default: auto)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: auto)")

@@ -1,4 +1,4 @@
-"""Shared fixtures of the library's tests: one tiny server and one client connection per test process."""
+"""Shared fixtures of the library's tests: one small server and one client connection per test process."""
 import os
 from pathlib import Path
 
@@ -9,6 +9,10 @@ from semgap.serverproc import ServerProcess, free_port
 
 pytest_plugins = ["pytester"]
 
+# The tests' model: small enough to build in a second, and its greedy tokens depend on the context, so a
+# mode that loses or corrupts its KV cache generates other tokens than `local` (tests/test_modes.py).
+TEST_MODEL = "gpt2-test"
+
 REPO = Path(__file__).resolve().parent.parent
 BENCHMARK = (REPO / "benchmarks" / "test_semantic_gap.py").read_text()
 # Inner sessions write their pid, so tests can tell their namespaces and servers from others'.
@@ -16,22 +20,22 @@ INNER_CONFTEST = 'import os\npytest_plugins = ["semgap.plugin"]\nopen("inner.pid
 
 
 @pytest.fixture(scope="session")
-def tiny_model():
-    return models.build_model(models.ModelSpec("tiny-gpt2"))
+def preset_model():
+    return models.build_model(models.ModelSpec(TEST_MODEL))
 
 
 @pytest.fixture(scope="session")
-def tiny_server(tmp_path_factory):
-    server = ServerProcess.spawn("tiny-gpt2", "127.0.0.1", free_port(), tmp_path_factory.mktemp("logs"),
+def preset_server(tmp_path_factory):
+    server = ServerProcess.spawn(TEST_MODEL, "127.0.0.1", free_port(), tmp_path_factory.mktemp("logs"),
                                  extra_args=("--no-gpu-monitor",), ready_timeout_s=120)
     yield server
     server.stop()
 
 
 @pytest.fixture(scope="session")
-def client(tiny_server):
+def client(preset_server):
     """A counting RPC connection; PyTorch RPC allows one per process, so the whole session shares it."""
-    connection = transport.CountingTransport(transport.RpcTransport(tiny_server.host, tiny_server.port, timeout_s=30))
+    connection = transport.CountingTransport(transport.RpcTransport(preset_server.host, preset_server.port, timeout_s=30))
     yield connection
     connection.close()
 
@@ -50,7 +54,7 @@ def suite(pytester, monkeypatch, outside_xdist):
     pytester.makepyfile(test_semantic_gap=BENCHMARK)
     pytester.makeconftest(INNER_CONFTEST)
     pytester.makeini(
-        "[pytest]\naddopts = --benchmark-save-data --benchmark-json=results/benchmark.json\n"
+        f"[pytest]\naddopts = --benchmark-save-data --benchmark-json=results/benchmark.json --semgap-model={TEST_MODEL}\n"
         "filterwarnings =\n    error:::semgap\n"
     )
     return pytester

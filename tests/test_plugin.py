@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from .conftest import TEST_MODEL
+
 
 QUICK = ("--semgap-rounds", "3", "--semgap-warmup-rounds", "1", "--semgap-prompt-tokens", "32",
          "--semgap-decode-steps", "3", "-p", "no:cacheprovider")
@@ -26,7 +28,7 @@ def by_case(output_json):
 def test_a_run_writes_bytes_tokens_verdicts_report_and_plots(suite):
     result = suite.runpytest_subprocess("--benchmark-only", *QUICK)
     result.assert_outcomes(passed=8)
-    result.stdout.fnmatch_lines(["semgap: building tiny-gpt2 in the client",
+    result.stdout.fnmatch_lines([f"semgap: building {TEST_MODEL} in the client",
                                  "*semgap verdicts*", "H1 bytes*prefill*", "H2 latency*decode*"])
     cases = by_case(load(suite))
     assert set(cases) == {f"{mode}-{phase}" for mode in ("local", "naive", "remote_cache", "semantic")
@@ -80,8 +82,8 @@ def test_enforce_turns_a_not_supported_hypothesis_into_a_failed_run(suite, enfor
 @pytest.mark.parametrize("option, message", [
     ("--semgap-modes=local,remote", "unknown mode 'remote'; choose from local, naive, remote_cache, semantic"),
     ("--semgap-phases=train", "unknown phase 'train'; choose from prefill, decode"),
-    ("--semgap-model=gpt-5", "unknown model 'gpt-5'; presets: tiny-gpt2, gpt2"),
-    ("--semgap-prompt-tokens=1024", "exceeds the context of tiny-gpt2 (1024 positions)"),
+    ("--semgap-model=gpt-5", "unknown model 'gpt-5'; presets: gpt2-mini, gpt2-test, tiny-gpt2, gpt2"),
+    ("--semgap-prompt-tokens=1024", f"exceeds the context of {TEST_MODEL} (1024 positions)"),
     ("--semgap-link-rate=1gbit", "add --semgap-link netns"),
     ("--semgap-link-rate=fast", "fast"),
     ("--semgap-device=gpu", "unknown device 'gpu'; choose from auto, cpu, cuda, cuda:N"),
@@ -100,8 +102,8 @@ def test_under_xdist_benchmarks_are_skipped_with_a_reason_not_passed(suite):
     assert "passed" not in result.outlines[-1]
 
 
-def test_the_suite_runs_twice_against_one_external_server(suite, tiny_server):
-    address = f"{tiny_server.host}:{tiny_server.port}"
+def test_the_suite_runs_twice_against_one_external_server(suite, preset_server):
+    address = f"{preset_server.host}:{preset_server.port}"
     for _ in range(2):
         result = suite.runpytest_subprocess("--benchmark-only", *QUICK, "--semgap-server", address,
                                             "--semgap-modes", "remote_cache,semantic")
@@ -110,17 +112,17 @@ def test_the_suite_runs_twice_against_one_external_server(suite, tiny_server):
             # The client's sockets are its own; another process's server is not read.
             assert all(isinstance(v, int) for v in info["wire_tcp_bytes_retransmitted_sent_rounds"])
             assert set(info["wire_tcp_bytes_retransmitted_received_rounds"]) == {None}
-    assert tiny_server.alive
+    assert preset_server.alive
     assert not list((suite.path / "results").glob("logs/server-*.log"))  # nothing was spawned
 
 
-def test_a_server_computing_in_another_dtype_is_refused_with_advice(suite, tiny_server):
+def test_a_server_computing_in_another_dtype_is_refused_with_advice(suite, preset_server):
     result = suite.runpytest_subprocess("--benchmark-only", *QUICK, "--semgap-modes", "remote_cache",
-                                        "--semgap-server", f"{tiny_server.host}:{tiny_server.port}",
-                                        "--semgap-dtype", "bfloat16")
+                                        "--semgap-server", f"{preset_server.host}:{preset_server.port}",
+                                        "--semgap-dtype", "float32")
     result.assert_outcomes(errors=2)
-    result.stdout.fnmatch_lines(["*computes in float32, this client in bfloat16*--semgap-dtype float32*"])
-    assert tiny_server.alive
+    result.stdout.fnmatch_lines(["*computes in bfloat16, this client in float32*--semgap-dtype bfloat16*"])
+    assert preset_server.alive
 
 
 def server_pids(port: int) -> list[int]:

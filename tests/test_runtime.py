@@ -6,6 +6,8 @@ from semgap import codec, models, runtime
 from semgap.runtime import EAGER_DYNAMIC, STATIC, STATIC_COMPILE, Engine
 from semgap.server import ModelServer
 
+from .conftest import TEST_MODEL
+
 PROMPT_TOKENS = 24
 DECODE_STEPS = 8
 
@@ -61,10 +63,10 @@ def test_static_cache_gives_the_dynamic_paths_tokens_and_logits(model):
         torch.testing.assert_close(static, dynamic, rtol=1e-5, atol=1e-5)
 
 
-def test_static_cache_gives_the_dynamic_paths_tokens_on_tiny_gpt2(tiny_model):
-    prompt = prompt_for(tiny_model)
-    dynamic_tokens, _ = greedy(Engine(tiny_model), prompt)
-    assert greedy(Engine(tiny_model, STATIC, PROMPT_TOKENS + DECODE_STEPS), prompt)[0] == dynamic_tokens
+def test_static_cache_gives_the_dynamic_paths_tokens_on_the_test_preset(preset_model):
+    prompt = prompt_for(preset_model)
+    dynamic_tokens, _ = greedy(Engine(preset_model), prompt)
+    assert greedy(Engine(preset_model, STATIC, PROMPT_TOKENS + DECODE_STEPS), prompt)[0] == dynamic_tokens
 
 
 def test_released_static_cache_is_reused_at_the_same_addresses(model):
@@ -153,7 +155,7 @@ def call(server: ModelServer, op: str, tensors=None, meta=None):
 
 
 def test_static_server_decodes_the_local_tokens_and_returns_caches_to_its_pool():
-    spec = models.ModelSpec("tiny-gpt2")
+    spec = models.ModelSpec(TEST_MODEL)
     server = ModelServer(spec, fast_path="static", max_cache_len=PROMPT_TOKENS + DECODE_STEPS)
     try:
         assert call(server, "hello")[1]["fast_path"] == STATIC
@@ -180,7 +182,7 @@ def test_evicted_server_caches_go_back_to_the_pool(monkeypatch):
     from semgap import server as server_module
 
     monkeypatch.setattr(server_module, "MAX_CACHES", 2)
-    server = ModelServer(models.ModelSpec("tiny-gpt2"), fast_path="static", max_cache_len=16)
+    server = ModelServer(models.ModelSpec(TEST_MODEL), fast_path="static", max_cache_len=16)
     meta = {"weights_handle": server.weights_handle}
     for _ in range(5):  # a client that never releases: the oldest handles are evicted
         call(server, "prefill", {"input_ids": torch.tensor([[1, 2, 3]])}, meta)

@@ -9,7 +9,7 @@ import pytest
 from semgap import codec, server, serverproc, transport
 from semgap.serverproc import ServerProcess, ServerStartError, free_port
 
-from .conftest import REPO
+from .conftest import REPO, TEST_MODEL
 
 
 def call(client, op, tensors=None, meta=None):
@@ -19,7 +19,7 @@ def call(client, op, tensors=None, meta=None):
 def test_unknown_kv_handle_is_a_clear_error_and_the_server_keeps_serving(client):
     with pytest.raises(transport.ServerError, match="unknown KV handle 'no-such-handle': it was released"):
         call(client, "decode", {"input_ids": __import__("torch").tensor([[1]])}, {"kv_handle": "no-such-handle"})
-    assert call(client, "hello")[1]["model"] == "tiny-gpt2"
+    assert call(client, "hello")[1]["model"] == TEST_MODEL
 
 
 def test_unknown_operation_is_a_clear_error(client):
@@ -57,7 +57,7 @@ def test_binding_wider_than_loopback_warns_about_unpickling():
 
 
 def test_sigterm_stops_the_server_cleanly(tmp_path):
-    process = ServerProcess.spawn("tiny-gpt2", "127.0.0.1", free_port(), tmp_path, extra_args=("--no-gpu-monitor",))
+    process = ServerProcess.spawn(TEST_MODEL, "127.0.0.1", free_port(), tmp_path, extra_args=("--no-gpu-monitor",))
     process.process.send_signal(signal.SIGTERM)
     assert process.process.wait(30) == 0
     assert "semgap server stopped" in process.log_tail()
@@ -67,7 +67,7 @@ def test_a_slow_server_start_reports_progress(tmp_path, monkeypatch):
     monkeypatch.setattr(serverproc, "PROGRESS_EVERY_S", 0.2)
     lines = []
     slow_start = ("bash", "-c", 'sleep 1.5; exec "$@"', "slow-start")  # then runs the server's argv
-    process = ServerProcess.spawn("tiny-gpt2", "127.0.0.1", free_port(), tmp_path, command_prefix=slow_start,
+    process = ServerProcess.spawn(TEST_MODEL, "127.0.0.1", free_port(), tmp_path, command_prefix=slow_start,
                                   extra_args=("--no-gpu-monitor",), progress=lines.append)
     process.stop()
     assert len(lines) >= 3 and all(line.startswith("semgap: waiting") for line in lines)

@@ -20,7 +20,7 @@ from semgap.link import NetnsLink, cleanup_stale, link_available
 from semgap.serverproc import READY_LINE, ServerProcess
 from semgap.wire import TcpCounter, delta, tcp_counters_available
 
-from .conftest import INNER_CONFTEST, REPO
+from .conftest import INNER_CONFTEST, REPO, TEST_MODEL
 
 LINK_OK, LINK_REASON = link_available()
 TCP_OK, TCP_REASON = tcp_counters_available()
@@ -142,7 +142,7 @@ def netns_server(tmp_path):
     link = NetnsLink()
     try:
         server = ServerProcess.spawn(
-            "tiny-gpt2", link.server_address, 29500, tmp_path / "logs", extra_args=("--no-gpu-monitor",),
+            TEST_MODEL, link.server_address, 29500, tmp_path / "logs", extra_args=("--no-gpu-monitor",),
             command_prefix=tuple(link.server_command([])), env=link.server_env(), ready_timeout_s=120,
         )
         try:
