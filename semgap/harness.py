@@ -357,6 +357,15 @@ def _tcp_delta(before, after):
     return delta(before, after)
 
 
+def _per_round_fields(rounds: list[dict[str, float | None]]) -> dict:
+    """`name` (the median over rounds) and `name_rounds` (every round) for each field of the rounds."""
+    fields: dict = {}
+    for name in dict.fromkeys(name for record in rounds for name in record):
+        values = [record.get(name) for record in rounds]
+        fields[name], fields[f"{name}_rounds"] = median(values), values
+    return fields
+
+
 def median(values: list[float | int | None]) -> float | int | None:
     present = [value for value in values if value is not None]
     return statistics.median(present) if present else None
@@ -369,6 +378,7 @@ class CaseRunner:
     session: ExperimentSession
     case: Case
     rounds: list[RoundRecord] = field(default_factory=list)
+    counter_rounds: list[dict[str, float]] = field(default_factory=list)  # the mode's own counters, per round
     tokens: list[list[int]] = field(default_factory=list)
 
     def run(self, benchmark) -> None:
@@ -383,9 +393,11 @@ class CaseRunner:
             rounds=settings.rounds, warmup_rounds=settings.warmup_rounds,
         )
         # --benchmark-cprofile runs setup and teardown once more after the measured rounds: not a round.
-        measured = self.rounds[settings.warmup_rounds:settings.warmup_rounds + settings.rounds]
+        window = slice(settings.warmup_rounds, settings.warmup_rounds + settings.rounds)
+        measured = self.rounds[window]
         self.session.check_framing(case, measured)
         benchmark.extra_info.update(self.extra_info(measured))
+        benchmark.extra_info.update(_per_round_fields(self.counter_rounds[window]))
         benchmark.extra_info.update(self.session.gpu_summary(case.mode, gpu_mark))
 
     def _setup(self):
@@ -393,6 +405,7 @@ class CaseRunner:
         if self.case.phase == "decode":  # the prompt is processed outside the measured round
             state = generate.prefill(self.mode, self.session.prompt)
         self.before = self.session.snapshot()
+        self.counters_before = self.mode.counters()
         return (state,), {}
 
     def _prefill_round(self, _):
@@ -405,6 +418,8 @@ class CaseRunner:
 
     def _teardown(self, _):
         self.rounds.append(self.session.record(self.before, self.session.snapshot()))
+        counters = self.mode.counters()
+        self.counter_rounds.append({name: value - self.counters_before.get(name, 0) for name, value in counters.items()})
         self.tokens.append(self.round_tokens)
         self.mode.release(self.state)
 
@@ -412,15 +427,13 @@ class CaseRunner:
         settings, session, case = self.session.settings, self.session, self.case
         info: dict = {
             "mode": case.mode, "phase": case.phase, "model": settings.model,
+            "role": self.mode.role, "lossless": self.mode.lossless, "weights": models.weights_kind(settings.model),
             "device": session.device(case.mode),
             "prompt_tokens": settings.prompt_tokens, "decode_steps": settings.decode_steps if case.phase == "decode" else 0,
             "link": settings.link, "link_rate": format_rate(case.link_rate_bps) if case.link_rate_bps else None,
             "link_rate_bps": case.link_rate_bps, "semantic": str(settings.semantic) if case.mode == "semantic" else None,
         }
-        for name in RoundRecord.__dataclass_fields__:
-            values = [getattr(record, name) for record in measured]
-            info[name] = median(values)
-            info[f"{name}_rounds"] = values
+        info.update(_per_round_fields([asdict(record) for record in measured]))
         info["wire_levels"] = ["payload"] + [
             level for level in ("tcp", "link") if info[f"wire_{level}_bytes_sent"] is not None
         ]

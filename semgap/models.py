@@ -105,6 +105,13 @@ def build_model(spec: ModelSpec) -> torch.nn.Module:
     return model.eval().to(device)
 
 
+def weights_kind(name: str) -> str:
+    """Where model `name`'s weights come from, as reports must say: `random`, `trained` or `checkpoint`."""
+    if name in presets():
+        return "trained" if "training" in presets()[name] else "random"
+    return "checkpoint"
+
+
 def config_of(name: str):
     """The transformers config of a preset or local checkpoint, without building the model."""
     from transformers import AutoConfig

@@ -32,6 +32,10 @@ class ServerUnreachable(ConnectionError):
 class Transport(Protocol):
     def call(self, op: str, request: bytes, timeout_s: float | None = None) -> bytes: ...
 
+    def post(self, op: str, request: bytes) -> None:
+        """Send a request whose answer nobody waits for; the server runs it before any later request
+        of this connection, and a failure surfaces as ServerError on a later `call`."""
+
     def close(self) -> None: ...
 
 
@@ -130,6 +134,11 @@ class RpcTransport:
             raise ServerError(f"semgap server at {self.host}:{self.port} refused {op!r}: {response}")
         return response
 
+    def post(self, op: str, request: bytes) -> None:
+        # PyTorch RPC runs requests on a pool of threads, so only a finished call keeps them in order:
+        # on this transport a post waits for its answer like a call (and costs a round trip).
+        self.call(op, request)
+
     def close(self) -> None:
         if self.closed:
             return
@@ -212,7 +221,8 @@ class PayloadCounter:
 
     bytes_sent: int = 0
     bytes_received: int = 0
-    round_trips: int = 0
+    round_trips: int = 0  # calls: requests the client waited for
+    posts: int = 0  # requests sent without waiting for an answer
     server_compute_ms: float = 0.0
     encode_ms: float = 0.0
     decode_ms: float = 0.0
@@ -237,6 +247,11 @@ class CountingTransport:
         self.counter.bytes_received += len(response)
         self.counter.round_trips += 1
         return response
+
+    def post(self, op: str, request: bytes) -> None:
+        self.inner.post(op, request)
+        self.counter.bytes_sent += len(request)
+        self.counter.posts += 1
 
     def close(self) -> None:
         self.inner.close()

@@ -76,3 +76,11 @@ def test_a_slow_server_start_reports_progress(tmp_path, monkeypatch):
 def test_a_server_that_cannot_start_reports_its_log(tmp_path):
     with pytest.raises(ServerStartError, match="unknown model"):
         ServerProcess.spawn("no-such-model", "127.0.0.1", free_port(), tmp_path, ready_timeout_s=60)
+
+
+def test_a_post_is_counted_as_bytes_sent_and_not_as_a_round_trip(client):
+    before = client.counter.snapshot()
+    client.post("echo", b"x" * 100)
+    counted = client.counter.since(before)
+    assert (counted.bytes_sent, counted.bytes_received, counted.posts, counted.round_trips) == (100, 0, 1, 0)
+    assert call(client, "hello")[1]["model"] == TEST_MODEL  # the connection goes on after a post

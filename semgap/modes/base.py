@@ -90,6 +90,9 @@ class Mode(ABC):
     """
 
     name: ClassVar[str]
+    # What the mode stands for in the verdicts: "local" (no network), "blind" (a semantic-blind
+    # baseline) or "semantic" (the candidate).
+    role: ClassVar[str]
     needs_server: ClassVar[bool] = True
     ships_cache: ClassVar[bool] = False  # the KV cache crosses the wire each step: the server decodes it eager-dynamic
 
@@ -107,6 +110,19 @@ class Mode(ABC):
 
     def release(self, state: object) -> None:
         """Free what `prefill` left behind (no-op where the client holds the state)."""
+
+    @property
+    def lossless(self) -> bool:
+        """Whether the mode must generate exactly `local`'s tokens (a lossy one only records its agreement)."""
+        return True
+
+    def counters(self) -> dict[str, float]:
+        """Cumulative counts of what the mode did beyond payload bytes (ops forwarded, flushes, ...).
+
+        The harness records each one's per-round delta in extra_info as `<name>` (median) and
+        `<name>_rounds`; a mode with nothing more to count returns {}.
+        """
+        return {}
 
     def call(self, op: str, tensors: dict[str, torch.Tensor], meta: dict[str, str] | None = None,
              compress: bool = False, timeout_s: float | None = None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

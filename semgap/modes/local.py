@@ -6,6 +6,7 @@ from semgap.modes.base import Mode, last_row
 
 class LocalMode(Mode):
     name = "local"
+    role = "local"
     needs_server = False
 
     def setup(self) -> None:

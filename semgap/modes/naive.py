@@ -11,6 +11,7 @@ class NaiveMode(Mode):
     """The server keeps nothing between calls: each one carries everything the step needs, both ways."""
 
     name = "naive"
+    role = "blind"
     ships_cache = True
 
     def setup(self) -> None:

@@ -13,6 +13,7 @@ class RemoteCacheMode(Mode):
     every logit the model produced, uncompressed, as an opaque runtime would."""
 
     name = "remote_cache"
+    role = "blind"
 
     def logits_options(self) -> LogitsOptions:
         return LogitsOptions()
