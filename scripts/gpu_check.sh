@@ -35,14 +35,14 @@ if [ "$CPU" = 1 ]; then
     BUDGET_S=${SEMGAP_GPU_CHECK_BUDGET_S:-900}  # a dry run must run every session, however slow the CPU
     MODEL_A=tiny-gpt2; MODEL_B=tiny-gpt2
     # fast path on: static cache + compile through inductor's CPU backend, the GPU run's code path
-    COMMON=(--semgap-device cpu --semgap-prompt-tokens 16 --semgap-rounds 3 --semgap-warmup-rounds 1)
+    COMMON=(--semgap-device cpu --semgap-prompt-tokens 16 --semgap-blocks 1 --semgap-rounds 3 --semgap-warmup-rounds 1)
     STEPS=3; FAST=on
 else
     BUDGET_S=${SEMGAP_GPU_CHECK_BUDGET_S:-290}
     MODEL_A=gpt2; MODEL_B=gpt-j-6b
-    # 6 rounds after 2 warm-ups: enough for the latency test (its least p for 6 vs 6 is 0.001), and
-    # naive gpt2 decode, the longest benchmark, stays near 20 s.
-    COMMON=(--semgap-device cuda --semgap-prompt-tokens 128 --semgap-rounds 6 --semgap-warmup-rounds 2)
+    # 6 interleaved blocks of 1 round after 1 warm-up: the block test's least p is 1/64, and naive gpt2
+    # decode, the longest benchmark, stays near 40 s.
+    COMMON=(--semgap-device cuda --semgap-prompt-tokens 128 --semgap-blocks 6 --semgap-rounds 1 --semgap-warmup-rounds 1)
     STEPS=4; FAST=auto
 fi
 
@@ -94,7 +94,7 @@ run_session "2-$MODEL_B" 90 --semgap-model "$MODEL_B" --semgap-decode-steps "$ST
 # session a compile for the client's reference tokens. Both phases need ~85 s on GPT-J, prefill ~45 s.
 if [ "$(left)" -ge 95 ]; then NAIVE_PHASES=all; else NAIVE_PHASES=prefill; fi
 run_session "3-$MODEL_B-naive" 45 --semgap-model "$MODEL_B" --semgap-modes naive --semgap-phases "$NAIVE_PHASES" \
-    --semgap-fast-path off --semgap-decode-steps 1 --semgap-rounds 1 --semgap-warmup-rounds 0 --semgap-rpc-timeout 300
+    --semgap-fast-path off --semgap-decode-steps 1 --semgap-blocks 1 --semgap-rounds 1 --semgap-warmup-rounds 0 --semgap-rpc-timeout 300
 
 echo "semgap gpu_check: sessions done at $(elapsed) s; summary in $OUT_DIR/summary.txt"
 "$PY" -m semgap.gpu_summary "$OUT_DIR" --out "$OUT_DIR/summary.txt"

@@ -55,6 +55,16 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _agreement(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction above 0 and at most 1, got {text!r}")
+    return value
+
+
 def _model(text: str) -> str:
     try:
         return models.check_model_name(text)
@@ -112,9 +122,15 @@ def add_options(parser: pytest.Parser) -> None:
     option("--semgap-prompt-tokens", metavar="N", type=_positive_int, default=128, help="prompt length. Default: 128")
     option("--semgap-decode-steps", metavar="N", type=_positive_int, default=5,
            help="tokens generated per decode round. Default: 5")
-    option("--semgap-rounds", metavar="N", type=_positive_int, default=20, help="measured rounds per benchmark. Default: 20")
-    option("--semgap-warmup-rounds", metavar="N", type=_non_negative_int, default=3,
-           help="discarded rounds before measuring. Default: 3")
+    option("--semgap-blocks", metavar="N", type=_positive_int, default=10,
+           help="interleaved blocks: each block runs every case in a seeded shuffled order, and the latency "
+                "verdicts compare modes block by block. Default: 10")
+    option("--semgap-rounds", metavar="N", type=_positive_int, default=3,
+           help="measured rounds of each case in each block. Default: 3")
+    option("--semgap-warmup-rounds", metavar="N", type=_non_negative_int, default=1,
+           help="discarded rounds of each case before its measured rounds in each block. Default: 1")
+    option("--semgap-block-seed", metavar="N", type=_non_negative_int, default=0,
+           help="seed of the order of the cases inside each block. Default: 0")
     option("--semgap-semantic", metavar="LIST", type=_semantic, default=SemanticOptions(),
            help="techniques of the semantic mode: prune,cast,compress,narrow-ids or none. Default: all four")
     option("--semgap-server", metavar="HOST:PORT", type=_address, default=None,
@@ -137,6 +153,8 @@ def add_options(parser: pytest.Parser) -> None:
            help="H2: the latency reduction semantic must reach against remote_cache. Default: 0.15")
     option("--semgap-alpha", metavar="FRACTION", type=_fraction, default=0.05,
            help="significance level of the latency test. Default: 0.05")
+    option("--semgap-min-agreement", metavar="FRACTION", type=_agreement, default=1.0,
+           help="token agreement with local below which a saving is labelled LOSSY, not SUPPORTED. Default: 1.0")
     option("--semgap-enforce", action="store_true", default=False,
            help="fail the run when a hypothesis is NOT SUPPORTED (a CI gate). Default: off")
 
@@ -154,8 +172,10 @@ class SemgapConfig:
     phases: tuple[str, ...]
     prompt_tokens: int
     decode_steps: int
-    rounds: int
-    warmup_rounds: int
+    blocks: int
+    rounds: int  # measured rounds per case and block
+    warmup_rounds: int  # per case and block
+    block_seed: int
     semantic: SemanticOptions
     server: tuple[str, int] | None
     host: str
@@ -167,6 +187,7 @@ class SemgapConfig:
     h1: float
     h2: float
     alpha: float
+    min_agreement: float
     enforce: bool
 
     @classmethod
@@ -176,11 +197,13 @@ class SemgapConfig:
             model=get("semgap_model"), seed=get("semgap_seed"), dtype=get("semgap_dtype"), device=get("semgap_device"),
             fast_path=get("semgap_fast_path"),
             modes=get("semgap_modes"), phases=get("semgap_phases"), prompt_tokens=get("semgap_prompt_tokens"),
-            decode_steps=get("semgap_decode_steps"), rounds=get("semgap_rounds"), warmup_rounds=get("semgap_warmup_rounds"),
+            decode_steps=get("semgap_decode_steps"), blocks=get("semgap_blocks"), rounds=get("semgap_rounds"),
+            warmup_rounds=get("semgap_warmup_rounds"), block_seed=get("semgap_block_seed"),
             semantic=get("semgap_semantic"), server=get("semgap_server"), host=get("semgap_host"), link=get("semgap_link"),
             link_rates_bps=get("semgap_link_rate"), rpc_timeout_s=get("semgap_rpc_timeout"),
             server_start_timeout_s=get("semgap_server_start_timeout"), results_dir=get("semgap_results"),
-            h1=get("semgap_h1"), h2=get("semgap_h2"), alpha=get("semgap_alpha"), enforce=get("semgap_enforce"),
+            h1=get("semgap_h1"), h2=get("semgap_h2"), alpha=get("semgap_alpha"),
+            min_agreement=get("semgap_min_agreement"), enforce=get("semgap_enforce"),
         )
         settings.check()
         return settings

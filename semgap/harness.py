@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import statistics
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
@@ -12,7 +13,7 @@ from typing import Callable
 import torch
 import transformers
 
-from semgap import codec, generate, models, runtime, transport
+from semgap import codec, generate, hostload, models, runtime, transport
 from semgap.config import SemgapConfig
 from semgap.link import LinkCounters, NetnsLink, cleanup_stale, format_rate
 from semgap.modes import MODES, ModeContext, make_mode
@@ -42,9 +43,41 @@ class Case:
         return f"{self.mode}-{self.phase}{rate}"
 
 
+@dataclass(frozen=True)
+class BlockItem:
+    """One benchmark of the run: `rounds` rounds of one case inside one block of the interleaved design."""
+
+    case: Case
+    block: int  # 0-based
+    blocks: int
+    position: int  # where in its block the case runs, 0-based
+
+    @property
+    def id(self) -> str:
+        return f"{self.case.id}-b{self.block:02d}"
+
+
 def cases(settings: SemgapConfig) -> list[Case]:
     rates = settings.link_rates_bps or (None,)
     return [Case(mode, phase, rate) for rate in rates for mode in settings.modes for phase in settings.phases]
+
+
+def schedule(settings: SemgapConfig) -> list[BlockItem]:
+    """Every case once per block, blocks one after another, cases in a seeded shuffled order inside each.
+
+    Modes compared with each other then run minutes apart at most, in every order: drift over the run
+    (another process, clock frequency, page cache) lands on every mode of a block alike, and the
+    verdicts compare them block by block. Link rates stay the outer loop, so a shaper changes rate once
+    per rate, not once per benchmark.
+    """
+    items = []
+    for rate in settings.link_rates_bps or (None,):
+        rate_cases = [case for case in cases(settings) if case.link_rate_bps == rate]
+        for block in range(settings.blocks):
+            order = list(rate_cases)
+            random.Random(f"{settings.block_seed}/{rate}/{block}").shuffle(order)
+            items.extend(BlockItem(case, block, settings.blocks, position) for position, case in enumerate(order))
+    return items
 
 
 @dataclass
@@ -92,6 +125,7 @@ class ExperimentSession:
         self.setup_bytes = transport.PayloadCounter()
         self.warnings: list[str] = []
         self.gpu_monitor = None
+        self.modes: dict[str, object] = {}
 
     def open(self) -> "ExperimentSession":
         settings = self.settings
@@ -202,16 +236,19 @@ class ExperimentSession:
             self.resources.callback(_restore_env, name, previous)
 
     def mode(self, name: str):
-        """A ready mode; the first resident mode uploads the weights, counted as setup bytes."""
+        """The session's ready mode `name`, set up once; the first resident mode uploads the weights,
+        counted as setup bytes."""
         if MODES[name].needs_server:
             self.check_server()
-        before = self.context.counter.snapshot()
-        mode = make_mode(name, self.context)
-        mode.setup()
-        uploaded = self.context.counter.since(before)
-        if uploaded.bytes_sent:
-            self.setup_bytes = uploaded
-        return mode
+        if name not in self.modes:
+            before = self.context.counter.snapshot()
+            mode = make_mode(name, self.context)
+            mode.setup()
+            uploaded = self.context.counter.since(before)
+            if uploaded.bytes_sent:
+                self.setup_bytes = uploaded
+            self.modes[name] = mode
+        return self.modes[name]
 
     def check_server(self) -> None:
         if self.transport is None:
@@ -276,8 +313,8 @@ class ExperimentSession:
             self.resources.callback(self.gpu_monitor.stop)
         return self.gpu_monitor
 
-    def check_framing(self, case: Case, rounds: list[RoundRecord]) -> None:
-        """Warn (never silently) when kernel TCP bytes stray from payload bytes beyond RPC framing."""
+    def check_framing(self, case: Case, rounds: list[RoundRecord]) -> str | None:
+        """The first round whose kernel TCP bytes stray from its payload beyond framing, as a warning (or None)."""
         for record in rounds:
             for direction in ("sent", "received"):
                 payload = getattr(record, f"payload_bytes_{direction}")
@@ -286,11 +323,11 @@ class ExperimentSession:
                     continue
                 bound = FRAMING_BYTES_PER_CALL * record.rpc_round_trips
                 if not payload <= tcp <= payload + bound:
-                    self.warnings.append(
-                        f"{case.id}: TCP bytes {direction} {tcp} vs payload {payload} exceed the framing bound "
-                        f"({bound} bytes for {record.rpc_round_trips} calls)"
-                    )
-                    return
+                    warning = (f"{case.id}: TCP bytes {direction} {tcp} vs payload {payload} exceed the framing bound "
+                               f"({bound} bytes for {record.rpc_round_trips} calls)")
+                    self.warnings.append(warning)
+                    return warning
+        return None
 
     def close(self) -> None:
         self.resources.close()
@@ -308,9 +345,12 @@ class ExperimentSession:
             "server": "external" if settings.server else "spawned",
             "semantic": str(settings.semantic),
             "compressor": self.server_info.get("compressor", ""),
-            "rounds": settings.rounds,
-            "warmup_rounds": settings.warmup_rounds,
-            "h1": settings.h1, "h2": settings.h2, "alpha": settings.alpha,
+            "blocks": settings.blocks,
+            "rounds_per_block": settings.rounds,
+            "warmup_rounds_per_block": settings.warmup_rounds,
+            "block_order_seed": settings.block_seed,
+            "cores": hostload.cores(),
+            "h1": settings.h1, "h2": settings.h2, "alpha": settings.alpha, "min_agreement": settings.min_agreement,
             "prompt_tokens": settings.prompt_tokens,
             "decode_steps": settings.decode_steps,
             "reference_tokens": self.reference_tokens,
@@ -373,13 +413,21 @@ def median(values: list[float | int | None]) -> float | int | None:
 
 @dataclass
 class CaseRunner:
-    """Runs one Case as `benchmark.pedantic` rounds and turns what they moved into extra_info."""
+    """Runs one case of one block as `benchmark.pedantic` rounds and turns what they moved into extra_info.
+
+    A round is everything its requests cause, the release of its state included: a decode round is
+    the decode steps plus the release of the cache its (untimed, uncounted) prefill made.
+    """
 
     session: ExperimentSession
-    case: Case
+    item: BlockItem
     rounds: list[RoundRecord] = field(default_factory=list)
     counter_rounds: list[dict[str, float]] = field(default_factory=list)  # the mode's own counters, per round
     tokens: list[list[int]] = field(default_factory=list)
+
+    @property
+    def case(self) -> Case:
+        return self.item.case
 
     def run(self, benchmark) -> None:
         settings, case = self.session.settings, self.case
@@ -387,18 +435,29 @@ class CaseRunner:
         benchmark.group = case.phase + (f" at {format_rate(case.link_rate_bps)}" if case.link_rate_bps else "")
         self.mode = self.session.mode(case.mode)
         gpu_mark = self.session.gpu_mark(case.mode)
+        cpu_before = hostload.CpuTimes.read()
         target = self._prefill_round if case.phase == "prefill" else self._decode_round
         benchmark.pedantic(
             target, setup=self._setup, teardown=self._teardown,
             rounds=settings.rounds, warmup_rounds=settings.warmup_rounds,
         )
+        cpu_after = hostload.CpuTimes.read()
         # --benchmark-cprofile runs setup and teardown once more after the measured rounds: not a round.
         window = slice(settings.warmup_rounds, settings.warmup_rounds + settings.rounds)
         measured = self.rounds[window]
-        self.session.check_framing(case, measured)
-        benchmark.extra_info.update(self.extra_info(measured))
+        framing_warning = self.session.check_framing(case, measured)
+        benchmark.extra_info.update(self.extra_info(measured, self.tokens[window]))
         benchmark.extra_info.update(_per_round_fields(self.counter_rounds[window]))
         benchmark.extra_info.update(self.session.gpu_summary(case.mode, gpu_mark))
+        benchmark.extra_info.update(
+            load_avg_1m=hostload.load_avg_1m(), cpu_steal_pct=hostload.steal_pct(cpu_before, cpu_after),
+            cpu_busy_pct=hostload.busy_pct(cpu_before, cpu_after),
+        )
+        # The measurements are in the JSON by now; what follows fails the benchmark, it does not hide it.
+        if self.mode.lossless:
+            mismatch = _first_mismatch(self._expected_tokens(), self.tokens[window])
+            assert mismatch is None, f"{case.id}: the lossless mode {case.mode} generated other tokens than local: {mismatch}"
+        assert framing_warning is None, framing_warning
 
     def _setup(self):
         state = None
@@ -409,23 +468,29 @@ class CaseRunner:
         return (state,), {}
 
     def _prefill_round(self, _):
-        token, self.state = generate.prefill(self.mode, self.session.prompt)
+        token, state = generate.prefill(self.mode, self.session.prompt)
         self.round_tokens = [token]
+        self.mode.release(state)
 
     def _decode_round(self, prefilled):
         first_token, state = prefilled
-        self.round_tokens, self.state = generate.decode_n_tokens(self.mode, first_token, state, self.session.settings.decode_steps)
+        self.round_tokens, state = generate.decode_n_tokens(self.mode, first_token, state, self.session.settings.decode_steps)
+        self.mode.release(state)
 
     def _teardown(self, _):
         self.rounds.append(self.session.record(self.before, self.session.snapshot()))
         counters = self.mode.counters()
         self.counter_rounds.append({name: value - self.counters_before.get(name, 0) for name, value in counters.items()})
         self.tokens.append(self.round_tokens)
-        self.mode.release(self.state)
 
-    def extra_info(self, measured: list[RoundRecord]) -> dict:
-        settings, session, case = self.session.settings, self.session, self.case
+    def _expected_tokens(self) -> list[int]:
+        reference = self.session.reference_tokens
+        return reference[:1] if self.case.phase == "prefill" else reference[1:]
+
+    def extra_info(self, measured: list[RoundRecord], tokens: list[list[int]]) -> dict:
+        settings, session, case, item = self.session.settings, self.session, self.case, self.item
         info: dict = {
+            "case": case.id, "block": item.block, "blocks": item.blocks, "position_in_block": item.position,
             "mode": case.mode, "phase": case.phase, "model": settings.model,
             "role": self.mode.role, "lossless": self.mode.lossless, "weights": models.weights_kind(settings.model),
             "device": session.device(case.mode),
@@ -441,17 +506,28 @@ class CaseRunner:
         info["fast_path"] = session.decode_path(case.mode)
         info["setup_bytes_sent"] = session.setup_bytes.bytes_sent if resident else 0
         info["setup_bytes_received"] = session.setup_bytes.bytes_received if resident else 0
-        info.update(self._token_info())
+        info.update(self._token_info(tokens))
         return info
 
-    def _token_info(self) -> dict:
-        reference = self.session.reference_tokens
-        expected = reference[:1] if self.case.phase == "prefill" else reference[1:]
-        tokens = self.tokens[-1]
+    def _token_info(self, rounds: list[list[int]]) -> dict:
+        """The last measured round's tokens, and their agreement with local's, position by position."""
+        expected, tokens = self._expected_tokens(), rounds[-1]
         agreement = sum(a == b for a, b in zip(tokens, expected)) / len(expected)
         return {
             "token_ids": tokens,
             "tokens_sha256": hashlib.sha256(json.dumps(tokens).encode()).hexdigest(),
-            "tokens_same_every_round": all(round_tokens == tokens for round_tokens in self.tokens),
+            "tokens_same_every_round": all(round_tokens == tokens for round_tokens in rounds),
             "token_agreement_with_local": agreement,
         }
+
+
+def _first_mismatch(expected: list[int], rounds: list[list[int]]) -> str | None:
+    """Where the first round that differs from `expected` first differs, in words, or None."""
+    for index, tokens in enumerate(rounds):
+        if tokens == expected:
+            continue
+        position = next((p for p, (a, b) in enumerate(zip(tokens, expected)) if a != b), min(len(tokens), len(expected)))
+        got = tokens[position] if position < len(tokens) else "nothing"
+        want = expected[position] if position < len(expected) else "nothing"
+        return f"measured round {index}, token {position}: {got} where local has {want}"
+    return None

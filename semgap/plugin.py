@@ -9,7 +9,7 @@ import pytest
 
 from semgap import report, verdicts
 from semgap.config import SemgapConfig, add_options
-from semgap.harness import Case, CaseRunner, ExperimentSession, cases
+from semgap.harness import BlockItem, CaseRunner, ExperimentSession, schedule
 
 settings_key = pytest.StashKey[SemgapConfig]()
 run_key = pytest.StashKey["RunRecord"]()
@@ -41,8 +41,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "semgap_case" in metafunc.fixturenames:
-        matrix = cases(metafunc.config.stash[settings_key])
-        metafunc.parametrize("semgap_case", matrix, ids=[case.id for case in matrix])
+        # One benchmark per (case, block), in the order they run: block after block (see harness.schedule).
+        matrix = schedule(metafunc.config.stash[settings_key])
+        metafunc.parametrize("semgap_case", matrix, ids=[item.id for item in matrix])
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -99,7 +100,7 @@ def _progress_writer(config: pytest.Config):
 
 
 @pytest.fixture
-def semgap_bench(semgap_session: ExperimentSession, semgap_case: Case) -> CaseRunner:
+def semgap_bench(semgap_session: ExperimentSession, semgap_case: BlockItem) -> CaseRunner:
     return CaseRunner(semgap_session, semgap_case)
 
 

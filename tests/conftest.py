@@ -54,7 +54,8 @@ def suite(pytester, monkeypatch, outside_xdist):
     pytester.makepyfile(test_semantic_gap=BENCHMARK)
     pytester.makeconftest(INNER_CONFTEST)
     pytester.makeini(
-        f"[pytest]\naddopts = --benchmark-save-data --benchmark-json=results/benchmark.json --semgap-model={TEST_MODEL}\n"
+        "[pytest]\naddopts = --benchmark-save-data --benchmark-json=results/benchmark.json "
+        f"--semgap-model={TEST_MODEL} --semgap-blocks=1\n"
         "filterwarnings =\n    error:::semgap\n"
     )
     return pytester

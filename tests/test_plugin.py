@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import TEST_MODEL
+from .conftest import INNER_CONFTEST, TEST_MODEL
 
 
 QUICK = ("--semgap-rounds", "3", "--semgap-warmup-rounds", "1", "--semgap-prompt-tokens", "32",
@@ -22,7 +22,41 @@ def load(pytester, name="results/benchmark.json"):
 
 
 def by_case(output_json):
-    return {bench["param"]: bench["extra_info"] for bench in output_json["benchmarks"]}
+    """extra_info by case id (these runs have one block, so one benchmark per case)."""
+    return {bench["extra_info"]["case"]: bench["extra_info"] for bench in output_json["benchmarks"]}
+
+
+def test_blocks_interleave_every_case_in_a_seeded_order(suite):
+    result = suite.runpytest_subprocess("--benchmark-only", *QUICK, "--semgap-modes", "local,remote_cache",
+                                        "--semgap-blocks", "3", "--semgap-rounds", "1", "--semgap-warmup-rounds", "0",
+                                        "--collect-only", "-q")
+    ids = [line.split("[", 1)[1].rstrip("]") for line in result.outlines if "::test_semantic_gap[" in line]
+    blocks = [ids[index:index + 4] for index in range(0, 12, 4)]
+    assert len(ids) == 12 and all(len({name.rsplit("-", 1)[1] for name in block}) == 1 for block in blocks)
+    assert all(sorted(name.rsplit("-", 1)[0] for name in block) == sorted(
+        f"{mode}-{phase}" for mode in ("local", "remote_cache") for phase in ("prefill", "decode")) for block in blocks)
+    assert len({tuple(name.rsplit("-", 1)[0] for name in block) for block in blocks}) > 1  # shuffled per block
+    again = suite.runpytest_subprocess("--benchmark-only", *QUICK, "--semgap-modes", "local,remote_cache",
+                                       "--semgap-blocks", "3", "--collect-only", "-q")
+    assert [line for line in again.outlines if "::test_" in line] == [
+        line for line in result.outlines if "::test_" in line]  # the same seed, the same order
+
+
+def test_a_lossless_mode_with_other_tokens_than_local_fails_its_benchmark_and_keeps_its_data(suite):
+    # A client-side fault: remote_cache reads a logits row shifted by one, so its greedy tokens change.
+    suite.makeconftest(INNER_CONFTEST + (
+        "import torch\nfrom semgap.modes import remote_cache\n"
+        "original = remote_cache.RemoteCacheMode.decode_one_token\n"
+        "def shifted(self, token_id, state):\n"
+        "    logits, state = original(self, token_id, state)\n"
+        "    return (torch.roll(logits, 1) if self.name == 'remote_cache' else logits), state\n"
+        "remote_cache.RemoteCacheMode.decode_one_token = shifted\n"))
+    result = suite.runpytest_subprocess("--benchmark-only", *QUICK, "--semgap-modes", "remote_cache,semantic",
+                                        "--semgap-phases", "decode", "--semgap-semantic", "prune,compress")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*remote_cache-decode: the lossless mode remote_cache generated other tokens than "
+                                 "local: measured round 0, token 0:*"])
+    assert by_case(load(suite))["remote_cache-decode"]["token_agreement_with_local"] < 1.0
 
 
 def test_a_run_writes_bytes_tokens_verdicts_report_and_plots(suite):
@@ -154,15 +188,19 @@ def test_a_server_killed_mid_benchmark_errors_that_benchmark_and_keeps_the_other
         '        session = request.getfixturevalue("semgap_session")\n'
         '        threading.Timer(0.3, os.killpg, (session.server.process.pid, signal.SIGKILL)).start()\n'
     )
-    result = suite.runpytest_subprocess("--benchmark-only", *QUICK, "--semgap-rounds", "1000",
-                                        "--semgap-modes", "remote_cache,semantic", "--semgap-phases", "prefill,decode")
-    # remote_cache-prefill and -decode finished; semantic-prefill lost its server; semantic-decode found it gone.
-    result.assert_outcomes(passed=2, failed=2)
-    result.stdout.fnmatch_lines(["*lost the semgap server*", "*the semgap server exited*"])
+    args = ("--benchmark-only", *QUICK, "--semgap-rounds", "1000", "--semgap-modes", "remote_cache,semantic")
+    order = [line.split("[", 1)[1].rstrip("]").rsplit("-b", 1)[0]
+             for line in suite.runpytest_subprocess(*args, "--collect-only", "-q").outlines if "::test_semantic_gap[" in line]
+    before, after = order[:order.index("semantic-prefill")], order[order.index("semantic-prefill") + 1:]
+    result = suite.runpytest_subprocess(*args)
+    # Cases before semantic-prefill finished; it lost its server; the cases after it found the server gone.
+    result.assert_outcomes(passed=len(before), failed=1 + len(after))
+    result.stdout.fnmatch_lines(["*lost the semgap server*"])
     output = load(suite)
-    assert set(by_case(output)) == {"remote_cache-prefill", "remote_cache-decode"}
-    failed = {failure["case"]: failure["reason"] for failure in output["semgap"]["failures"]}
-    assert set(failed) == {"semantic-prefill", "semantic-decode"}
+    assert set(by_case(output)) == set(before)
+    failed = {failure["case"].rsplit("-b", 1)[0]: failure["reason"] for failure in output["semgap"]["failures"]}
+    assert set(failed) == {"semantic-prefill", *after}
+    assert all("the semgap server exited" in failed[case] for case in after)
 
 
 def test_ctrl_c_mid_run_leaves_no_server_behind(suite):

@@ -200,7 +200,8 @@ def run_suite(pytester, *args: str):
 
 
 def by_case(output_json: dict) -> dict[str, dict]:
-    return {bench["param"]: bench["extra_info"] for bench in output_json["benchmarks"]}
+    """extra_info by case id (these runs have one block, so one benchmark per case)."""
+    return {bench["extra_info"]["case"]: bench["extra_info"] for bench in output_json["benchmarks"]}
 
 
 def namespaces() -> list[str]:
@@ -428,14 +429,15 @@ def test_check_framing_warns_outside_payload_plus_bound_only():
 
 @needs_tcp
 @pytest.mark.slow
-def test_a_framing_discrepancy_is_printed_and_saved(suite):
+def test_a_framing_discrepancy_fails_the_benchmark_and_is_printed_and_saved(suite):
     # No framing allowed at all: every remote round now strays from its payload, and must say so.
     suite.makeconftest(INNER_CONFTEST + "import semgap.harness\nsemgap.harness.FRAMING_BYTES_PER_CALL = 0\n")
     result, output, _pid = run_suite(suite, *SMALL)
-    result.assert_outcomes(passed=1)  # a warning, not a failure
+    result.assert_outcomes(failed=1)
     warnings = output["semgap"]["warnings"]
     assert len(warnings) == 1 and warnings[0].startswith("remote_cache-prefill: TCP bytes sent"), warnings
     result.stdout.fnmatch_lines([f"*measurement warning: {warnings[0]}"])
+    assert len(output["benchmarks"]) == 1  # the measurements are kept beside the failure
 
 
 # --- 6. netns without root or iproute2 ----------------------------------------------------------
