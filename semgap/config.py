@@ -39,6 +39,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_ints(text: str) -> tuple[int, ...]:
+    values = tuple(_positive_int(part.strip()) for part in text.split(",") if part.strip())
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected positive whole numbers separated by commas, got {text!r}")
+    return tuple(dict.fromkeys(values))  # each length once, in the order given
+
+
 def _non_negative_int(text: str) -> int:
     if not text.isdigit():
         raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
@@ -120,8 +127,9 @@ def add_options(parser: pytest.Parser) -> None:
     option("--semgap-phases", metavar="LIST", type=_choices(PHASES, "phase"), default=PHASES,
            help="comma list of phases (prefill, decode) or all. Default: all")
     option("--semgap-prompt-tokens", metavar="N", type=_positive_int, default=128, help="prompt length. Default: 128")
-    option("--semgap-decode-steps", metavar="N", type=_positive_int, default=5,
-           help="tokens generated per decode round. Default: 5")
+    option("--semgap-decode-steps", metavar="LIST", type=_positive_ints, default=(5,),
+           help="tokens generated per decode round; a comma list (e.g. 5,50,250) makes every decode benchmark "
+                "one per length, to show how bytes and latency per step grow with the KV cache. Default: 5")
     option("--semgap-blocks", metavar="N", type=_positive_int, default=10,
            help="interleaved blocks: each block runs every case in a seeded shuffled order, and the latency "
                 "verdicts compare modes block by block. Default: 10")
@@ -171,7 +179,7 @@ class SemgapConfig:
     modes: tuple[str, ...]
     phases: tuple[str, ...]
     prompt_tokens: int
-    decode_steps: int
+    decode_steps: tuple[int, ...]  # one decode benchmark per length
     blocks: int
     rounds: int  # measured rounds per case and block
     warmup_rounds: int  # per case and block
@@ -228,9 +236,9 @@ class SemgapConfig:
         if self.server is not None and self.link == "netns":
             raise pytest.UsageError("--semgap-server names a server already running; --semgap-link netns starts its own")
         limit = models.context_length_of(self.model)
-        if self.prompt_tokens + self.decode_steps > limit:
+        if self.prompt_tokens + self.max_decode_steps > limit:
             raise pytest.UsageError(
-                f"a prompt of {self.prompt_tokens} tokens plus {self.decode_steps} decode steps exceeds the context "
+                f"a prompt of {self.prompt_tokens} tokens plus {self.max_decode_steps} decode steps exceeds the context "
                 f"of {self.model} ({limit} positions); lower --semgap-prompt-tokens or --semgap-decode-steps"
             )
 
@@ -241,7 +249,11 @@ class SemgapConfig:
     @property
     def max_cache_len(self) -> int:
         """Positions a static KV cache needs: the prompt plus every decoded token."""
-        return self.prompt_tokens + self.decode_steps
+        return self.prompt_tokens + self.max_decode_steps
+
+    @property
+    def max_decode_steps(self) -> int:
+        return max(self.decode_steps)
 
     def server_args(self) -> tuple[str, ...]:
         return ("--seed", str(self.seed), "--dtype", self.dtype, "--device", self.device,

@@ -31,16 +31,19 @@ FRAMING_BYTES_PER_CALL = 1024
 
 @dataclass(frozen=True)
 class Case:
-    """One benchmark of the matrix: a mode, a phase and, in a sweep, a link rate."""
+    """One case of the matrix: a mode, a phase, and in sweeps a decode length and a link rate."""
 
     mode: str
     phase: str
     link_rate_bps: int | None = None
+    decode_steps: int = 0  # tokens per decode round; 0 for prefill
+    steps_in_id: bool = False  # a decode-length sweep names the length in the id
 
     @property
     def id(self) -> str:
+        steps = f"-{self.decode_steps}steps" if self.steps_in_id else ""
         rate = f"-{format_rate(self.link_rate_bps)}" if self.link_rate_bps else ""
-        return f"{self.mode}-{self.phase}{rate}"
+        return f"{self.mode}-{self.phase}{steps}{rate}"
 
 
 @dataclass(frozen=True)
@@ -58,8 +61,11 @@ class BlockItem:
 
 
 def cases(settings: SemgapConfig) -> list[Case]:
-    rates = settings.link_rates_bps or (None,)
-    return [Case(mode, phase, rate) for rate in rates for mode in settings.modes for phase in settings.phases]
+    sweep = len(settings.decode_steps) > 1
+    lengths = {"prefill": (0,), "decode": settings.decode_steps}
+    return [Case(mode, phase, rate, steps, sweep and phase == "decode")
+            for rate in settings.link_rates_bps or (None,) for mode in settings.modes
+            for phase in settings.phases for steps in lengths[phase]]
 
 
 def schedule(settings: SemgapConfig) -> list[BlockItem]:
@@ -140,7 +146,7 @@ class ExperimentSession:
             )
             # Compiling and capturing the client's decode step happen here, before any round.
             self.context.local_engine().warm_up()
-            self.reference_tokens = generate.generate(self._local(), self.prompt, settings.decode_steps)
+            self.reference_tokens = generate.generate(self._local(), self.prompt, settings.max_decode_steps)
             if any(MODES[name].needs_server for name in settings.modes):
                 self._connect()
                 self.upload_weights()
@@ -352,7 +358,7 @@ class ExperimentSession:
             "cores": hostload.cores(),
             "h1": settings.h1, "h2": settings.h2, "alpha": settings.alpha, "min_agreement": settings.min_agreement,
             "prompt_tokens": settings.prompt_tokens,
-            "decode_steps": settings.decode_steps,
+            "decode_steps": list(settings.decode_steps),
             "reference_tokens": self.reference_tokens,
             "setup_bytes": asdict(self.setup_bytes),
             "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
@@ -474,7 +480,7 @@ class CaseRunner:
 
     def _decode_round(self, prefilled):
         first_token, state = prefilled
-        self.round_tokens, state = generate.decode_n_tokens(self.mode, first_token, state, self.session.settings.decode_steps)
+        self.round_tokens, state = generate.decode_n_tokens(self.mode, first_token, state, self.case.decode_steps)
         self.mode.release(state)
 
     def _teardown(self, _):
@@ -485,7 +491,7 @@ class CaseRunner:
 
     def _expected_tokens(self) -> list[int]:
         reference = self.session.reference_tokens
-        return reference[:1] if self.case.phase == "prefill" else reference[1:]
+        return reference[:1] if self.case.phase == "prefill" else reference[1:1 + self.case.decode_steps]
 
     def extra_info(self, measured: list[RoundRecord], tokens: list[list[int]]) -> dict:
         settings, session, case, item = self.session.settings, self.session, self.case, self.item
@@ -494,7 +500,7 @@ class CaseRunner:
             "mode": case.mode, "phase": case.phase, "model": settings.model,
             "role": self.mode.role, "lossless": self.mode.lossless, "weights": models.weights_kind(settings.model),
             "device": session.device(case.mode),
-            "prompt_tokens": settings.prompt_tokens, "decode_steps": settings.decode_steps if case.phase == "decode" else 0,
+            "prompt_tokens": settings.prompt_tokens, "decode_steps": case.decode_steps,
             "link": settings.link, "link_rate": format_rate(case.link_rate_bps) if case.link_rate_bps else None,
             "link_rate_bps": case.link_rate_bps, "semantic": str(settings.semantic) if case.mode == "semantic" else None,
         }

@@ -42,6 +42,20 @@ def test_blocks_interleave_every_case_in_a_seeded_order(suite):
         line for line in result.outlines if "::test_" in line]  # the same seed, the same order
 
 
+def test_a_decode_length_sweep_shows_naive_bytes_per_step_growing_and_resident_ones_flat(suite):
+    result = suite.runpytest_subprocess("--benchmark-only", *QUICK, "--semgap-modes", "local,naive,remote_cache",
+                                        "--semgap-phases", "decode", "--semgap-decode-steps", "2,8")
+    result.assert_outcomes(passed=6)
+    cases = by_case(load(suite))
+    assert set(cases) == {f"{mode}-decode-{steps}steps" for mode in ("local", "naive", "remote_cache") for steps in (2, 8)}
+    per_step = {case: info["payload_bytes_received"] / info["decode_steps"] for case, info in cases.items()}
+    # naive ships the whole KV cache back each step, so a longer round moves more per step
+    assert per_step["naive-decode-8steps"] > per_step["naive-decode-2steps"]
+    # resident modes return one logits row per step (plus the release's small answer)
+    assert per_step["remote_cache-decode-8steps"] == pytest.approx(per_step["remote_cache-decode-2steps"], rel=0.05)
+    assert [len(cases[f"local-decode-{steps}steps"]["token_ids"]) for steps in (2, 8)] == [2, 8]
+
+
 def test_a_lossless_mode_with_other_tokens_than_local_fails_its_benchmark_and_keeps_its_data(suite):
     # A client-side fault: remote_cache reads a logits row shifted by one, so its greedy tokens change.
     suite.makeconftest(INNER_CONFTEST + (
