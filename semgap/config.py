@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from semgap import models
+from semgap.argtypes import fraction as _fraction
 from semgap.modes import MODES, PHASES, SemanticOptions
 from semgap.runtime import FAST_PATH_SETTINGS
 
@@ -43,16 +44,6 @@ def _non_negative_int(text: str) -> int:
     if not text.isdigit():
         raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
     return int(text)
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a fraction between 0 and 1, got {text!r}")
-    return value
 
 
 def _model(text: str) -> str:
