@@ -41,6 +41,12 @@ def _labels(rows: Sequence[CaseSummary]) -> list[str]:
     return sorted({s.label for s in rows}, key=mode_rank)
 
 
+def _legend(label: str, pts: Sequence[CaseSummary], min_agreement: float) -> str:
+    """The label, marked LOSSY when its tokens fell short of local's at any point shown."""
+    worst = min((s.token_agreement_with_local for s in pts if s.token_agreement_with_local is not None), default=None)
+    return label if worst is None or worst >= min_agreement else f"{label} (LOSSY, agreement {worst:.3f})"
+
+
 def _title(rows: Sequence[CaseSummary], model: str, phase: str, what: str) -> str:
     weights = "/".join(sorted({s.weights for s in rows if s.weights})) or "unknown"
     return f"{model} ({weights} weights) {phase}: {what}"
@@ -63,7 +69,7 @@ def _error_bars(pts: Sequence[CaseSummary]) -> list[list[float]]:
 def _finish_panel(ax: Any, xlabel: str, title: str) -> None:
     ax.set_xlabel(xlabel)
     ax.set_yscale("log")  # modes differ by orders of magnitude: a linear axis hides the fast ones
-    ax.set_ylabel("latency per round (ms, log scale): median of block medians, bars = IQR of rounds")
+    ax.set_ylabel("ms per round (log): block medians' median, IQR bars")
     ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
@@ -96,7 +102,7 @@ def latency_vs_bytes(rv: RunVerdicts, path: Path) -> Path:
                 ax.axhline(pts[0].median_latency_ms, color=color, linestyle=":", label=f"{label} (0 bytes)")
                 continue
             ax.errorbar(total, [s.median_latency_ms for s in pts], yerr=_error_bars(pts), fmt=marker, color=color,
-                        label=label, capsize=3)
+                        label=_legend(label, pts, rv.min_agreement), capsize=3)
             _annotate_rates(ax, total, pts)
         level = "/".join(sorted({s.byte_level for s in rows if s.role != "local"})) or "payload"
         ax.set_xscale("log")
@@ -132,7 +138,7 @@ def latency_vs_rate(rv: RunVerdicts, path: Path) -> Path | None:
             color, marker = _style(label)
             pts = [s for s in rows if s.label == label]
             ax.errorbar([s.link_rate_bps for s in pts], [s.median_latency_ms for s in pts], yerr=_error_bars(pts),
-                        marker=marker, color=color, label=label, capsize=3)
+                        marker=marker, color=color, label=_legend(label, pts, rv.min_agreement), capsize=3)
         xs, ys, names = _threshold_line(rv, rows)
         if xs:
             ax.plot(xs, ys, linestyle="--", color="black",

@@ -26,6 +26,7 @@ from semgap.measurements import (
     mode_rank,
     phase_rank,
     read_run,
+    semgap_section,
 )
 
 __all__ = ["InvalidBenchmarkJSON", "RunVerdicts", "Verdict", "compute", "any_not_supported"]
@@ -364,7 +365,7 @@ def compute(output_json: dict, h1: float | None = None, h2: float | None = None,
     h1, h2, alpha, min_agreement = (_setting(given, getattr(info, name), name) for given, name in
                                     ((h1, "h1"), (h2, "h2"), (alpha, "alpha"), (min_agreement, "min_agreement")))
     result = RunVerdicts(h1=h1, h2=h2, alpha=alpha, min_agreement=min_agreement, seed=seed, run=info, notes=run.notes)
-    meta = output_json.get("semgap") if isinstance(output_json.get("semgap"), dict) else {}
+    meta = semgap_section(output_json)
     result.failures = [f for f in meta.get("failures") or [] if isinstance(f, dict)]
     result.conditions = summaries.conditions(output_json, run)
     result.notes.extend(f"measurement warning: {w}" for w in meta.get("warnings") or [])

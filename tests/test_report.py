@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from semgap import compare, report, verdicts
+from semgap import compare, plots, report, verdicts
 
 from .synthetic import case, legacy, run_json, standard
 
@@ -99,6 +99,13 @@ def test_rate_plot_only_with_rates(tmp_path):
     assert "latency_vs_rate.png" in names
     md = (tmp_path / "report.md").read_text()
     assert "## Link-rate crossover (H2)" in md and "interpolated" in md
+
+
+def test_plot_legends_mark_a_lossy_candidate():
+    rv = verdicts.compute(run_json(standard(agreement=0.8)))
+    semantic = [s for s in rv.summaries if s.label == "semantic"]
+    assert plots._legend("semantic", semantic, rv.min_agreement) == "semantic (LOSSY, agreement 0.800)"
+    assert plots._legend("semantic", semantic, 0.8) == "semantic"
 
 
 # ---------------------------------------------------------------- terminal lines
