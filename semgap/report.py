@@ -425,7 +425,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\n".join(compare.lines(comparison)), file=sys.stderr)
         print(f"error: {args.paths[0]} and {args.paths[1]} share no case: nothing to compare", file=sys.stderr)
         return 2
-    for path in write(rv, runs[-1], out, written_by=CLI_WRITER):
+    try:
+        written = write(rv, runs[-1], out, written_by=CLI_WRITER)
+    except OSError as exc:
+        print(f"error: cannot write the report into {out}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    for path in written:
         print(f"wrote {path}")
     print("\n".join(terminal_lines(rv)))
     if comparison is not None:

@@ -295,5 +295,8 @@ def test_cli_rejects_invalid_input(tmp_path, cli, content, message):
 
 def test_cli_rejects_bad_options_and_missing_files(tmp_path, cli):
     assert "cannot read" in cli(tmp_path / "absent.json", "--out", tmp_path / "res").stderr
+    src = saved(tmp_path / "run.json", tight())
+    proc = cli(src, "--out", src)  # a file, not a folder
+    assert proc.returncode == 2 and "cannot write the report into" in proc.stderr
     proc = cli(tmp_path / "absent.json", "--latency-noise-band", "2")
     assert proc.returncode == 2 and "expected a fraction between 0 and 1" in proc.stderr
