@@ -10,6 +10,8 @@ import pytest
 import torch
 
 from semgap import models
+from semgap.argtypes import fraction as _fraction
+from semgap.argtypes import share as _share
 from semgap.modes import MODES, PHASES, SemanticOptions
 from semgap.runtime import FAST_PATH_SETTINGS
 
@@ -50,26 +52,6 @@ def _non_negative_int(text: str) -> int:
     if not text.isdigit():
         raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
     return int(text)
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a fraction between 0 and 1, got {text!r}")
-    return value
-
-
-def _agreement(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a fraction above 0 and at most 1, got {text!r}")
-    return value
 
 
 def _model(text: str) -> str:
@@ -161,7 +143,7 @@ def add_options(parser: pytest.Parser) -> None:
            help="H2: the latency reduction semantic must reach against remote_cache. Default: 0.15")
     option("--semgap-alpha", metavar="FRACTION", type=_fraction, default=0.05,
            help="significance level of the latency test. Default: 0.05")
-    option("--semgap-min-agreement", metavar="FRACTION", type=_agreement, default=1.0,
+    option("--semgap-min-agreement", metavar="FRACTION", type=_share, default=1.0,
            help="token agreement with local below which a saving is labelled LOSSY, not SUPPORTED. Default: 1.0")
     option("--semgap-enforce", action="store_true", default=False,
            help="fail the run when a hypothesis is NOT SUPPORTED (a CI gate). Default: off")

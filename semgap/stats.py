@@ -6,14 +6,23 @@ Conventions used throughout:
   40 % less than the baseline; a negative reduction means it needs more.
 * A *ratio* is ``candidate / baseline``: 1.25 means 25 % more (a "tax").
 * Latencies come in seconds (pytest-benchmark's raw ``stats.data``).
+* A *block* is one pass of the interleaved design: every case of the run ran a
+  few rounds in it, in a shuffled order. Latency inputs are per-block lists of
+  round times, ``blocks[b] = [round, round, ...]``; two cases' blocks with the
+  same index ran side by side, so they are *paired*.
 * Verdict strings are ``SUPPORTED``, ``NOT SUPPORTED`` and ``INCONCLUSIVE``.
 
-How to read a verdict: SUPPORTED means even the pessimistic end of the interval
-clears the threshold (and, for latency, the one-sided Mann-Whitney test is
-significant); NOT SUPPORTED means even the optimistic end misses it;
-INCONCLUSIVE means the data cannot decide (interval straddles the threshold,
-too few rounds to ever reach alpha, or a missing/degenerate baseline) -- it is
-not evidence either way and calls for more rounds or a steadier machine.
+How to read a latency verdict (:func:`threshold_test` and
+:func:`judge_threshold_test`): the unit is the block, not the round. Each
+block gives one paired ratio ``median(candidate rounds) / median(baseline
+rounds)``; anything that drifts between blocks (load, frequency, page cache)
+multiplies both sides of a pair alike and cancels. SUPPORTED means a one-sided
+signed-rank test rejects "the reduction is at most the threshold" and the
+bootstrap interval over blocks lies above the threshold; NOT SUPPORTED means
+the mirror test rejects "the reduction is at least the threshold" and the
+interval lies below it; INCONCLUSIVE means neither (the interval straddles the
+threshold, or too few blocks to ever reach alpha). INCONCLUSIVE is not
+evidence either way: it calls for more blocks or a steadier machine.
 """
 from __future__ import annotations
 
@@ -28,11 +37,15 @@ SUPPORTED = "SUPPORTED"
 NOT_SUPPORTED = "NOT SUPPORTED"
 INCONCLUSIVE = "INCONCLUSIVE"
 
-#: Byte-counting levels from most to least trustworthy.
-BYTE_LEVELS_BEST_FIRST = ("link", "tcp", "payload")
+#: Byte levels a hypothesis may be judged on, best first. TCP counts each byte once (the kernel's
+#: acknowledged bytes); the payload is what the mode serialised. Link (veth) bytes also count
+#: headers and retransmissions, so they are a cross-check, never the judged figure.
+JUDGED_BYTE_LEVELS = ("tcp", "payload")
 
 #: Round-trip times used by :func:`project_latency_ms` (seconds): 10 us, 100 us, 1 ms.
 DEFAULT_RTTS_S = (10e-6, 100e-6, 1e-3)
+
+Blocks = Sequence[Sequence[float]]
 
 
 @dataclass(frozen=True)
@@ -47,10 +60,10 @@ class Judgement:
 class ByteReduction:
     """Exact byte reduction of a candidate against a baseline (per round).
 
-    ``estimate`` is ``1 - candidate/baseline`` of the per-round totals;
-    ``low``/``high`` equal it when every round sent the same bytes, otherwise
-    they are the extreme reductions reachable from the min/max rounds and
-    ``note`` says medians were used.
+    ``estimate`` is ``1 - candidate/baseline`` of the blocked medians (see
+    :func:`blocked_median`); ``low``/``high`` equal it when every round sent the
+    same bytes, otherwise they are the extreme reductions reachable from the
+    min/max rounds and ``note`` says medians were used.
     """
 
     estimate: float | None
@@ -64,7 +77,7 @@ class ByteReduction:
 
 @dataclass(frozen=True)
 class RatioInterval:
-    """Median ratio ``median(candidate)/median(baseline)`` with a bootstrap CI."""
+    """A ratio ``candidate/baseline`` with a bootstrap interval (``None`` when it cannot be had)."""
 
     ratio: float
     low: float | None
@@ -75,25 +88,27 @@ class RatioInterval:
 
 
 @dataclass(frozen=True)
-class LatencyReduction:
-    """Latency reduction ``1 - median(cand)/median(base)`` with CI and test.
+class ThresholdTest:
+    """Paired-block test of "the reduction exceeds ``threshold``" (see :func:`threshold_test`).
 
-    ``p_value`` is the one-sided Mann-Whitney U p-value for "candidate is
-    faster"; it is ``None`` when ``powered`` is False, i.e. when the smallest
-    attainable p-value (``min_attainable_p``) cannot get below alpha.
+    ``p_value`` tests the null "reduction <= threshold" (small: evidence for the
+    hypothesis); ``p_value_against`` tests the null "reduction >= threshold"
+    (small: evidence against it). Both are ``None`` when ``powered`` is False,
+    i.e. when ``min_attainable_p`` (``2**-n_blocks``) is not below alpha.
+    ``block_reductions`` are the per-block reductions ``1 - ratio_b``.
     """
 
     estimate: float
     low: float | None
     high: float | None
     confidence: float
+    threshold: float
     p_value: float | None
+    p_value_against: float | None
     min_attainable_p: float
     powered: bool
-    n_candidate: int
-    n_baseline: int
-    median_candidate_s: float
-    median_baseline_s: float
+    n_blocks: int
+    block_reductions: tuple[float, ...]
 
 
 @dataclass(frozen=True)
@@ -114,6 +129,8 @@ class Crossover:
     note: str
 
 
+# ---------------------------------------------------------------- summaries
+
 def median(values: Sequence[float]) -> float:
     """Sample median (``numpy.median``); raises ``ValueError`` on empty input."""
     if len(values) == 0:
@@ -129,138 +146,47 @@ def iqr(values: Sequence[float]) -> tuple[float, float]:
     return float(q1), float(q3)
 
 
-def choose_byte_level(available: Sequence[str]) -> str:
-    """Pick the most trustworthy byte level among ``available``.
+def block_medians(blocks: Blocks) -> np.ndarray:
+    """The median of each block's rounds; every block needs at least one round."""
+    if len(blocks) == 0 or any(len(block) == 0 for block in blocks):
+        raise ValueError("every block needs at least one round")
+    return np.array([np.median(np.asarray(block, dtype=float)) for block in blocks])
 
-    Order: ``link`` (veth interface counters, includes headers and
-    retransmits) > ``tcp`` (kernel TCP counters) > ``payload`` (bytes the mode
-    serialised; not kernel-counted). Falls back to ``payload`` when nothing
-    better is available, so a caller must say "payload only" in that case.
+
+def blocked_median(blocks: Blocks) -> float:
+    """A case's figure: the median over its blocks of each block's median round."""
+    return float(np.median(block_medians(blocks)))
+
+
+def choose_byte_level(available: Sequence[str]) -> str:
+    """Pick the judged byte level among ``available``: ``tcp``, else ``payload``.
+
+    A caller that gets ``payload`` must say "payload only" (those bytes are the
+    mode's own count, not the kernel's).
     """
-    for level in BYTE_LEVELS_BEST_FIRST:
+    for level in JUDGED_BYTE_LEVELS:
         if level in available:
             return level
     return "payload"
 
 
-def min_attainable_p_one_sided(n1: int, n2: int) -> float:
-    """Smallest one-sided exact Mann-Whitney U p-value for sizes n1, n2.
+# ---------------------------------------------------------------- bytes (H1)
 
-    The most extreme ordering (all of one sample below all of the other) has
-    probability ``1 / C(n1+n2, n1)`` under the null of exchangeability. If this
-    is not below alpha, no data of that size can ever be significant.
-    """
-    if n1 < 1 or n2 < 1:
-        return 1.0
-    return 1.0 / math.comb(n1 + n2, n1)
-
-
-def can_reach_alpha(n1: int, n2: int, alpha: float) -> bool:
-    """True when ``min_attainable_p_one_sided(n1, n2) < alpha``."""
-    return min_attainable_p_one_sided(n1, n2) < alpha
-
-
-def mann_whitney_less_p(candidate: Sequence[float], baseline: Sequence[float]) -> float:
-    """One-sided Mann-Whitney U p-value for "candidate tends to be smaller".
-
-    Uses ``scipy.stats.mannwhitneyu(alternative="less", method="auto")``:
-    exact for small samples without ties, normal approximation otherwise.
-    Assumes independent rounds; it tests a location shift, not its size.
-    """
-    result = _sps.mannwhitneyu(candidate, baseline, alternative="less", method="auto")
-    return float(result.pvalue)
-
-
-def mann_whitney_greater_p(candidate: Sequence[float], baseline: Sequence[float]) -> float:
-    """One-sided Mann-Whitney U p-value for "candidate tends to be larger"."""
-    result = _sps.mannwhitneyu(candidate, baseline, alternative="greater", method="auto")
-    return float(result.pvalue)
-
-
-def _bootstrap_medians(values: np.ndarray, n_resamples: int, rng: np.random.Generator,
-                       chunk: int = 2000) -> np.ndarray:
-    """Medians of ``n_resamples`` resamples (with replacement) of ``values``."""
-    out = np.empty(n_resamples)
-    for start in range(0, n_resamples, chunk):
-        stop = min(start + chunk, n_resamples)
-        idx = rng.integers(0, values.size, size=(stop - start, values.size))
-        out[start:stop] = np.median(values[idx], axis=1)
-    return out
-
-
-def median_ratio_interval(candidate: Sequence[float], baseline: Sequence[float],
-                          confidence: float = 0.95, n_resamples: int = 10_000,
-                          seed: int = 0) -> RatioInterval:
-    """Percentile-bootstrap CI of ``median(candidate)/median(baseline)``.
-
-    Each side is resampled independently with replacement (the rounds of two
-    benchmarks are not paired); a seeded ``numpy`` Generator makes the interval
-    reproducible. With fewer than 2 rounds on a side no interval is given
-    (``low``/``high`` are None). Assumes rounds are i.i.d. within a side.
-    """
-    cand = np.asarray(candidate, dtype=float)
-    base = np.asarray(baseline, dtype=float)
-    if cand.size == 0 or base.size == 0:
-        raise ValueError("ratio needs at least one round on each side")
-    base_median = float(np.median(base))
-    if base_median <= 0:
-        raise ValueError("baseline median must be positive")
-    ratio = float(np.median(cand)) / base_median
-    if cand.size < 2 or base.size < 2:
-        return RatioInterval(ratio, None, None, confidence, int(cand.size), int(base.size))
-    rng = np.random.default_rng(seed)
-    ratios = _bootstrap_medians(cand, n_resamples, rng) / _bootstrap_medians(base, n_resamples, rng)
-    tail = (1.0 - confidence) / 2.0 * 100.0
-    low, high = np.percentile(ratios, [tail, 100.0 - tail])
-    return RatioInterval(ratio, float(low), float(high), confidence, int(cand.size), int(base.size))
-
-
-def latency_reduction(candidate_s: Sequence[float], baseline_s: Sequence[float],
-                      alpha: float = 0.05, confidence: float = 0.95,
-                      n_resamples: int = 10_000, seed: int = 0) -> LatencyReduction:
-    """Latency reduction of candidate vs baseline from raw round times.
-
-    Method: point estimate ``1 - median(cand)/median(base)``; CI from
-    :func:`median_ratio_interval` mapped through ``1 - ratio`` (so
-    ``low = 1 - ratio_high``); one-sided Mann-Whitney U p-value for
-    "candidate faster", computed only when the sample sizes can reach alpha
-    at all (see :func:`min_attainable_p_one_sided`).
-    """
-    interval = median_ratio_interval(candidate_s, baseline_s, confidence, n_resamples, seed)
-    n1, n2 = len(candidate_s), len(baseline_s)
-    min_p = min_attainable_p_one_sided(n1, n2)
-    powered = min_p < alpha
-    p_value = mann_whitney_less_p(candidate_s, baseline_s) if powered else None
-    return LatencyReduction(
-        estimate=1.0 - interval.ratio,
-        low=None if interval.high is None else 1.0 - interval.high,
-        high=None if interval.low is None else 1.0 - interval.low,
-        confidence=confidence,
-        p_value=p_value,
-        min_attainable_p=min_p,
-        powered=powered,
-        n_candidate=n1,
-        n_baseline=n2,
-        median_candidate_s=median(candidate_s),
-        median_baseline_s=median(baseline_s),
-    )
-
-
-def byte_reduction(candidate_rounds: Sequence[float], baseline_rounds: Sequence[float]) -> ByteReduction:
+def byte_reduction(candidate_blocks: Blocks, baseline_blocks: Blocks) -> ByteReduction:
     """Exact byte reduction ``1 - candidate/baseline`` of per-round totals.
 
-    Bytes are deterministic, so no sampling statistics are involved. When all
-    rounds on both sides carry the same byte count the result is exact and the
-    interval collapses to the point. When rounds differ (count or value), the
-    point uses medians and the interval spans the extremes
-    ``[1 - max(c)/min(b), 1 - min(c)/max(b)]``; ``note`` says so. A baseline of
-    zero bytes gives ``estimate=None`` (nothing to reduce).
+    Bytes are deterministic, so no sampling statistics are involved. Each side's
+    figure is its :func:`blocked_median`. When every round on both sides carries
+    the same byte count the result is exact and the interval collapses to the
+    point; otherwise the interval spans the extremes over rounds,
+    ``[1 - max(c)/min(b), 1 - min(c)/max(b)]``, and ``note`` says so. A baseline
+    of zero bytes gives ``estimate=None`` (nothing to reduce).
     """
-    cand = np.asarray(candidate_rounds, dtype=float)
-    base = np.asarray(baseline_rounds, dtype=float)
+    cand = np.concatenate([np.asarray(b, dtype=float) for b in candidate_blocks]) if candidate_blocks else np.array([])
+    base = np.concatenate([np.asarray(b, dtype=float) for b in baseline_blocks]) if baseline_blocks else np.array([])
     if cand.size == 0 or base.size == 0:
         raise ValueError("byte reduction needs at least one round on each side")
-    cand_med, base_med = float(np.median(cand)), float(np.median(base))
+    cand_med, base_med = blocked_median(candidate_blocks), blocked_median(baseline_blocks)
     constant = bool(np.all(cand == cand[0]) and np.all(base == base[0]))
     if base.min() <= 0:
         return ByteReduction(None, None, None, cand_med, base_med, constant,
@@ -275,39 +201,229 @@ def byte_reduction(candidate_rounds: Sequence[float], baseline_rounds: Sequence[
                          "per-round bytes vary; medians used, interval is min/max over rounds")
 
 
-def judge(low: float | None, high: float | None, threshold: float,
-          p_value: float | None = None, alpha: float | None = None) -> Judgement:
-    """Verdict for "the reduction is at least ``threshold``".
+def judge(low: float | None, high: float | None, threshold: float) -> Judgement:
+    """Verdict for "the reduction is at least ``threshold``" from an interval.
 
-    SUPPORTED when ``low >= threshold`` (and ``p_value < alpha`` if alpha is
-    given); NOT SUPPORTED when ``high < threshold``; otherwise INCONCLUSIVE.
-    For an exact (point) estimate pass ``low == high``. Missing bounds give
-    INCONCLUSIVE. Power problems must be caught by the caller before this.
+    SUPPORTED when ``low >= threshold``; NOT SUPPORTED when ``high <
+    threshold``; otherwise INCONCLUSIVE. For an exact (point) estimate pass
+    ``low == high``. Missing bounds give INCONCLUSIVE.
     """
     if low is None or high is None:
         return Judgement(INCONCLUSIVE, "no interval (too few rounds or missing data)")
     if high < threshold:
         return Judgement(NOT_SUPPORTED, f"upper bound {high:.1%} < threshold {threshold:.0%}")
     if low >= threshold:
-        if alpha is None:
-            return Judgement(SUPPORTED, f"lower bound {low:.1%} >= threshold {threshold:.0%}")
-        if p_value is None:
-            return Judgement(INCONCLUSIVE, "no p-value available")
-        if p_value < alpha:
-            return Judgement(SUPPORTED, f"lower bound {low:.1%} >= threshold {threshold:.0%}, "
-                                        f"p={p_value:.2g} < {alpha}")
-        return Judgement(INCONCLUSIVE, f"interval clears threshold but p={p_value:.2g} >= {alpha}")
+        return Judgement(SUPPORTED, f"lower bound {low:.1%} >= threshold {threshold:.0%}")
     return Judgement(INCONCLUSIVE, f"interval [{low:.1%}, {high:.1%}] straddles threshold {threshold:.0%}")
 
 
-def judge_latency(result: LatencyReduction, threshold: float, alpha: float) -> Judgement:
-    """Verdict for a latency hypothesis, checking power before the interval."""
-    if not result.powered:
-        return Judgement(INCONCLUSIVE,
-                         f"too few rounds ({result.n_candidate} vs {result.n_baseline}): smallest "
-                         f"attainable p={result.min_attainable_p:.3g} is not < alpha={alpha}")
-    return judge(result.low, result.high, threshold, result.p_value, alpha)
+# ---------------------------------------------------------------- latency (H2) on blocks
 
+def hodges_lehmann(values: Sequence[float]) -> float:
+    """Hodges-Lehmann location: the median of all Walsh averages ``(x_i + x_j) / 2``, ``i <= j``.
+
+    The estimator that goes with the signed-rank test: robust to one wild value
+    (a block hit by a load spike) yet smoother than the plain median.
+    """
+    x = np.asarray(values, dtype=float)
+    if x.size == 0:
+        raise ValueError("Hodges-Lehmann of an empty sequence")
+    return float(_walsh_medians(x[np.newaxis, :])[0])
+
+
+def _walsh_medians(samples: np.ndarray) -> np.ndarray:
+    """Hodges-Lehmann estimate of each row of ``samples`` (shape ``[resamples, n]``)."""
+    i, j = np.triu_indices(samples.shape[1])
+    return np.median((samples[:, i] + samples[:, j]) / 2.0, axis=1)
+
+
+def _bootstrap(values: np.ndarray, statistic, n_resamples: int, rng: np.random.Generator,
+               chunk: int = 2000) -> np.ndarray:
+    """``statistic`` (row-wise on ``[resamples, n]``) of ``n_resamples`` resamples with replacement."""
+    out = np.empty(n_resamples)
+    for start in range(0, n_resamples, chunk):
+        stop = min(start + chunk, n_resamples)
+        idx = rng.integers(0, values.size, size=(stop - start, values.size))
+        out[start:stop] = statistic(values[idx])
+    return out
+
+
+def _row_medians(samples: np.ndarray) -> np.ndarray:
+    return np.median(samples, axis=1)
+
+
+def _percentiles(values: np.ndarray, confidence: float) -> tuple[float, float]:
+    tail = (1.0 - confidence) / 2.0 * 100.0
+    low, high = np.percentile(values, [tail, 100.0 - tail])
+    return float(low), float(high)
+
+
+def paired_log_ratios(candidate_blocks: Blocks, baseline_blocks: Blocks) -> np.ndarray:
+    """``log(median(candidate_b) / median(baseline_b))`` for each paired block ``b``."""
+    if len(candidate_blocks) != len(baseline_blocks):
+        raise ValueError(f"paired blocks differ in number: {len(candidate_blocks)} vs {len(baseline_blocks)}")
+    cand, base = block_medians(candidate_blocks), block_medians(baseline_blocks)
+    if np.any(cand <= 0) or np.any(base <= 0):
+        raise ValueError("block medians must be positive")
+    return np.log(cand) - np.log(base)
+
+
+def paired_ratio_interval(candidate_blocks: Blocks, baseline_blocks: Blocks, confidence: float = 0.90,
+                          n_resamples: int = 10_000, seed: int = 0) -> RatioInterval:
+    """Ratio candidate/baseline over paired blocks, with a bootstrap interval over blocks.
+
+    Method: the per-block log ratios ``log(median(c_b)/median(b_b))``; the ratio
+    is ``exp`` of their Hodges-Lehmann estimate; the interval is the seeded
+    percentile bootstrap of that estimate, resampling whole blocks (pairs stay
+    together). Assumes blocks are exchangeable: the drift a block shares with
+    its partner cancels, what remains is independent between blocks. With fewer
+    than 2 blocks no interval is given (``low``/``high`` are None).
+    """
+    logs = paired_log_ratios(candidate_blocks, baseline_blocks)
+    ratio = math.exp(hodges_lehmann(logs))
+    n = int(logs.size)
+    if n < 2:
+        return RatioInterval(ratio, None, None, confidence, n, n)
+    boot = _bootstrap(logs, _walsh_medians, n_resamples, np.random.default_rng(seed))
+    low, high = _percentiles(boot, confidence)
+    return RatioInterval(ratio, math.exp(low), math.exp(high), confidence, n, n)
+
+
+def min_attainable_p_signed_rank(n: int) -> float:
+    """Smallest one-sided exact signed-rank p-value for ``n`` non-zero differences: ``2**-n``.
+
+    Every sign the same has probability ``2**-n`` under the null of symmetry.
+    If that is not below alpha, no data of that size can ever be significant
+    (4 blocks cannot go below 0.0625; 5 reach 0.031).
+    """
+    return 1.0 if n < 1 else 2.0 ** -n
+
+
+def signed_rank_p(differences: Sequence[float], alternative: str) -> float:
+    """One-sided Wilcoxon signed-rank p-value that the differences centre ``alternative`` ("less"/"greater") than 0.
+
+    ``scipy.stats.wilcoxon(method="auto")``: exact without ties or zeros (up to
+    50 values), the normal approximation otherwise; zeros are dropped. Assumes
+    the differences are independent and symmetric about their centre. All
+    differences zero gives 1.0.
+    """
+    d = np.asarray(differences, dtype=float)
+    if not np.any(d != 0):
+        return 1.0
+    return float(_sps.wilcoxon(d, alternative=alternative, method="auto").pvalue)
+
+
+def threshold_test(candidate_blocks: Blocks, baseline_blocks: Blocks, threshold: float, alpha: float,
+                   confidence: float | None = None, n_resamples: int = 10_000, seed: int = 0) -> ThresholdTest:
+    """Test "the candidate cuts latency by more than ``threshold``" on paired blocks.
+
+    Method: per block ``d_b = log(median(c_b)) - log((1 - threshold) *
+    median(b_b))``; the one-sided signed-rank test of "d centres below 0"
+    rejects the null "reduction <= threshold" (``p_value``), the mirror test
+    rejects "reduction >= threshold" (``p_value_against``). The estimate and
+    interval come from :func:`paired_ratio_interval` mapped through ``1 -
+    ratio``; the interval's confidence defaults to ``1 - 2 * alpha`` so each
+    bound is the one-sided bound that matches a test at ``alpha``.
+
+    Assumptions: blocks are independent given the drift they share; within a
+    pair the candidate and baseline meet the same conditions (the order inside
+    a block is shuffled, so no case is always first); the ``d_b`` are symmetric
+    about their centre (log ratios of medians usually are). Rounds inside a
+    block need not be independent: only their median is used.
+    """
+    confidence = 1.0 - 2.0 * alpha if confidence is None else confidence
+    interval = paired_ratio_interval(candidate_blocks, baseline_blocks, confidence, n_resamples, seed)
+    logs = paired_log_ratios(candidate_blocks, baseline_blocks)
+    differences = logs - math.log(1.0 - threshold)
+    n_used = int(np.count_nonzero(differences))
+    min_p = min_attainable_p_signed_rank(n_used)
+    powered = min_p < alpha
+    return ThresholdTest(
+        estimate=1.0 - interval.ratio,
+        low=None if interval.high is None else 1.0 - interval.high,
+        high=None if interval.low is None else 1.0 - interval.low,
+        confidence=confidence, threshold=threshold,
+        p_value=signed_rank_p(differences, "less") if powered else None,
+        p_value_against=signed_rank_p(differences, "greater") if powered else None,
+        min_attainable_p=min_p, powered=powered, n_blocks=int(logs.size),
+        block_reductions=tuple(float(x) for x in 1.0 - np.exp(logs)),
+    )
+
+
+def judge_threshold_test(result: ThresholdTest, alpha: float, p_value: float | None = None,
+                         p_value_against: float | None = None) -> Judgement:
+    """Verdict of a :class:`ThresholdTest`, with (for instance Holm-) adjusted p-values if given.
+
+    SUPPORTED: ``p_value < alpha`` and the interval's low end at or above the
+    threshold. NOT SUPPORTED: ``p_value_against < alpha`` and its high end below
+    the threshold. INCONCLUSIVE otherwise, or when too few blocks can reach
+    alpha at all; the reason says which.
+    """
+    t = result.threshold
+    if not result.powered:
+        return Judgement(INCONCLUSIVE, f"too few blocks ({result.n_blocks}): smallest attainable "
+                                       f"p={result.min_attainable_p:.3g} is not < alpha={alpha}")
+    p_for = result.p_value if p_value is None else p_value
+    p_against = result.p_value_against if p_value_against is None else p_value_against
+    if result.low is None or result.high is None or p_for is None or p_against is None:
+        return Judgement(INCONCLUSIVE, "no interval or p-value")
+    if p_for < alpha and result.low >= t:
+        return Judgement(SUPPORTED, f"lower bound {result.low:.1%} >= threshold {t:.0%}, p={p_for:.2g} < {alpha}")
+    if p_against < alpha and result.high < t:
+        return Judgement(NOT_SUPPORTED, f"upper bound {result.high:.1%} < threshold {t:.0%}, "
+                                        f"p(reduction >= {t:.0%})={p_against:.2g} < {alpha}")
+    return Judgement(INCONCLUSIVE, f"interval [{result.low:.1%}, {result.high:.1%}] vs threshold {t:.0%}, "
+                                   f"p={p_for:.2g}, p(reduction >= {t:.0%})={p_against:.2g}: neither < {alpha}")
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values, in the input order.
+
+    Controls the family-wise error rate at alpha over all the tests given,
+    under any dependence between them: reject test ``i`` when its adjusted p is
+    below alpha. ``adjusted_(k) = max_{j <= k} min(1, (m - j + 1) p_(j))`` over
+    the p-values sorted ascending.
+    """
+    m = len(p_values)
+    order = sorted(range(m), key=lambda i: p_values[i])
+    adjusted = [0.0] * m
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * float(p_values[i])))
+        adjusted[i] = running
+    return adjusted
+
+
+# ---------------------------------------------------------------- comparing runs
+
+def median_ratio_interval(candidate: Sequence[float], baseline: Sequence[float],
+                          confidence: float = 0.95, n_resamples: int = 10_000,
+                          seed: int = 0) -> RatioInterval:
+    """Percentile-bootstrap interval of ``median(candidate)/median(baseline)`` for unpaired samples.
+
+    Each side is resampled independently with replacement; a seeded ``numpy``
+    Generator makes the interval reproducible. With fewer than 2 values on a
+    side no interval is given (``low``/``high`` are None). Assumes the values
+    are i.i.d. within a side: pass block medians (two runs' blocks are not
+    paired), never the rounds of a run whose cases ran one after another.
+    """
+    cand = np.asarray(candidate, dtype=float)
+    base = np.asarray(baseline, dtype=float)
+    if cand.size == 0 or base.size == 0:
+        raise ValueError("ratio needs at least one value on each side")
+    base_median = float(np.median(base))
+    if base_median <= 0:
+        raise ValueError("baseline median must be positive")
+    ratio = float(np.median(cand)) / base_median
+    if cand.size < 2 or base.size < 2:
+        return RatioInterval(ratio, None, None, confidence, int(cand.size), int(base.size))
+    rng = np.random.default_rng(seed)
+    ratios = _bootstrap(cand, _row_medians, n_resamples, rng) / _bootstrap(base, _row_medians, n_resamples, rng)
+    low, high = _percentiles(ratios, confidence)
+    return RatioInterval(ratio, low, high, confidence, int(cand.size), int(base.size))
+
+
+# ---------------------------------------------------------------- link-rate sweeps
 
 def crossover_rate(rates_bps: Sequence[float], reductions: Sequence[float],
                    threshold: float) -> Crossover:

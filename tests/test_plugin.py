@@ -108,7 +108,7 @@ def test_a_run_writes_bytes_tokens_verdicts_report_and_plots(suite):
                      for folder in ("results", "again"))
     assert [(v["hypothesis"], v["phase"], v["verdict"]) for v in first] == \
         [(v["hypothesis"], v["phase"], v["verdict"]) for v in second]
-    assert len(first) == 4
+    assert len(first) == 8 and sum(v["headline"] for v in first) == 4  # against naive and remote_cache
     assert "wrote again/verdicts.json" in again.stdout, again.stdout
     assert all(v["verdict"] in again.stdout for v in second), again.stdout  # and prints the verdicts
 

@@ -1,80 +1,79 @@
-"""Tests of semgap.report: files written, terminal lines, run comparison and the CLI."""
+"""Tests of semgap.report and semgap.compare: files written, terminal lines, run comparison and the CLI."""
 import json
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from semgap import report, verdicts
+from semgap import compare, plots, report, verdicts
+
+from .synthetic import case, legacy, run_json, standard
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def bench(mode, latency_s, sent=1000, received=1000, phase="decode", rate=None, bps=None, n=20):
-    """Synthetic semgap benchmark with tight, deterministic round times (seconds)."""
-    lat = [float(x) for x in latency_s * (1 + 0.01 * np.linspace(-1, 1, n))]
-    if mode == "local":
-        sent = received = 0
-    extra = {"mode": mode, "phase": phase, "model": "tiny-gpt2", "link": "netns" if rate else "loopback",
-             "link_rate": rate, "link_rate_bps": bps, "rpc_round_trips": 3, "server_compute_ms": 2.0,
-             "payload_bytes_sent": sent, "payload_bytes_received": received,
-             "payload_bytes_sent_rounds": [sent] * n, "payload_bytes_received_rounds": [received] * n,
-             "wire_tcp_bytes_sent": sent + 100, "wire_tcp_bytes_received": received + 100,
-             "wire_levels": ["payload", "tcp"], "token_agreement_with_local": 1.0}
-    return {"name": f"test_semantic_gap[{mode}-{phase}]", "group": phase, "params": {}, "extra_info": extra,
-            "stats": {"median": float(np.median(lat)), "rounds": n, "data": lat}}
+def both_phases(**kw):
+    return run_json(standard("prefill") + standard("decode", **kw))
 
 
-def run_json(semantic_bytes=300, semantic_latency=0.06, rates=False):
-    if rates:
-        benches = [bench("local", 0.05)]
-        for rate, bps, sem in (("100mbit", 10**8, 0.06), ("1gbit", 10**9, 0.08), ("10gbit", 10**10, 0.09)):
-            benches += [bench("remote_cache", 0.1, rate=rate, bps=bps),
-                        bench("semantic", sem, semantic_bytes, semantic_bytes, rate=rate, bps=bps)]
-    else:
-        benches = [bench(m, lat, s, s, phase=ph) for ph in ("prefill", "decode")
-                   for m, lat, s in (("local", 0.05, 0), ("naive", 0.4, 500_000), ("remote_cache", 0.1, 1000),
-                                     ("semantic", semantic_latency, semantic_bytes))]
-    return {"machine_info": {"cpu": {"brand_raw": "Test CPU"}}, "commit_info": {"id": "deadbeef", "dirty": False},
-            "benchmarks": benches, "datetime": "2025-01-01T00:00:00", "version": "5.3.0",
-            "semgap": {"model": "tiny-gpt2", "link": "loopback", "versions": {"torch": "2.3.0"},
-                       "failures": [{"name": "test_semantic_gap[naive-decode-1gbit]", "reason": "timeout"}]}}
+# ---------------------------------------------------------------- write / markdown
 
-
-# ---------------------------------------------------------------- write / terminal lines
-
-def test_write_creates_report_files(tmp_path):
-    data = run_json()
-    rv = verdicts.compute(data)
-    paths = report.write(rv, data, tmp_path / "out")
+def test_write_creates_report_files_with_their_source(tmp_path):
+    data = both_phases()
+    paths = report.write(verdicts.compute(data), data, tmp_path / "out")
     assert sorted(p.name for p in paths) == ["latency_vs_bytes.png", "report.md", "verdicts.json"]
-    assert all(p.stat().st_size > 0 for p in paths)
     saved = json.loads((tmp_path / "out" / "verdicts.json").read_text())
-    assert [v["hypothesis"] for v in saved["verdicts"]] == ["H1", "H2", "H1", "H2"]
-    assert {v["verdict"] for v in saved["verdicts"]} == {"SUPPORTED"}
+    assert saved["source"] == {"run_id": "2026-11-30T00:00:00.000001 abc123", "written_by": "plugin"}
+    assert [(v["hypothesis"], v["baseline"], v["headline"]) for v in saved["verdicts"][:4]] == [
+        ("H1", "remote_cache", True), ("H1", "naive", False), ("H2", "remote_cache", True), ("H2", "naive", False)]
     md = (tmp_path / "out" / "report.md").read_text()
-    for heading in ("## Verdicts", "## Per mode and phase", "## Against local", "## Against naive",
+    for heading in ("## Design and method", "## Headline verdicts (against the strongest blind baseline)",
+                    "## Verdicts against every other blind baseline", "## H1 cross-check", "## Load",
+                    "## Per case", "## Against local", "## Against naive", "## Against remote_cache",
                     "## RTT projection", "## Failures", "## Conditions"):
         assert heading in md
-    assert "**tcp**: kernel TCP socket counters" in md
-    assert "timeout" in md and "Test CPU" in md and "deadbeef (clean)" in md
+    assert "- Blocks: 10 measured of 10 planned; 3 rounds per block after 1 warm-up(s); block order seed 7" in md
+    assert "Holm-adjusted over the run's 4 H2 test(s)" in md
+    assert "| p | p Holm | blocks x rounds |" in md
+    assert "| 0.000977 | 0.00391 | 10 x 3 | 15% | **SUPPORTED** |" in md
+    assert "| gpt2-test | random | decode | - | 5 | remote_cache | tcp |" in md  # model, weights, ..., baseline
+    assert "**tcp**: kernel TCP socket counters" in md and "**link**" not in md
+    assert "Test CPU" in md and "abc123 (dirty)" in md and "| run status | complete |" in md
+    assert "This run is" not in md
     assert (tmp_path / "out" / "latency_vs_bytes.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_report_shows_lossy_labels_load_warnings_and_an_incomplete_run():
+    data = run_json(standard(agreement=0.8), loads={2: 3.1}, run_status="interrupted", interrupted_by="SIGTERM")
+    md = report.markdown(verdicts.compute(data), data)
+    assert md.splitlines()[2] == ("> **This run is INTERRUPTED by SIGTERM: its verdicts rest only on the blocks that "
+                                  "finished and must not be quoted as a complete run's.**")
+    assert md.count("**LOSSY (agreement 0.800)**") == 4
+    assert "**Warning: these blocks ran on an overloaded machine" in md
+    assert "| 2 | 3.10 | 2 | 0.0 | load 3.10 > 2 cores | H2 gpt2-test decode (5 steps) vs remote_cache; " in md
+
+
+def test_the_link_cross_check_sits_beside_h1():
+    data = run_json([case("remote_cache", link_extra=5000), case("semantic", latency_s=0.06, payload=(300, 300),
+                                                                 link_extra=200, wire_tcp_bytes_retransmitted_sent_rounds=[7, 0, 0])])
+    md = report.markdown(verdicts.compute(data), data)
+    assert "| gpt2-test | decode | - | 5 | remote_cache | tcp | +63.6% | +91.7% | 0 | - |" in md
+    assert "**link**: veth interface counters" in md
+
+
 def test_conditions_total_the_retransmitted_bytes():
-    data = run_json()
+    data = both_phases()
 
     def row() -> str:
         markdown = report.markdown(verdicts.compute(data), data)
         return next(line for line in markdown.splitlines() if line.startswith("| TCP retransmitted"))
 
     assert row().endswith("| - |")  # a run from before the field: nothing claimed
-    for index, bench_ in enumerate(data["benchmarks"]):
-        n = len(bench_["stats"]["data"])
-        bench_["extra_info"]["wire_tcp_bytes_retransmitted_sent_rounds"] = [0] * (n - 1) + [65_483 * (index == 3)]
-        bench_["extra_info"]["wire_tcp_bytes_retransmitted_received_rounds"] = [None] * n
+    for index, bench in enumerate(data["benchmarks"]):
+        n = len(bench["stats"]["data"])
+        bench["extra_info"]["wire_tcp_bytes_retransmitted_sent_rounds"] = [0] * (n - 1) + [65_483 * (index == 3)]
+        bench["extra_info"]["wire_tcp_bytes_retransmitted_received_rounds"] = [None] * n
     assert "| sent 65,483, received unknown; 1 rounds with any |" in row()
 
 
@@ -92,105 +91,192 @@ def test_failures_only_run_still_writes_a_report(tmp_path):
 
 
 def test_rate_plot_only_with_rates(tmp_path):
-    data = run_json(rates=True)
-    rv = verdicts.compute(data)
-    names = {p.name for p in report.write(rv, data, tmp_path)}
+    specs = [case("local", latency_s=0.05)]
+    for rate, bps, sem in (("100mbit", 10**8, 0.06), ("1gbit", 10**9, 0.08), ("10gbit", 10**10, 0.09)):
+        specs += [case("remote_cache", rate=rate, bps=bps), case("semantic", latency_s=sem, rate=rate, bps=bps)]
+    data = run_json(specs, link="netns", noise=0.0)
+    names = {p.name for p in report.write(verdicts.compute(data), data, tmp_path)}
     assert "latency_vs_rate.png" in names
-    assert "## Link-rate crossover (H2)" in (tmp_path / "report.md").read_text()
-    assert "interpolated" in (tmp_path / "report.md").read_text()
+    md = (tmp_path / "report.md").read_text()
+    assert "## Link-rate crossover (H2)" in md and "interpolated" in md
 
 
-def test_terminal_lines():
-    rv = verdicts.compute(run_json(semantic_latency=0.095))
-    header, *lines = report.terminal_lines(rv)
-    assert header.startswith("reduction = 1 - semantic/remote_cache")
-    assert len(lines) == 4
-    h1_decode = [ln for ln in lines if ln.startswith("H1") and "decode" in ln][0]
-    assert "+63.6% exact tcp vs 30%" in h1_decode  # tcp level: 1 - (400+400)/(1100+1100)
-    assert h1_decode.endswith("SUPPORTED") and "NOT" not in h1_decode
-    h2_decode = [ln for ln in lines if ln.startswith("H2") and "decode" in ln][0]
-    assert "+5.0%" in h2_decode and h2_decode.endswith("NOT SUPPORTED")
+def test_plot_legends_mark_a_lossy_candidate():
+    rv = verdicts.compute(run_json(standard(agreement=0.8)))
+    semantic = [s for s in rv.summaries if s.label == "semantic"]
+    assert plots._legend("semantic", semantic, rv.min_agreement) == "semantic (LOSSY, agreement 0.800)"
+    assert plots._legend("semantic", semantic, 0.8) == "semantic"
+
+
+# ---------------------------------------------------------------- terminal lines
+
+def test_terminal_lines_show_the_headline_verdicts():
+    meaning, design, *lines, others = report.terminal_lines(verdicts.compute(both_phases(semantic_latency=0.095)))
+    assert meaning.startswith("reduction = 1 - semantic/baseline")
+    assert design == "thresholds H1 30%, H2 15%; H2 on 10 blocks x 3 rounds, p Holm-adjusted over 4 test(s)"
+    assert len(lines) == 4 and others == "4 further verdict(s) against weaker blind baselines: see report.md"
+    h1_decode = next(ln for ln in lines if ln.startswith("H1") and "decode" in ln)
+    assert h1_decode.endswith("+63.6% exact tcp vs remote_cache  SUPPORTED")
+    h2_decode = next(ln for ln in lines if ln.startswith("H2") and "decode" in ln)
+    assert "p=1 vs remote_cache" in h2_decode and h2_decode.endswith("NOT SUPPORTED")
     assert all(len(ln) < 100 for ln in lines)
+
+
+def test_terminal_lines_say_lossy_load_and_status():
+    data = run_json(standard(agreement=0.5), loads={1: 4.0}, run_status="failed")
+    lines = report.terminal_lines(verdicts.compute(data))
+    assert lines[0].startswith("semgap: This run is FAILED:")
+    assert sum(ln.endswith("LOSSY (agreement 0.500)") for ln in lines) == 2
+    assert lines[-1] == "load warning: block 1: load 4.00 > 2 cores; fed 2 H2 verdict(s)"
 
 
 # ---------------------------------------------------------------- compare
 
+def tight(**kw):
+    return run_json(standard(), drift=0.05, noise=0.01, **kw)
+
+
 def test_compare_identical_runs_flags_nothing():
-    result = report.compare_runs(run_json(), run_json())
-    assert not result.has_regressions
-    assert result.lines[-1] == "0 byte regression(s), 0 latency regression(s)"
-    assert sum("within noise" in ln for ln in result.lines) == 8
+    result = compare.compare_runs(tight(), tight())
+    assert not result.has_regressions and result.shares_a_case
+    lines = compare.lines(result)
+    assert lines[-1] == "0 byte regression(s), 0 latency regression(s)"
+    assert sum("within noise band" in ln for ln in lines) == 4
 
 
-def test_compare_flags_byte_regression_exactly():
-    result = report.compare_runs(run_json(semantic_bytes=300), run_json(semantic_bytes=350))
-    assert result.byte_regressions == ["prefill tiny-gpt2 -       semantic", "decode  tiny-gpt2 -       semantic"]
+def test_compare_flags_any_byte_increase_exactly():
+    after = tight()
+    for bench in after["benchmarks"]:
+        if bench["extra_info"]["mode"] == "semantic":
+            bench["extra_info"]["wire_tcp_bytes_received_rounds"] = [401, 401, 401]
+    result = compare.compare_runs(tight(), after)
+    assert result.byte_regressions == ["gpt2-test semantic-decode (5 steps)"] and not result.latency_regressions
+    assert "bytes 800 -> 801 B/round [tcp] +1 (+0.1%) BYTE REGRESSION" in "\n".join(compare.lines(result))
+
+
+def test_a_bytes_median_over_blocks_ignores_one_odd_block():
+    after = tight()
+    next(b for b in after["benchmarks"] if b["extra_info"]["mode"] == "semantic")["extra_info"][
+        "wire_tcp_bytes_sent_rounds"] = [900, 900, 900]
+    assert not compare.compare_runs(tight(), after).byte_regressions
+
+
+def test_latency_is_a_regression_only_beyond_the_noise_band():
+    slower = run_json(standard(semantic_latency=0.09), drift=0.05, noise=0.01)  # +50 %
+    result = compare.compare_runs(tight(), slower)
+    assert result.latency_regressions == ["gpt2-test semantic-decode (5 steps)"]
+    a_little = run_json(standard(semantic_latency=0.066), drift=0.05, noise=0.01)  # +10 %: inside the 20 % band
+    assert not compare.compare_runs(tight(), a_little).has_regressions
+    assert compare.compare_runs(tight(), a_little, noise_band=0.05).latency_regressions
+    faster = compare.compare_runs(slower, tight())
+    assert not faster.has_regressions and sum(ln.endswith("faster") for ln in compare.lines(faster)) == 1
+
+
+def test_runs_without_blocks_never_show_a_latency_regression():
+    result = compare.compare_runs(legacy(tight()), legacy(run_json(standard(semantic_latency=0.2))))
     assert not result.latency_regressions
-    line = [ln for ln in result.lines if "BYTE REGRESSION" in ln][0]
-    assert "+100 (+12.5%)" in line  # tcp level: (350+100)*2 - (300+100)*2
+    assert sum("too few blocks to judge" in ln for ln in compare.lines(result)) == 4
 
 
-def test_compare_flags_latency_regression_beyond_noise():
-    result = report.compare_runs(run_json(semantic_latency=0.06), run_json(semantic_latency=0.08))
-    assert len(result.latency_regressions) == 2
-    assert not result.byte_regressions
-    faster = report.compare_runs(run_json(semantic_latency=0.08), run_json(semantic_latency=0.06))
-    assert not faster.has_regressions
-    assert sum(ln.endswith("faster") for ln in faster.lines) == 2
+def test_compare_matches_cases_not_benchmark_names():
+    result = compare.compare_runs(legacy(tight()), tight())  # 1 benchmark per case against 10 per case
+    assert len(result.changes) == 4 and not result.only_in_a and not result.only_in_b
+    assert {(c.blocks_before, c.blocks_after) for c in result.changes} == {(1, 10)}
 
 
-def test_compare_lines_wrapper():
-    assert report.compare(run_json(), run_json()) == report.compare_runs(run_json(), run_json()).lines
+def test_runs_sharing_no_case():
+    other = run_json([case("remote_cache", "prefill"), case("semantic", "prefill", 0.06)])
+    result = compare.compare_runs(tight(), other)
+    assert not result.shares_a_case
+    assert "A and B share no case: nothing compared" in compare.lines(result)
 
 
 # ---------------------------------------------------------------- CLI
 
-def cli(*args):
+def subprocess_cli(*args):
     return subprocess.run([sys.executable, "-m", "semgap.report", *map(str, args)], cwd=REPO,
                           capture_output=True, text=True, timeout=120)
 
 
-def test_cli_regenerates_report(tmp_path):
-    src = tmp_path / "run.json"
-    src.write_text(json.dumps(run_json()))
-    proc = cli(src, "--out", tmp_path / "res", "--seed", 1)
+@pytest.fixture
+def cli(capsys):
+    """``python -m semgap.report ARGS`` in this process (fast); one test runs the real command."""
+    def run(*args):
+        try:
+            returncode = report.main([str(a) for a in args])
+        except SystemExit as exit_:  # argparse's usage errors
+            returncode = exit_.code
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(args, returncode, out, err)
+    return run
+
+
+def saved(path, data):
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_cli_writes_beside_the_run_by_default(tmp_path, cli):
+    src = saved(tmp_path / "run.json", both_phases())
+    proc = subprocess_cli(src, "--seed", 1)
     assert proc.returncode == 0, proc.stderr
-    assert (tmp_path / "res" / "report.md").exists()
-    assert (tmp_path / "res" / "latency_vs_bytes.png").exists()
+    assert (tmp_path / "run.report" / "report.md").exists()
+    assert (tmp_path / "run.report" / "latency_vs_bytes.png").exists()
     assert "H2 latency decode" in proc.stdout
+    assert json.loads((tmp_path / "run.report" / "verdicts.json").read_text())["source"]["written_by"] == \
+        "semgap.report"
+    assert cli(src).returncode == 0  # its own regeneration it may replace
 
 
-def test_cli_threshold_options_change_verdicts(tmp_path):
-    src = tmp_path / "run.json"
-    src.write_text(json.dumps(run_json()))
-    proc = cli(src, "--out", tmp_path / "res", "--h1", 0.9, "--h2", 0.9)
-    assert proc.returncode == 0, proc.stderr
-    saved = json.loads((tmp_path / "res" / "verdicts.json").read_text())
-    assert {v["verdict"] for v in saved["verdicts"]} == {"NOT SUPPORTED"}
+def test_cli_never_writes_over_a_report_it_did_not_regenerate_from_the_same_run(tmp_path, cli):
+    data = both_phases()
+    src = saved(tmp_path / "run.json", data)
+    report.write(verdicts.compute(data), data, tmp_path / "results")  # what the run wrote itself
+    before = (tmp_path / "results" / "verdicts.json").read_text()
+    proc = cli(src, "--out", tmp_path / "results", "--h2", 0.5)
+    assert proc.returncode == 2 and "holds the report this run wrote itself" in proc.stderr
+    assert (tmp_path / "results" / "verdicts.json").read_text() == before
+    other = saved(tmp_path / "other.json", {**data, "datetime": "2026-12-01T00:00:00"})
+    assert cli(other, "--out", tmp_path / "run.report").returncode == 0
+    proc = cli(src, "--out", tmp_path / "run.report")
+    assert proc.returncode == 2 and "the report of another run (2026-12-01T00:00:00 abc123)" in proc.stderr
+    (tmp_path / "stray").mkdir()
+    (tmp_path / "stray" / "report.md").write_text("notes")
+    assert "a report of unknown origin" in cli(src, "--out", tmp_path / "stray").stderr
+    assert cli(src, "--out", tmp_path / "results", "--h2", 0.5, "--force").returncode == 0
+    assert json.loads((tmp_path / "results" / "verdicts.json").read_text())["h2"] == 0.5
 
 
-def test_cli_uses_the_thresholds_the_run_saved_unless_told_otherwise(tmp_path):
-    data = run_json()
-    data.setdefault("semgap", {}).update({"h1": 0.9, "h2": 0.9, "alpha": 0.05})
-    src = tmp_path / "run.json"
-    src.write_text(json.dumps(data))
+def test_cli_uses_the_settings_the_run_saved_unless_told_otherwise(tmp_path, cli):
+    src = saved(tmp_path / "run.json", run_json(standard(agreement=0.9), h1=0.9, h2=0.9))
     assert cli(src, "--out", tmp_path / "saved").returncode == 0
-    saved = json.loads((tmp_path / "saved" / "verdicts.json").read_text())
-    assert {v["verdict"] for v in saved["verdicts"]} == {"NOT SUPPORTED"} and saved["h1"] == 0.9
-    assert cli(src, "--out", tmp_path / "told", "--h1", 0.3).returncode == 0
-    assert json.loads((tmp_path / "told" / "verdicts.json").read_text())["h1"] == 0.3
+    dump = json.loads((tmp_path / "saved" / "verdicts.json").read_text())
+    assert dump["h1"] == 0.9 and {v["verdict"] for v in dump["verdicts"]} == {"LOSSY"}
+    assert cli(src, "--out", tmp_path / "told", "--h1", 0.3, "--min-agreement", 0.9).returncode == 0
+    dump = json.loads((tmp_path / "told" / "verdicts.json").read_text())
+    assert (dump["h1"], dump["min_agreement"]) == (0.3, 0.9) and "LOSSY" not in {v["verdict"] for v in dump["verdicts"]}
 
 
-def test_cli_compares_two_runs(tmp_path):
-    a, b = tmp_path / "a.json", tmp_path / "b.json"
-    a.write_text(json.dumps(run_json(semantic_bytes=300)))
-    b.write_text(json.dumps(run_json(semantic_bytes=350)))
-    proc = cli(a, b, "--out", tmp_path / "res")
+def test_cli_compares_two_runs(tmp_path, cli):
+    a = saved(tmp_path / "a.json", tight())
+    more = tight()
+    for bench in more["benchmarks"]:
+        if bench["extra_info"]["mode"] == "semantic":
+            bench["extra_info"]["wire_tcp_bytes_sent_rounds"] = [450] * 3
+    b = saved(tmp_path / "b.json", more)
+    proc = cli(a, b)
     assert proc.returncode == 0, proc.stderr
-    assert "BYTE REGRESSION" in proc.stdout
-    assert "2 byte regression(s)" in proc.stdout
+    assert "BYTE REGRESSION" in proc.stdout and "1 byte regression(s)" in proc.stdout
     assert cli(a, b, "--out", tmp_path / "res", "--fail-on-regression").returncode == 1
-    assert cli(a, a, "--out", tmp_path / "res", "--fail-on-regression").returncode == 0
+    assert cli(a, a, "--out", tmp_path / "same", "--fail-on-regression").returncode == 0
+
+
+def test_cli_refuses_runs_that_share_no_case(tmp_path, cli):
+    a = saved(tmp_path / "a.json", tight())
+    b = saved(tmp_path / "b.json", run_json([case("remote_cache", "prefill"), case("semantic", "prefill", 0.06)]))
+    proc = cli(a, b, "--fail-on-regression")
+    assert proc.returncode == 2 and "share no case" in proc.stderr
+    assert not (tmp_path / "b.report").exists()
 
 
 @pytest.mark.parametrize("content,message", [
@@ -198,7 +284,7 @@ def test_cli_compares_two_runs(tmp_path):
     ('{"machine_info": {}}', "missing 'benchmarks'"),
     ('{"benchmarks": []}', "no semgap benchmarks"),
 ])
-def test_cli_rejects_invalid_input(tmp_path, content, message):
+def test_cli_rejects_invalid_input(tmp_path, cli, content, message):
     src = tmp_path / "bad.json"
     src.write_text(content)
     proc = cli(src, "--out", tmp_path / "res")
@@ -207,7 +293,10 @@ def test_cli_rejects_invalid_input(tmp_path, content, message):
     assert not (tmp_path / "res").exists()
 
 
-def test_cli_missing_file(tmp_path):
-    proc = cli(tmp_path / "absent.json", "--out", tmp_path / "res")
-    assert proc.returncode == 2
-    assert "cannot read" in proc.stderr
+def test_cli_rejects_bad_options_and_missing_files(tmp_path, cli):
+    assert "cannot read" in cli(tmp_path / "absent.json", "--out", tmp_path / "res").stderr
+    src = saved(tmp_path / "run.json", tight())
+    proc = cli(src, "--out", src)  # a file, not a folder
+    assert proc.returncode == 2 and "cannot write the report into" in proc.stderr
+    proc = cli(tmp_path / "absent.json", "--latency-noise-band", "2")
+    assert proc.returncode == 2 and "expected a fraction between 0 and 1" in proc.stderr
