@@ -138,7 +138,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         (settings.results_dir / "failures.json").write_text(json.dumps(record.output_json, indent=2))
     try:
         record.verdicts = verdicts.compute(
-            record.output_json, h1=settings.h1, h2=settings.h2, alpha=settings.alpha
+            record.output_json, h1=settings.h1, h2=settings.h2, alpha=settings.alpha,
+            min_agreement=settings.min_agreement,
         )
         report.write(record.verdicts, record.output_json, settings.results_dir)
     except Exception as error:  # a broken report must not hide the measurements already saved
@@ -166,4 +167,5 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         write(line)
     write(f"report, verdicts and plots in {settings.results_dir}/")
     if settings.enforce and verdicts.any_not_supported(record.verdicts):
-        write("semgap: a hypothesis is NOT SUPPORTED and --semgap-enforce is set: failing the run", red=True, bold=True)
+        write("semgap: a hypothesis is NOT SUPPORTED or LOSSY and --semgap-enforce is set: failing the run",
+              red=True, bold=True)
