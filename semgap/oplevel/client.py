@@ -1,0 +1,315 @@
+"""The client half of op-level remoting: an unmodified model runs on the `remote` device, and what a driver
+would see (ops that launch work or move data) is forwarded to the server, synchronously or pipelined.
+
+Each aten call that involves the remote device is resolved in this order:
+
+1. composite ops (CompositeImplicitAutograd: `linear`, `layer_norm`, `reshape`, `dropout`, ...) are
+   expanded on the client into the ops they are made of, as the framework would before any kernel
+   launch; `scaled_dot_product_attention` travels whole, because which fused kernel runs it is the
+   server device's choice;
+2. a copy to the host (`.cpu()`, `.tolist()`) is a read: the queue is flushed and the data comes back;
+3. the op runs on meta tensors: shapes, dtypes and strides come out without data. An op whose
+   outputs only alias its inputs (a view, a transpose, a reshape of contiguous data) is resolved
+   here and never sent. An op a meta kernel cannot run (`.item()`, a Python branch on a value,
+   data-dependent shapes such as `nonzero`) waits for the server, which sends back values or shapes;
+4. anything else is forwarded: `op_sync` waits for each one, `op_pipelined` queues it and posts the
+   queue every `batch_ops` ops without waiting, so only reads wait.
+"""
+from __future__ import annotations
+
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves, tree_map
+
+from semgap.oplevel import protocol
+from semgap.oplevel.tensor import Layout, RemoteStorage, RemoteTensor, layout_of, remote_device
+
+aten = torch.ops.aten
+# Composite ops forwarded whole: their decomposition asks the device which kernel to run.
+FORWARDED_WHOLE = frozenset({aten.scaled_dot_product_attention.default})
+PIPELINE_BATCH_OPS = 64  # op_pipelined posts its queue at this length (a read flushes it earlier)
+
+Call = Callable[[str, dict[str, torch.Tensor], dict[str, str]], tuple[dict[str, torch.Tensor], dict[str, str]]]
+Post = Callable[[str, dict[str, torch.Tensor], dict[str, str]], None]
+
+
+@dataclass
+class OpCounters:
+    """What the session did, cumulative; a mode reports the per-round deltas (Mode.counters)."""
+
+    ops_forwarded: int = 0  # aten ops sent to the server (work, copies, reads)
+    ops_on_client: int = 0  # aten ops resolved on the client: views and other metadata-only ops
+    ops_decomposed: int = 0  # composite ops expanded on the client into the ops counted above
+    flushes: int = 0  # requests the client waited for (round trips)
+    posts: int = 0  # requests sent without waiting
+    client_tracing_ms: float = 0.0  # time spent intercepting and resolving ops, without sending and waiting
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+class RemoteSession:
+    """One client's handle table on the server, and the queue of ops on its way there.
+
+    `call` and `post` send one request (semgap.codec tensors and metadata) to the server's `op_batch`
+    operation, waiting for the response or not.
+    """
+
+    def __init__(self, call: Call, post: Post, weights_handle: str, pipelined: bool,
+                 batch_ops: int = PIPELINE_BATCH_OPS):
+        if batch_ops < 1:
+            raise ValueError(f"batch_ops must be at least 1, got {batch_ops}")
+        self.call, self.post = call, post
+        self.weights_handle = weights_handle
+        self.pipelined, self.batch_ops = pipelined, batch_ops
+        self.device = remote_device()
+        self.id = uuid.uuid4().hex
+        self.counters = OpCounters()
+        self.mode = _RemoteDeviceMode(self)
+        self.queue: list[list] = []  # ops not sent yet
+        self.uploads: dict[str, torch.Tensor] = {}  # host data the queued ops read
+        self.freed: list[int] = []  # storage ids no client tensor views any more
+        self.next_id = 0
+        self.opened = self.closed = False
+        self.open_request: dict = {}
+        self._depth = 0
+        self._sending_ms = 0.0
+
+    def remote_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        """A copy of `model`'s module tree on the meta device whose weights are the server's resident ones.
+
+        The server holds the weights the session uploaded once; storage ids 0 .. N-1 name them
+        (protocol.resident_tensors), so no weight byte travels again.
+        """
+        from transformers import AutoModelForCausalLM
+
+        with torch.device("meta"):
+            shadow = AutoModelForCausalLM.from_config(model.config, dtype=next(model.parameters()).dtype)
+        shadow.eval()
+        entries = protocol.resident_tensors(model)
+        remote = {}
+        for (name, tensor), (shadow_name, shadow_tensor) in zip(entries, protocol.resident_tensors(shadow), strict=True):
+            if name != shadow_name:
+                raise ValueError(f"cannot mirror {type(model).__name__}: {name} against {shadow_name}")
+            storage = RemoteStorage(self._new_id(), layout_of(tensor), freed=None)
+            meta = torch.empty_strided(tensor.shape, tensor.stride(), dtype=tensor.dtype, device="meta")
+            remote[id(shadow_tensor)] = RemoteTensor(meta, storage, self)
+        for module in shadow.modules():  # tied weights are one tensor under several names
+            for table in (module._parameters, module._buffers):
+                for name, tensor in table.items():
+                    if tensor is not None:
+                        table[name] = remote[id(tensor)]
+        self.open_request = {"weights": self.weights_handle, "tensors": len(entries),
+                             "names_sha256": protocol.manifest_sha256(entries)}
+        return shadow
+
+    @contextmanager
+    def active(self):
+        """Route factory calls naming the remote device (`torch.arange(..., device=x.device)`) here too.
+
+        `torch.tensor(data, device=...)` copies its data to the device with dispatch modes switched off,
+        unless torch is told to build it on the host first (as FakeTensorMode does): then the copy is
+        an op like any other, an upload.
+        """
+        lift_on_host = torch._C._only_lift_cpu_tensors()
+        torch._C._set_only_lift_cpu_tensors(True)
+        try:
+            with self.mode:
+                yield
+        finally:
+            torch._C._set_only_lift_cpu_tensors(lift_on_host)
+
+    # -- dispatch -------------------------------------------------------------------------------------
+
+    def dispatch(self, func, args: tuple, kwargs: dict):
+        outermost = self._depth == 0
+        start, sending_before = time.perf_counter(), self._sending_ms
+        self._depth += 1
+        try:
+            return self._resolve(func, args, kwargs)
+        finally:
+            self._depth -= 1
+            if outermost:
+                elapsed_ms = (time.perf_counter() - start) * 1e3
+                self.counters.client_tracing_ms += elapsed_ms - (self._sending_ms - sending_before)
+
+    def _resolve(self, func, args: tuple, kwargs: dict):
+        if not any(_is_remote(leaf) for leaf in tree_leaves((args, kwargs))):
+            return func(*args, **kwargs)  # host work: not the remote device's business
+        if func not in FORWARDED_WHOLE:
+            with self.active():
+                result = func.decompose(*args, **kwargs)
+            if result is not NotImplemented:
+                self.counters.ops_decomposed += 1
+                return result
+        if func is aten._to_copy.default and _is_host(kwargs.get("device")):
+            return self._read(func, args, kwargs)
+        if func is aten.copy_.default and not isinstance(args[0], RemoteTensor):  # into a host tensor
+            return args[0].copy_(self._read(aten._to_copy.default, (args[1],), {"device": torch.device("cpu")}))
+        try:
+            meta_result = func(*tree_map(_to_meta, args), **tree_map(_to_meta, kwargs))
+        except (RuntimeError, NotImplementedError):  # data-dependent: .item(), nonzero, no meta kernel
+            return self._run_waiting_for_shapes(func, args, kwargs)
+        return self._wrap(func, args, kwargs, meta_result)
+
+    def _wrap(self, func, args: tuple, kwargs: dict, meta_result):
+        inputs = [leaf for leaf in tree_leaves((args, kwargs)) if isinstance(leaf, RemoteTensor)]
+        for tensor in inputs:
+            if layout_of(tensor.meta) != layout_of(tensor):
+                raise NotImplementedError(f"{protocol.op_name(func)} changes a remote tensor's layout in place")
+        same_object = {id(tensor.meta): tensor for tensor in inputs}
+        storage_of = {tensor.meta.untyped_storage()._cdata: tensor.storage for tensor in inputs}
+        outs: list = []
+
+        def wrap(leaf):
+            if not isinstance(leaf, torch.Tensor):
+                outs.append(None)
+                return leaf
+            if id(leaf) in same_object:  # an in-place op returns its argument
+                outs.append(None)
+                return same_object[id(leaf)]
+            storage = storage_of.get(leaf.untyped_storage()._cdata)
+            if storage is not None:  # a view of an argument
+                outs.append(None)
+                return RemoteTensor(leaf, storage, self)
+            storage = RemoteStorage(self._new_id(), layout_of(leaf), self.freed)
+            outs.append(_out_spec(storage))
+            return RemoteTensor(leaf, storage, self)
+
+        result = tree_map(wrap, meta_result)
+        if all(out is None for out in outs) and not func._schema.is_mutable:
+            self.counters.ops_on_client += 1  # metadata only: a driver never sees it
+            return result
+        self._submit([protocol.op_name(func), *self._encode(args, kwargs), outs])
+        return result
+
+    def _read(self, func, args: tuple, kwargs: dict):
+        """A device-to-host copy: everything queued goes with it, and the data comes back."""
+        reply, tensors = self._submit([protocol.op_name(func), *self._encode(args, kwargs), {"read": True}])
+        return tree_map(lambda leaf: tensors[leaf["data"]] if isinstance(leaf, dict) else leaf, reply,
+                        is_leaf=lambda node: isinstance(node, dict))
+
+    def _run_waiting_for_shapes(self, func, args: tuple, kwargs: dict):
+        """An op whose outputs' shapes or values depend on data: the server runs it and says what came out."""
+        entry = [protocol.op_name(func), *self._encode(args, kwargs), {"first": self.next_id}]
+        reply, _ = self._submit(entry)
+
+        def rebuild(leaf):
+            if not isinstance(leaf, dict):
+                return leaf
+            layout: Layout = (tuple(leaf["size"]), tuple(leaf["stride"]), leaf["offset"])
+            self.next_id = max(self.next_id, leaf["h"] + 1)
+            meta = _meta_tensor(layout, getattr(torch, leaf["dtype"]))
+            return RemoteTensor(meta, RemoteStorage(leaf["h"], layout, self.freed), self)
+
+        result = tree_map(rebuild, reply, is_leaf=lambda node: isinstance(node, dict))
+        returns = func._schema.returns
+        return tuple(result) if len(returns) > 1 else result
+
+    # -- requests -------------------------------------------------------------------------------------
+
+    def _encode(self, args: tuple, kwargs: dict) -> tuple[list, dict]:
+        encode = lambda value: protocol.encode_value(value, self._tensor_ref)  # noqa: E731
+        return encode(args), {name: encode(value) for name, value in kwargs.items()}
+
+    def _tensor_ref(self, tensor: torch.Tensor) -> dict:
+        if isinstance(tensor, RemoteTensor):
+            if tensor.is_storage_layout:
+                return {"h": tensor.storage.id}
+            size, stride, offset = layout_of(tensor)
+            return {"h": tensor.storage.id, "view": [list(size), list(stride), offset]}
+        name = f"u{len(self.uploads)}"
+        self.uploads[name] = tensor.detach().clone()  # a host-to-device copy takes the data as it is now
+        return {"upload": name}
+
+    def _submit(self, entry: list):
+        """Queue one op; send the queue when the op needs an answer, when not pipelined, or when it is full."""
+        self.queue.append(entry)
+        self.counters.ops_forwarded += 1
+        if isinstance(entry[3], dict) or not self.pipelined:
+            return self.send(wait=True)
+        if len(self.queue) >= self.batch_ops:
+            self.send(wait=False)
+        return None
+
+    def send(self, wait: bool):
+        """Send the queued ops and the freed storage ids; with `wait`, return the reply and its tensors."""
+        document: dict = {"session": self.id, "free": self.freed[:], "ops": self.queue}
+        del self.freed[: len(document["free"])]  # frees that arrive while sending go with the next request
+        if not self.opened:
+            document["open"] = self.open_request
+            self.opened = True
+        request = (self.uploads, {protocol.REQUEST_KEY: protocol.dumps(document)})
+        self.queue, self.uploads = [], {}
+        start = time.perf_counter()
+        try:
+            if not wait:
+                self.counters.posts += 1
+                self.post("op_batch", *request)
+                return None
+            self.counters.flushes += 1
+            tensors, meta = self.call("op_batch", *request)
+            return protocol.loads(meta.get(protocol.REPLY_KEY, "null")), tensors
+        finally:
+            self._sending_ms += (time.perf_counter() - start) * 1e3
+
+    def release_freed(self) -> None:
+        """Tell the server about storages freed since the last request (a post), so its memory stays bounded."""
+        if (self.freed or self.queue) and self.opened:
+            self.send(wait=False)
+
+    def close(self) -> None:
+        """Drop this session's handle table on the server (a post: nothing to wait for)."""
+        if self.opened and not self.closed:
+            self.closed = True
+            self.post("op_batch", {}, {protocol.REQUEST_KEY: protocol.dumps({"session": self.id, "close": True})})
+
+    def _new_id(self) -> int:
+        self.next_id += 1
+        return self.next_id - 1
+
+
+class _RemoteDeviceMode(TorchDispatchMode):
+    """Catches calls without a remote tensor argument that name the remote device (factories)."""
+
+    def __init__(self, session: RemoteSession):
+        super().__init__()
+        self.session = session
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        return self.session.dispatch(func, args, kwargs or {})
+
+
+def _is_remote(value) -> bool:
+    return isinstance(value, RemoteTensor) or (isinstance(value, torch.device) and value.type == protocol.REMOTE)
+
+
+def _is_host(device) -> bool:
+    return device is not None and torch.device(device).type == protocol.HOST
+
+
+def _to_meta(value):
+    if isinstance(value, RemoteTensor):
+        return value.meta
+    if isinstance(value, torch.Tensor):
+        return value.to("meta")
+    if isinstance(value, torch.device) and value.type == protocol.REMOTE:
+        return torch.device("meta")
+    return value
+
+
+def _meta_tensor(layout: Layout, dtype: torch.dtype) -> torch.Tensor:
+    size, stride, offset = layout
+    return torch.empty(protocol.storage_extent(size, stride, offset), dtype=dtype, device="meta").as_strided(*layout)
+
+
+def _out_spec(storage: RemoteStorage):
+    size, stride, offset = storage.layout
+    contiguous = torch._prims_common.make_contiguous_strides_for(size) if size else ()
+    return storage.id if (tuple(stride), offset) == (tuple(contiguous), 0) else [storage.id, list(stride), offset]
