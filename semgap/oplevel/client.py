@@ -245,6 +245,8 @@ class RemoteSession:
         if not self.opened:
             document["open"] = self.open_request
             self.opened = True
+        if not wait:
+            document["post"] = True  # the server's time for it goes with the next response
         request = (self.uploads, {protocol.REQUEST_KEY: protocol.dumps(document)})
         self.queue, self.uploads = [], {}
         start = time.perf_counter()

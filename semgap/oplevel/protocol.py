@@ -7,7 +7,11 @@ ships with the request (uploads), and its string metadata holds one JSON documen
     {"session": "<hex>",            the client's handle table on the server
      "open": {"weights": "<weights handle>", "tensors": N, "names_sha256": "<hex>"},   first request only
      "free": [id, ...],             storages the client no longer holds
-     "ops": [[op, args, kwargs, outs], ...]}
+     "ops": [[op, args, kwargs, outs], ...],
+     "post": true}                  the client does not wait for this request's response
+
+`{"session": "<hex>", "close": true}` drops the session's table. The server runs a request's ops
+in order, then drops the storages it frees.
 
 `op` is an aten overload name, e.g. "aten::addmm.default". `args` and `kwargs` hold values encoded by
 `encode_value`:
@@ -33,10 +37,11 @@ ships with the request (uploads), and its string metadata holds one JSON documen
                        their layouts come back, other values come back as JSON
 
 An op with a reply ({"read"} or {"first"}) is the last of its request. The response is a codec
-message: returned tensors are named "r0", "r1", ... and its metadata holds `server_compute_ms` (the
-time since the session's last response, posted batches included) and, under `REPLY_KEY`, the JSON
-list of the reply's leaves: {"data": "r0"} for a tensor, {"h": id, "size", "stride", "offset",
-"dtype"} for a kept tensor's layout, or the value itself.
+message: returned tensors are named "r0", "r1", ..., and its metadata holds `server_compute_ms` (the
+time run since the session's last answered request, posted requests included) and, under
+`REPLY_KEY`, the JSON of the op's return value, nested as returned (tuples as lists): a tensor read
+back as {"data": "r0"}, a kept tensor's layout as {"h": id, "size", "stride", "offset", "dtype"},
+any other value as itself.
 """
 from __future__ import annotations
 
