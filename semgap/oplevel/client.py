@@ -17,6 +17,7 @@ Each aten call that involves the remote device is resolved in this order:
 """
 from __future__ import annotations
 
+import functools
 import time
 import uuid
 from contextlib import contextmanager
@@ -25,7 +26,7 @@ from typing import Callable
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves, tree_map
+from torch.utils._pytree import TreeSpec, tree_flatten, tree_map, tree_unflatten
 
 from semgap.oplevel import protocol
 from semgap.oplevel.tensor import Layout, RemoteStorage, RemoteTensor, layout_of, remote_device
@@ -76,6 +77,7 @@ class RemoteSession:
         self.uploads: dict[str, torch.Tensor] = {}  # host data the queued ops read
         self.freed: list[int] = []  # storage ids no client tensor views any more
         self.next_id = 0
+        self.plans: dict[tuple, Plan | object] = {}  # op signature -> what its meta kernel said
         self.opened = self.closed = False
         self.open_request: dict = {}
         self._depth = 0
@@ -97,9 +99,8 @@ class RemoteSession:
         for (name, tensor), (shadow_name, shadow_tensor) in zip(entries, protocol.resident_tensors(shadow), strict=True):
             if name != shadow_name:
                 raise ValueError(f"cannot mirror {type(model).__name__}: {name} against {shadow_name}")
-            storage = RemoteStorage(self._new_id(), layout_of(tensor), freed=None)
-            meta = torch.empty_strided(tensor.shape, tensor.stride(), dtype=tensor.dtype, device="meta")
-            remote[id(shadow_tensor)] = RemoteTensor(meta, storage, self)
+            storage = RemoteStorage(self._new_id(), layout_of(tensor), tensor.dtype, freed=None)
+            remote[id(shadow_tensor)] = RemoteTensor(storage.layout, tensor.dtype, storage, self)
         for module in shadow.modules():  # tied weights are one tensor under several names
             for table in (module._parameters, module._buffers):
                 for name, tensor in table.items():
@@ -140,54 +141,54 @@ class RemoteSession:
                 self.counters.client_tracing_ms += elapsed_ms - (self._sending_ms - sending_before)
 
     def _resolve(self, func, args: tuple, kwargs: dict):
-        if not any(_is_remote(leaf) for leaf in tree_leaves((args, kwargs))):
+        inputs: list[RemoteTensor] = []
+        signature = _signature((args, kwargs), inputs, {})
+        if not inputs and not _is_remote(kwargs.get("device")):  # factories name their device as a keyword
             return func(*args, **kwargs)  # host work: not the remote device's business
-        if func not in FORWARDED_WHOLE:
+        if _decomposes(func):
             with self.active():
-                result = func.decompose(*args, **kwargs)
-            if result is not NotImplemented:
                 self.counters.ops_decomposed += 1
-                return result
+                return func.decompose(*args, **kwargs)
         if func is aten._to_copy.default and _is_host(kwargs.get("device")):
             return self._read(func, args, kwargs)
         if func is aten.copy_.default and not isinstance(args[0], RemoteTensor):  # into a host tensor
             return args[0].copy_(self._read(aten._to_copy.default, (args[1],), {"device": torch.device("cpu")}))
-        try:
-            meta_result = func(*tree_map(_to_meta, args), **tree_map(_to_meta, kwargs))
-        except (RuntimeError, NotImplementedError):  # data-dependent: .item(), nonzero, no meta kernel
+        key = (func, signature)
+        plan = self.plans.get(key)
+        if plan is None:
+            plan = _plan(func, args, kwargs, inputs)
+            if len(self.plans) >= MAX_PLANS:
+                self.plans.clear()
+            self.plans[key] = plan
+        if plan is DATA_DEPENDENT:
             return self._run_waiting_for_shapes(func, args, kwargs)
-        return self._wrap(func, args, kwargs, meta_result)
-
-    def _wrap(self, func, args: tuple, kwargs: dict, meta_result):
-        inputs = [leaf for leaf in tree_leaves((args, kwargs)) if isinstance(leaf, RemoteTensor)]
-        for tensor in inputs:
-            if layout_of(tensor.meta) != layout_of(tensor):
-                raise NotImplementedError(f"{protocol.op_name(func)} changes a remote tensor's layout in place")
-        same_object = {id(tensor.meta): tensor for tensor in inputs}
-        storage_of = {tensor.meta.untyped_storage()._cdata: tensor.storage for tensor in inputs}
-        outs: list = []
-
-        def wrap(leaf):
-            if not isinstance(leaf, torch.Tensor):
-                outs.append(None)
-                return leaf
-            if id(leaf) in same_object:  # an in-place op returns its argument
-                outs.append(None)
-                return same_object[id(leaf)]
-            storage = storage_of.get(leaf.untyped_storage()._cdata)
-            if storage is not None:  # a view of an argument
-                outs.append(None)
-                return RemoteTensor(leaf, storage, self)
-            storage = RemoteStorage(self._new_id(), layout_of(leaf), self.freed)
-            outs.append(_out_spec(storage))
-            return RemoteTensor(leaf, storage, self)
-
-        result = tree_map(wrap, meta_result)
-        if all(out is None for out in outs) and not func._schema.is_mutable:
+        result, outs = self._apply(plan, inputs)
+        if not plan.forwarded:
             self.counters.ops_on_client += 1  # metadata only: a driver never sees it
             return result
         self._submit([protocol.op_name(func), *self._encode(args, kwargs), outs])
         return result
+
+    def _apply(self, plan: "Plan", inputs: list[RemoteTensor]) -> tuple[object, list]:
+        """The op's outputs as the plan says, fresh storages numbered now; and the `outs` that tell the server."""
+        leaves, outs = [], []
+        for kind, *detail in plan.outputs:
+            if kind == VALUE:
+                leaves.append(detail[0])
+                outs.append(None)
+            elif kind == SAME:  # an in-place op returns its argument
+                leaves.append(inputs[detail[0]])
+                outs.append(None)
+            elif kind == ALIAS:  # a view of an argument
+                index, layout, dtype = detail
+                leaves.append(RemoteTensor(layout, dtype, inputs[index].storage, self))
+                outs.append(None)
+            else:
+                layout, dtype, out_spec = detail
+                storage = RemoteStorage(self._new_id(), layout, dtype, self.freed)
+                leaves.append(RemoteTensor(layout, dtype, storage, self))
+                outs.append(storage.id if out_spec is None else [storage.id, *out_spec])
+        return (leaves[0] if plan.structure.is_leaf() else tree_unflatten(leaves, plan.structure)), outs
 
     def _read(self, func, args: tuple, kwargs: dict):
         """A device-to-host copy: everything queued goes with it, and the data comes back."""
@@ -204,13 +205,12 @@ class RemoteSession:
             if not isinstance(leaf, dict):
                 return leaf
             layout: Layout = (tuple(leaf["size"]), tuple(leaf["stride"]), leaf["offset"])
+            dtype = getattr(torch, leaf["dtype"])
             self.next_id = max(self.next_id, leaf["h"] + 1)
-            meta = _meta_tensor(layout, getattr(torch, leaf["dtype"]))
-            return RemoteTensor(meta, RemoteStorage(leaf["h"], layout, self.freed), self)
+            return RemoteTensor(layout, dtype, RemoteStorage(leaf["h"], layout, dtype, self.freed), self)
 
         result = tree_map(rebuild, reply, is_leaf=lambda node: isinstance(node, dict))
-        returns = func._schema.returns
-        return tuple(result) if len(returns) > 1 else result
+        return tuple(result) if len(func._schema.returns) > 1 else result
 
     # -- requests -------------------------------------------------------------------------------------
 
@@ -277,6 +277,78 @@ class RemoteSession:
         return self.next_id - 1
 
 
+# What an op's output leaf is, in a Plan: a plain value, an argument itself, a view of an argument's
+# storage, or a fresh storage.
+VALUE, SAME, ALIAS, FRESH = "value", "same", "alias", "fresh"
+DATA_DEPENDENT = object()  # the plan of an op no meta kernel can run without data
+MAX_PLANS = 50_000  # decode steps grow the KV cache, so signatures keep coming: start over past this many
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How an op's outputs relate to its arguments, as its meta kernel said, for one signature of arguments.
+
+    A decode step repeats the same ops on the same shapes, so the meta kernels (many of them Python
+    reference implementations, tens of microseconds each) run once per signature, as a driver's
+    launch path does not re-derive a kernel's configuration on every launch.
+    """
+
+    structure: TreeSpec
+    outputs: tuple[tuple, ...]  # per output leaf: (VALUE, v), (SAME, i), (ALIAS, i, layout, dtype) or (FRESH, layout, dtype, out_spec)
+    forwarded: bool  # False: the op only changes metadata and is resolved on the client
+
+
+def _plan(func, args: tuple, kwargs: dict, inputs: list[RemoteTensor]):
+    """Run `func` on the arguments' meta twins and record what came out (DATA_DEPENDENT if it cannot)."""
+    try:
+        meta_result = func(*tree_map(_to_meta, args), **tree_map(_to_meta, kwargs))
+    except (RuntimeError, NotImplementedError):  # data-dependent: .item(), nonzero, no meta kernel
+        return DATA_DEPENDENT
+    for tensor in inputs:
+        if layout_of(tensor.meta) != tensor.layout_tuple:
+            raise NotImplementedError(f"{protocol.op_name(func)} changes a remote tensor's layout in place")
+    same_object = {id(tensor.meta): index for index, tensor in enumerate(inputs)}
+    storage_of = {tensor.meta.untyped_storage()._cdata: index for index, tensor in enumerate(inputs)}
+    leaves, structure = tree_flatten(meta_result)
+    outputs = []
+    for leaf in leaves:
+        if not isinstance(leaf, torch.Tensor):
+            outputs.append((VALUE, leaf))
+        elif id(leaf) in same_object:
+            outputs.append((SAME, same_object[id(leaf)]))
+        elif leaf.untyped_storage()._cdata in storage_of:
+            outputs.append((ALIAS, storage_of[leaf.untyped_storage()._cdata], layout_of(leaf), leaf.dtype))
+        else:
+            outputs.append((FRESH, layout_of(leaf), leaf.dtype, _out_spec(leaf)))
+    forwarded = func._schema.is_mutable or any(output[0] == FRESH for output in outputs)
+    return Plan(structure, tuple(outputs), forwarded)
+
+
+def _signature(value, inputs: list[RemoteTensor], storage_index: dict[int, int]):
+    """A hashable description of everything a meta kernel's answer depends on; remote tensors are
+    appended to `inputs`, and which of them share a storage is part of the description."""
+    if isinstance(value, RemoteTensor):
+        inputs.append(value)
+        shared = storage_index.setdefault(id(value.storage), len(inputs) - 1)
+        return ("remote", value.dtype, value.layout_tuple, shared)
+    if isinstance(value, torch.Tensor):
+        return ("host", value.dtype, layout_of(value))
+    if isinstance(value, (list, tuple)):
+        return (type(value).__name__, *(_signature(item, inputs, storage_index) for item in value))
+    if isinstance(value, dict):
+        return tuple((name, _signature(item, inputs, storage_index)) for name, item in value.items())
+    return (type(value).__name__, value)  # 1, 1.0 and True differ in type promotion
+
+
+@functools.cache
+def _decomposes(func) -> bool:
+    """Composite ops (CompositeImplicitAutograd) are expanded on the client, except those forwarded whole."""
+    if func in FORWARDED_WHOLE:
+        return False
+    key = torch._C.DispatchKey.CompositeImplicitAutograd
+    return key in func.py_kernels or torch._C._dispatch_has_kernel_for_dispatch_key(func.name(), key)
+
+
 class _RemoteDeviceMode(TorchDispatchMode):
     """Catches calls without a remote tensor argument that name the remote device (factories)."""
 
@@ -288,8 +360,8 @@ class _RemoteDeviceMode(TorchDispatchMode):
         return self.session.dispatch(func, args, kwargs or {})
 
 
-def _is_remote(value) -> bool:
-    return isinstance(value, RemoteTensor) or (isinstance(value, torch.device) and value.type == protocol.REMOTE)
+def _is_remote(device) -> bool:
+    return isinstance(device, torch.device) and device.type == protocol.REMOTE
 
 
 def _is_host(device) -> bool:
@@ -306,12 +378,8 @@ def _to_meta(value):
     return value
 
 
-def _meta_tensor(layout: Layout, dtype: torch.dtype) -> torch.Tensor:
-    size, stride, offset = layout
-    return torch.empty(protocol.storage_extent(size, stride, offset), dtype=dtype, device="meta").as_strided(*layout)
-
-
-def _out_spec(storage: RemoteStorage):
-    size, stride, offset = storage.layout
-    contiguous = torch._prims_common.make_contiguous_strides_for(size) if size else ()
-    return storage.id if (tuple(stride), offset) == (tuple(contiguous), 0) else [storage.id, list(stride), offset]
+def _out_spec(tensor: torch.Tensor):
+    """None for a contiguous tensor at offset 0, else [stride, offset]: the layout the server must keep."""
+    if tensor.is_contiguous() and tensor.storage_offset() == 0:
+        return None
+    return [list(tensor.stride()), tensor.storage_offset()]

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from semgap.oplevel.protocol import REMOTE
+from semgap.oplevel.protocol import REMOTE, storage_extent
 
 if TYPE_CHECKING:
     from semgap.oplevel.client import RemoteSession
@@ -43,12 +43,20 @@ def layout_of(tensor: torch.Tensor) -> Layout:
 class RemoteStorage:
     """One allocation on the server, named by `id`; its id goes into `freed` once no client tensor views it."""
 
-    __slots__ = ("id", "layout", "freed")
+    __slots__ = ("id", "layout", "dtype", "freed", "_meta")
 
-    def __init__(self, storage_id: int, layout: Layout, freed: list[int] | None):
+    def __init__(self, storage_id: int, layout: Layout, dtype: torch.dtype, freed: list[int] | None):
         self.id = storage_id
         self.layout = layout  # of the tensor that created it: an argument with this layout travels as the bare id
+        self.dtype = dtype
         self.freed = freed  # None: never freed (the model's weights belong to the server's model)
+        self._meta = None
+
+    def meta(self) -> torch.Tensor:
+        """A 1-D meta tensor as long as the storage: views of it share one meta storage, as on the server."""
+        if self._meta is None:
+            self._meta = torch.empty(storage_extent(*self.layout), dtype=self.dtype, device="meta")
+        return self._meta
 
     def __del__(self):
         if self.freed is not None:
@@ -56,27 +64,37 @@ class RemoteStorage:
 
 
 class RemoteTensor(torch.Tensor):
-    """A tensor on the `remote` device: a storage handle plus size, stride and offset, and a meta twin.
+    """A tensor on the `remote` device: a storage handle plus size, stride and offset.
 
-    `meta` is a meta-device tensor of the same layout, so shapes, dtypes and views are computed on
-    the client without data, as a driver knows its buffers' sizes.
+    `meta` is a meta-device twin of the same layout, made when first needed, so shapes, dtypes and
+    views are computed on the client without data, as a driver knows its buffers' sizes.
     """
 
-    meta: torch.Tensor
     storage: RemoteStorage
     session: "RemoteSession"
 
     @staticmethod
-    def __new__(cls, meta: torch.Tensor, storage: RemoteStorage, session: "RemoteSession"):
+    def __new__(cls, layout: Layout, dtype: torch.dtype, storage: RemoteStorage, session: "RemoteSession"):
+        size, stride, offset = layout
         # Created outside inference mode whatever the caller's mode: a view of a normal tensor returned as
         # an inference tensor fails with "Cannot set version_counter for inference tensor".
-        with torch.inference_mode(False):
+        with torch._C._InferenceMode(False):
             tensor = torch.Tensor._make_wrapper_subclass(
-                cls, meta.size(), strides=meta.stride(), storage_offset=meta.storage_offset(),
-                dtype=meta.dtype, device=session.device, requires_grad=False,
+                cls, size, strides=stride, storage_offset=offset, dtype=dtype, device=session.device,
+                requires_grad=False,
             )
-        tensor.meta, tensor.storage, tensor.session = meta, storage, session
+        tensor.layout_tuple, tensor.storage, tensor.session, tensor._meta = layout, storage, session, None
         return tensor
+
+    @property
+    def meta(self) -> torch.Tensor:
+        if self._meta is None:
+            if self.dtype == self.storage.dtype:
+                self._meta = self.storage.meta().as_strided(*self.layout_tuple)
+            else:  # a view as another dtype: its own meta storage (an op on it is then never taken for a view)
+                self._meta = torch.empty(storage_extent(*self.layout_tuple), dtype=self.dtype,
+                                         device="meta").as_strided(*self.layout_tuple)
+        return self._meta
 
     __torch_function__ = torch._C._disabled_torch_function_impl
 
@@ -87,11 +105,11 @@ class RemoteTensor(torch.Tensor):
         return session.dispatch(func, args, kwargs or {})
 
     def __repr__(self) -> str:  # the default would read the data back
-        size, stride, offset = layout_of(self)
+        size, stride, offset = self.layout_tuple
         return (f"RemoteTensor(storage={self.storage.id}, size={list(size)}, stride={list(stride)}, "
                 f"offset={offset}, dtype={self.dtype})")
 
     @property
     def is_storage_layout(self) -> bool:
         """Whether this tensor has the layout its storage was created with (then it travels as the bare id)."""
-        return layout_of(self) == self.storage.layout
+        return self.layout_tuple == self.storage.layout
