@@ -209,3 +209,20 @@ def test_the_server_refuses_unknown_storages_sessions_and_models(context, open_s
             "weights": context.weights_handle, "tensors": 3, "names_sha256": "0"}})
     with pytest.raises(transport.ServerError, match="not the server's current one"):
         send(context.transport, {"session": uuid.uuid4().hex, "ops": [], "open": {"weights": "stale"}})
+
+
+def test_plans_reused_across_calls_keep_apart_what_changes_the_result(context):
+    mode = ready("op_pipelined", context)
+    session = mode.session
+    with session.active():
+        values = torch.arange(4, device=session.device)
+        for _ in range(2):  # the second round runs from the plans the first one made
+            assert (values + 1).dtype == torch.int64 and (values + 1.0).dtype == torch.float32
+            assert (values + True).dtype == torch.int64
+            row = values.view(2, 2)[1]  # a view: same storage, resolved here
+            assert row.storage is values.storage and row.cpu().tolist() == [2, 3]
+            doubled = values.clone()
+            assert doubled.mul_(2) is doubled  # in place: the argument itself
+        assert doubled.cpu().tolist() == [0, 2, 4, 6] and values.cpu().tolist() == [0, 1, 2, 3]
+        assert len(session.plans) >= 5
+    mode.close()
