@@ -8,16 +8,16 @@ Each aten call that involves the remote device is resolved in this order:
    launch; `scaled_dot_product_attention` travels whole, because which fused kernel runs it is the
    server device's choice;
 2. a copy to the host (`.cpu()`, `.tolist()`) is a read: the queue is flushed and the data comes back;
-3. the op runs on meta tensors: shapes, dtypes and strides come out without data. An op whose
-   outputs only alias its inputs (a view, a transpose, a reshape of contiguous data) is resolved
-   here and never sent. An op a meta kernel cannot run (`.item()`, a Python branch on a value,
-   data-dependent shapes such as `nonzero`) waits for the server, which sends back values or shapes;
+3. the op's plan (semgap.oplevel.plan: its meta kernel's answer, once per signature of arguments)
+   gives shapes, dtypes and strides without data. An op whose outputs only alias its inputs (a
+   view, a transpose, a reshape of contiguous data) is resolved here and never sent. An op a meta
+   kernel cannot run (`.item()`, a Python branch on a value, data-dependent shapes such as
+   `nonzero`) waits for the server, which sends back values or shapes;
 4. anything else is forwarded: `op_sync` waits for each one, `op_pipelined` queues it and posts the
    queue every `batch_ops` ops without waiting, so only reads wait.
 """
 from __future__ import annotations
 
-import functools
 import time
 import uuid
 from contextlib import contextmanager
@@ -26,15 +26,14 @@ from typing import Callable
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import TreeSpec, tree_flatten, tree_map, tree_unflatten
+from torch.utils._pytree import tree_map, tree_unflatten
 
-from semgap.oplevel import protocol
+from semgap.oplevel import plan, protocol
 from semgap.oplevel.tensor import Layout, RemoteStorage, RemoteTensor, layout_of, remote_device
 
 aten = torch.ops.aten
-# Composite ops forwarded whole: their decomposition asks the device which kernel to run.
-FORWARDED_WHOLE = frozenset({aten.scaled_dot_product_attention.default})
 PIPELINE_BATCH_OPS = 64  # op_pipelined posts its queue at this length (a read flushes it earlier)
+MAX_PLANS = 50_000  # decode steps grow the KV cache, so signatures keep coming: start over past this many
 
 Call = Callable[[str, dict[str, torch.Tensor], dict[str, str]], tuple[dict[str, torch.Tensor], dict[str, str]]]
 Post = Callable[[str, dict[str, torch.Tensor], dict[str, str]], None]
@@ -77,7 +76,7 @@ class RemoteSession:
         self.uploads: dict[str, torch.Tensor] = {}  # host data the queued ops read
         self.freed: list[int] = []  # storage ids no client tensor views any more
         self.next_id = 0
-        self.plans: dict[tuple, Plan | object] = {}  # op signature -> what its meta kernel said
+        self.plans: dict[tuple, plan.Plan | object] = {}  # (op, signature) -> what its meta kernel said
         self.opened = self.closed = False
         self.open_request: dict = {}
         self._depth = 0
@@ -142,10 +141,10 @@ class RemoteSession:
 
     def _resolve(self, func, args: tuple, kwargs: dict):
         inputs: list[RemoteTensor] = []
-        signature = _signature((args, kwargs), inputs, {})
+        signature = plan.signature((args, kwargs), inputs, {})
         if not inputs and not _is_remote(kwargs.get("device")):  # factories name their device as a keyword
             return func(*args, **kwargs)  # host work: not the remote device's business
-        if _decomposes(func):
+        if plan.decomposes(func):
             with self.active():
                 self.counters.ops_decomposed += 1
                 return func.decompose(*args, **kwargs)
@@ -154,32 +153,32 @@ class RemoteSession:
         if func is aten.copy_.default and not isinstance(args[0], RemoteTensor):  # into a host tensor
             return args[0].copy_(self._read(aten._to_copy.default, (args[1],), {"device": torch.device("cpu")}))
         key = (func, signature)
-        plan = self.plans.get(key)
-        if plan is None:
-            plan = _plan(func, args, kwargs, inputs)
+        op_plan = self.plans.get(key)
+        if op_plan is None:
+            op_plan = plan.make_plan(func, args, kwargs, inputs)
             if len(self.plans) >= MAX_PLANS:
                 self.plans.clear()
-            self.plans[key] = plan
-        if plan is DATA_DEPENDENT:
+            self.plans[key] = op_plan
+        if op_plan is plan.DATA_DEPENDENT:
             return self._run_waiting_for_shapes(func, args, kwargs)
-        result, outs = self._apply(plan, inputs)
-        if not plan.forwarded:
+        result, outs = self._apply(op_plan, inputs)
+        if not op_plan.forwarded:
             self.counters.ops_on_client += 1  # metadata only: a driver never sees it
             return result
         self._submit([protocol.op_name(func), *self._encode(args, kwargs), outs])
         return result
 
-    def _apply(self, plan: "Plan", inputs: list[RemoteTensor]) -> tuple[object, list]:
+    def _apply(self, op_plan: plan.Plan, inputs: list[RemoteTensor]) -> tuple[object, list]:
         """The op's outputs as the plan says, fresh storages numbered now; and the `outs` that tell the server."""
         leaves, outs = [], []
-        for kind, *detail in plan.outputs:
-            if kind == VALUE:
+        for kind, *detail in op_plan.outputs:
+            if kind == plan.VALUE:
                 leaves.append(detail[0])
                 outs.append(None)
-            elif kind == SAME:  # an in-place op returns its argument
+            elif kind == plan.SAME:  # an in-place op returns its argument
                 leaves.append(inputs[detail[0]])
                 outs.append(None)
-            elif kind == ALIAS:  # a view of an argument
+            elif kind == plan.ALIAS:  # a view of an argument
                 index, layout, dtype = detail
                 leaves.append(RemoteTensor(layout, dtype, inputs[index].storage, self))
                 outs.append(None)
@@ -188,7 +187,8 @@ class RemoteSession:
                 storage = RemoteStorage(self._new_id(), layout, dtype, self.freed)
                 leaves.append(RemoteTensor(layout, dtype, storage, self))
                 outs.append(storage.id if out_spec is None else [storage.id, *out_spec])
-        return (leaves[0] if plan.structure.is_leaf() else tree_unflatten(leaves, plan.structure)), outs
+        structure = op_plan.structure
+        return (leaves[0] if structure.is_leaf() else tree_unflatten(leaves, structure)), outs
 
     def _read(self, func, args: tuple, kwargs: dict):
         """A device-to-host copy: everything queued goes with it, and the data comes back."""
@@ -222,7 +222,7 @@ class RemoteSession:
         if isinstance(tensor, RemoteTensor):
             if tensor.is_storage_layout:
                 return {"h": tensor.storage.id}
-            size, stride, offset = layout_of(tensor)
+            size, stride, offset = tensor.layout_tuple
             return {"h": tensor.storage.id, "view": [list(size), list(stride), offset]}
         name = f"u{len(self.uploads)}"
         self.uploads[name] = tensor.detach().clone()  # a host-to-device copy takes the data as it is now
@@ -277,78 +277,6 @@ class RemoteSession:
         return self.next_id - 1
 
 
-# What an op's output leaf is, in a Plan: a plain value, an argument itself, a view of an argument's
-# storage, or a fresh storage.
-VALUE, SAME, ALIAS, FRESH = "value", "same", "alias", "fresh"
-DATA_DEPENDENT = object()  # the plan of an op no meta kernel can run without data
-MAX_PLANS = 50_000  # decode steps grow the KV cache, so signatures keep coming: start over past this many
-
-
-@dataclass(frozen=True)
-class Plan:
-    """How an op's outputs relate to its arguments, as its meta kernel said, for one signature of arguments.
-
-    A decode step repeats the same ops on the same shapes, so the meta kernels (many of them Python
-    reference implementations, tens of microseconds each) run once per signature, as a driver's
-    launch path does not re-derive a kernel's configuration on every launch.
-    """
-
-    structure: TreeSpec
-    outputs: tuple[tuple, ...]  # per output leaf: (VALUE, v), (SAME, i), (ALIAS, i, layout, dtype) or (FRESH, layout, dtype, out_spec)
-    forwarded: bool  # False: the op only changes metadata and is resolved on the client
-
-
-def _plan(func, args: tuple, kwargs: dict, inputs: list[RemoteTensor]):
-    """Run `func` on the arguments' meta twins and record what came out (DATA_DEPENDENT if it cannot)."""
-    try:
-        meta_result = func(*tree_map(_to_meta, args), **tree_map(_to_meta, kwargs))
-    except (RuntimeError, NotImplementedError):  # data-dependent: .item(), nonzero, no meta kernel
-        return DATA_DEPENDENT
-    for tensor in inputs:
-        if layout_of(tensor.meta) != tensor.layout_tuple:
-            raise NotImplementedError(f"{protocol.op_name(func)} changes a remote tensor's layout in place")
-    same_object = {id(tensor.meta): index for index, tensor in enumerate(inputs)}
-    storage_of = {tensor.meta.untyped_storage()._cdata: index for index, tensor in enumerate(inputs)}
-    leaves, structure = tree_flatten(meta_result)
-    outputs = []
-    for leaf in leaves:
-        if not isinstance(leaf, torch.Tensor):
-            outputs.append((VALUE, leaf))
-        elif id(leaf) in same_object:
-            outputs.append((SAME, same_object[id(leaf)]))
-        elif leaf.untyped_storage()._cdata in storage_of:
-            outputs.append((ALIAS, storage_of[leaf.untyped_storage()._cdata], layout_of(leaf), leaf.dtype))
-        else:
-            outputs.append((FRESH, layout_of(leaf), leaf.dtype, _out_spec(leaf)))
-    forwarded = func._schema.is_mutable or any(output[0] == FRESH for output in outputs)
-    return Plan(structure, tuple(outputs), forwarded)
-
-
-def _signature(value, inputs: list[RemoteTensor], storage_index: dict[int, int]):
-    """A hashable description of everything a meta kernel's answer depends on; remote tensors are
-    appended to `inputs`, and which of them share a storage is part of the description."""
-    if isinstance(value, RemoteTensor):
-        inputs.append(value)
-        shared = storage_index.setdefault(id(value.storage), len(inputs) - 1)
-        return ("remote", value.dtype, value.layout_tuple, shared)
-    if isinstance(value, torch.Tensor):
-        return ("host", value.dtype, layout_of(value))
-    if isinstance(value, (list, tuple)):
-        return (type(value).__name__, *(_signature(item, inputs, storage_index) for item in value))
-    if isinstance(value, dict):
-        return tuple((name, _signature(item, inputs, storage_index)) for name, item in value.items())
-    return (type(value).__name__, value)  # 1, 1.0 and True differ in type promotion
-
-
-@functools.cache
-def _decomposes(func) -> bool:
-    """Composite ops (CompositeImplicitAutograd) are expanded on the client, except those forwarded whole."""
-    if func in FORWARDED_WHOLE:
-        return False
-    key = torch._C.DispatchKey.CompositeImplicitAutograd
-    return key in func.py_kernels or torch._C._dispatch_has_kernel_for_dispatch_key(func.name(), key)
-
-
 class _RemoteDeviceMode(TorchDispatchMode):
     """Catches calls without a remote tensor argument that name the remote device (factories)."""
 
@@ -366,20 +294,3 @@ def _is_remote(device) -> bool:
 
 def _is_host(device) -> bool:
     return device is not None and torch.device(device).type == protocol.HOST
-
-
-def _to_meta(value):
-    if isinstance(value, RemoteTensor):
-        return value.meta
-    if isinstance(value, torch.Tensor):
-        return value.to("meta")
-    if isinstance(value, torch.device) and value.type == protocol.REMOTE:
-        return torch.device("meta")
-    return value
-
-
-def _out_spec(tensor: torch.Tensor):
-    """None for a contiguous tensor at offset 0, else [stride, offset]: the layout the server must keep."""
-    if tensor.is_contiguous() and tensor.storage_offset() == 0:
-        return None
-    return [list(tensor.stride()), tensor.storage_offset()]
