@@ -66,31 +66,41 @@ def ready(name, context):
     return mode
 
 
+@pytest.fixture
+def opened():
+    """Ready op-level modes whose server sessions are closed when the test ends, passed or failed."""
+    modes = []
+
+    def open_mode(name, context):
+        modes.append(ready(name, context))
+        return modes[-1]
+
+    yield open_mode
+    for mode in modes:
+        mode.close()
+
+
 def stats(client) -> dict[str, int]:
     return {name: int(value) for name, value in codec.decode(client.call("op_stats", codec.encode({})))[1].items()}
 
 
 @pytest.mark.parametrize("name", OP_MODES)
-def test_op_level_modes_generate_the_tokens_of_local(name, context, prompt, reference):
-    mode = ready(name, context)
-    try:
-        assert generate.generate(mode, prompt, STEPS) == reference
-        assert mode.role == "blind" and mode.lossless
-    finally:
-        mode.close()
+def test_op_level_modes_generate_the_tokens_of_local(name, context, prompt, reference, opened):
+    mode = opened(name, context)
+    assert generate.generate(mode, prompt, STEPS) == reference
+    assert mode.role == "blind" and mode.lossless
 
 
 @pytest.mark.parametrize("name", OP_MODES)
-def test_only_ops_that_launch_work_or_move_data_are_forwarded(name, recorded, prompt):
+def test_only_ops_that_launch_work_or_move_data_are_forwarded(name, recorded, prompt, opened):
     context, recorder = recorded
-    mode = ready(name, context)
+    mode = opened(name, context)
     _, state = generate.prefill(mode, prompt)
     recorder.ops.clear()
     before = mode.counters()
     _, state = generate.decode_n_tokens(mode, 7, state, 1)
     counted = {key: value - before[key] for key, value in mode.counters().items()}
     mode.release(state)
-    mode.close()
     names = {op.split("::")[1].split(".")[0] for op in recorder.ops}
     assert not names & METADATA_OPS, names & METADATA_OPS
     assert {"addmm", "native_layer_norm", "scaled_dot_product_attention", "cat", "_to_copy"} <= names
@@ -99,17 +109,16 @@ def test_only_ops_that_launch_work_or_move_data_are_forwarded(name, recorded, pr
     assert counted["client_tracing_ms"] > 0
 
 
-def test_sync_waits_for_every_op_and_pipelined_only_for_reads(context, prompt):
+def test_sync_waits_for_every_op_and_pipelined_only_for_reads(context, prompt, opened):
     flushes = {}
     for name in OP_MODES:
-        mode = ready(name, context)
+        mode = opened(name, context)
         mode.session.batch_ops = 8  # several posts per step
         _, state = generate.prefill(mode, prompt)
         before = mode.counters()
         _, state = generate.decode_n_tokens(mode, 7, state, STEPS)
         flushes[name] = {key: value - before[key] for key, value in mode.counters().items()}
         mode.release(state)
-        mode.close()
     sync, pipelined = flushes["op_sync"], flushes["op_pipelined"]
     assert sync["flushes"] == sync["ops_forwarded"] > 20 * STEPS and sync["posts"] == 0
     assert pipelined["flushes"] == STEPS  # one read per step: the last logits row
@@ -119,28 +128,26 @@ def test_sync_waits_for_every_op_and_pipelined_only_for_reads(context, prompt):
 
 
 @pytest.mark.parametrize("name", OP_MODES)
-def test_only_the_row_the_program_reads_comes_back(name, context, prompt):
-    mode = ready(name, context)
+def test_only_the_row_the_program_reads_comes_back(name, context, prompt, opened):
+    mode = opened(name, context)
     before = context.counter.snapshot()
     _, state = generate.prefill(mode, prompt)
     prefill = context.counter.since(before)
     mode.release(state)
-    mode.close()
     vocab = context.model.config.vocab_size
     # local's own code reads logits[0, -1].float(): one float32 row, not 128 rows in the model's dtype.
     assert vocab * 4 <= prefill.bytes_received < vocab * 4 + 200 * prefill.round_trips
     assert prefill.bytes_sent < 0.01 * sum(t.nbytes for t in models.weights_of(context.model).values())
 
 
-def test_weights_are_named_not_shipped_again(context):
+def test_weights_are_named_not_shipped_again(context, opened):
     before = context.counter.snapshot()
-    mode = ready("op_pipelined", context)
+    opened("op_pipelined", context)
     assert context.counter.since(before).bytes_sent == 0  # setup only reuses the session's upload
-    mode.close()
 
 
-def test_server_memory_stays_bounded_across_rounds_and_close_frees_the_session(context, prompt):
-    mode = ready("op_pipelined", context)
+def test_server_memory_stays_bounded_across_rounds_and_close_frees_the_session(context, prompt, opened):
+    mode = opened("op_pipelined", context)
     held = []
     for _ in range(4):
         generate.generate(mode, prompt, 2)
@@ -151,8 +158,8 @@ def test_server_memory_stays_bounded_across_rounds_and_close_frees_the_session(c
     assert stats(context.transport)["sessions"] == sessions - 1
 
 
-def test_reads_branches_and_data_dependent_shapes_wait_for_the_server(context):
-    mode = ready("op_pipelined", context)
+def test_reads_branches_and_data_dependent_shapes_wait_for_the_server(context, opened):
+    mode = opened("op_pipelined", context)
     session = mode.session
     with session.active():
         values = torch.arange(6, device=session.device)  # a kernel on the remote device, nothing uploaded
@@ -168,7 +175,6 @@ def test_reads_branches_and_data_dependent_shapes_wait_for_the_server(context):
         host.copy_(values * 2)  # a copy into a host tensor is a read too
         assert host.tolist() == [0, 2, 4, 6, 8, 10]
         assert torch.tensor([1.5, 2.5], device=session.device).sum().item() == 4.0  # an upload
-    mode.close()
 
 
 def send(client, document, tensors=None):
@@ -211,8 +217,8 @@ def test_the_server_refuses_unknown_storages_sessions_and_models(context, open_s
         send(context.transport, {"session": uuid.uuid4().hex, "ops": [], "open": {"weights": "stale"}})
 
 
-def test_plans_reused_across_calls_keep_apart_what_changes_the_result(context):
-    mode = ready("op_pipelined", context)
+def test_plans_reused_across_calls_keep_apart_what_changes_the_result(context, opened):
+    mode = opened("op_pipelined", context)
     session = mode.session
     with session.active():
         values = torch.arange(4, device=session.device)
@@ -225,4 +231,3 @@ def test_plans_reused_across_calls_keep_apart_what_changes_the_result(context):
             assert doubled.mul_(2) is doubled  # in place: the argument itself
         assert doubled.cpu().tolist() == [0, 2, 4, 6] and values.cpu().tolist() == [0, 1, 2, 3]
         assert len(session.plans) >= 5
-    mode.close()
