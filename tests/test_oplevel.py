@@ -146,13 +146,18 @@ def test_weights_are_named_not_shipped_again(context, opened):
     assert context.counter.since(before).bytes_sent == 0  # setup only reuses the session's upload
 
 
-def test_server_memory_stays_bounded_across_rounds_and_close_frees_the_session(context, prompt, opened):
+def test_server_memory_ids_and_bytes_stay_the_same_across_rounds_and_close_frees_the_session(context, prompt, opened):
     mode = opened("op_pipelined", context)
-    held = []
+    held, ids, sent = [], [], []
     for _ in range(4):
+        before = context.counter.snapshot()
         generate.generate(mode, prompt, 2)
+        sent.append(context.counter.since(before).bytes_sent)
         held.append(stats(context.transport)["storages"])
+        ids.append(mode.session.next_id)
     assert held[1] == held[2] == held[3], held
+    # Freed ids are reused, as an allocator reuses addresses: no new ids, and the same bytes every round.
+    assert ids[1] == ids[2] == ids[3] and sent[1] == sent[2] == sent[3], (ids, sent)
     sessions = stats(context.transport)["sessions"]
     mode.close()
     assert stats(context.transport)["sessions"] == sessions - 1
