@@ -18,6 +18,7 @@ Each aten call that involves the remote device is resolved in this order:
 """
 from __future__ import annotations
 
+import heapq
 import time
 import uuid
 from contextlib import contextmanager
@@ -75,7 +76,12 @@ class RemoteSession:
         self.queue: list[list] = []  # ops not sent yet
         self.uploads: dict[str, torch.Tensor] = {}  # host data the queued ops read
         self.freed: list[int] = []  # storage ids no client tensor views any more
-        self.next_id = 0
+        # Ids whose free the server has been sent, smallest first: reused as an allocator reuses
+        # addresses, so ids (and the messages naming them) stay the same size from round to round.
+        self.reusable: list[int] = []
+        self.next_id = 0  # the first id never used
+        self.first_id = 0  # the first id after the weights'
+        self.live = 0  # storages made by ops whose free the server has not been sent
         self.plans: dict[tuple, plan.Plan | object] = {}  # (op, signature) -> what its meta kernel said
         self.opened = self.closed = False
         self.open_request: dict = {}
@@ -107,6 +113,7 @@ class RemoteSession:
                         table[name] = remote[id(tensor)]
         self.open_request = {"weights": self.weights_handle, "tensors": len(entries),
                              "names_sha256": protocol.manifest_sha256(entries)}
+        self.first_id = self.next_id
         return shadow
 
     @contextmanager
@@ -184,7 +191,7 @@ class RemoteSession:
                 outs.append(None)
             else:
                 layout, dtype, out_spec = detail
-                storage = RemoteStorage(self._new_id(), layout, dtype, self.freed)
+                storage = self._new_storage(layout, dtype)
                 leaves.append(RemoteTensor(layout, dtype, storage, self))
                 outs.append(storage.id if out_spec is None else [storage.id, *out_spec])
         structure = op_plan.structure
@@ -207,6 +214,7 @@ class RemoteSession:
             layout: Layout = (tuple(leaf["size"]), tuple(leaf["stride"]), leaf["offset"])
             dtype = getattr(torch, leaf["dtype"])
             self.next_id = max(self.next_id, leaf["h"] + 1)
+            self.live += 1
             return RemoteTensor(layout, dtype, RemoteStorage(leaf["h"], layout, dtype, self.freed), self)
 
         result = tree_map(rebuild, reply, is_leaf=lambda node: isinstance(node, dict))
@@ -242,6 +250,9 @@ class RemoteSession:
         """Send the queued ops and the freed storage ids; with `wait`, return the reply and its tensors."""
         document: dict = {"session": self.id, "free": self.freed[:], "ops": self.queue}
         del self.freed[: len(document["free"])]  # frees that arrive while sending go with the next request
+        for storage_id in document["free"]:  # the server drops them after this request's ops
+            heapq.heappush(self.reusable, storage_id)
+        self.live -= len(document["free"])
         if not self.opened:
             document["open"] = self.open_request
             self.opened = True
@@ -262,15 +273,26 @@ class RemoteSession:
             self._sending_ms += (time.perf_counter() - start) * 1e3
 
     def release_freed(self) -> None:
-        """Tell the server about storages freed since the last request (a post), so its memory stays bounded."""
+        """Tell the server about storages freed since the last request (a post), so its memory stays bounded.
+
+        When no storage an op made is left, numbering starts again after the weights, so every round
+        that runs the same program names the same ids and sends the same bytes.
+        """
         if (self.freed or self.queue) and self.opened:
             self.send(wait=False)
+        if self.live == 0:
+            self.next_id, self.reusable = self.first_id, []
 
     def close(self) -> None:
         """Drop this session's handle table on the server (a post: nothing to wait for)."""
         if self.opened and not self.closed:
             self.closed = True
             self.post("op_batch", {}, {protocol.REQUEST_KEY: protocol.dumps({"session": self.id, "close": True})})
+
+    def _new_storage(self, layout, dtype: torch.dtype) -> RemoteStorage:
+        self.live += 1
+        storage_id = heapq.heappop(self.reusable) if self.reusable else self._new_id()
+        return RemoteStorage(storage_id, layout, dtype, self.freed)
 
     def _new_id(self) -> int:
         self.next_id += 1
