@@ -236,3 +236,10 @@ def test_plans_reused_across_calls_keep_apart_what_changes_the_result(context, o
             assert doubled.mul_(2) is doubled  # in place: the argument itself
         assert doubled.cpu().tolist() == [0, 2, 4, 6] and values.cpu().tolist() == [0, 1, 2, 3]
         assert len(session.plans) >= 5
+
+
+def test_a_malformed_request_is_refused_with_what_is_wrong(context, open_session):
+    with pytest.raises(transport.ServerError, match="malformed op entry"):
+        send(context.transport, {"session": open_session, "ops": ["aten::neg.default"]})
+    with pytest.raises(transport.ServerError, match="carries a JSON document"):
+        codec.decode(context.transport.call("op_batch", codec.encode({}, {protocol.REQUEST_KEY: "{not json"})))
