@@ -11,6 +11,8 @@ from semgap.runtime import Engine
 
 @dataclass
 class RemoteState:
+    """What decoding continues from; `release` empties it, which frees its storages on the client."""
+
     cache: object  # a transformers cache whose tensors are handles to the server's storages
 
 
@@ -39,8 +41,8 @@ class OpSyncMode(Mode):
             return last_row(step.logits), state
 
     def release(self, state) -> None:
-        state.cache = None  # the cache's storages are freed on the server with the next request
-        self.session.release_freed()
+        state.cache = None
+        self.session.release_freed()  # one post tells the server which storages that freed
 
     def counters(self) -> dict[str, float]:
         return self.session.counters.as_dict() if hasattr(self, "session") else {}
