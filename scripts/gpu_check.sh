@@ -6,7 +6,9 @@
 #
 # Sessions, in order of importance, each skipped or cut when the time left cannot hold it (estimates
 # for an H200 from DEVICE.md's probes; the first GPU run checks them):
-#   1-gpt2            all modes, both phases; static cache + torch.compile (CUDA graphs) where resident.
+#   1-gpt2            the four model-call modes (local, naive, remote_cache, semantic), both phases;
+#                     static cache + torch.compile (CUDA graphs) where resident. The op-level modes
+#                     (one RPC round trip per op in op_sync) are not in this budget.
 #                     ~75 s: client compile ~20 s, server start + compile from inductor's cache ~15 s,
 #                     naive (~0.5 s per call for 250 MB of weights) ~25 s, the rest ~15 s.
 #   2-gpt-j-6b        local, remote_cache, semantic. ~140 s: client compile ~62 s, server start + compile
@@ -87,7 +89,8 @@ if [ "$CPU" = 0 ] && ! "$PY" -c "import torch, sys; sys.exit(not torch.cuda.is_a
     exit 1
 fi
 
-run_session "1-$MODEL_A" 45 --semgap-model "$MODEL_A" --semgap-decode-steps "$STEPS" --semgap-fast-path "$FAST"
+run_session "1-$MODEL_A" 45 --semgap-model "$MODEL_A" --semgap-decode-steps "$STEPS" --semgap-fast-path "$FAST" \
+    --semgap-modes local,naive,remote_cache,semantic
 run_session "2-$MODEL_B" 90 --semgap-model "$MODEL_B" --semgap-decode-steps "$STEPS" --semgap-fast-path "$FAST" \
     --semgap-modes local,remote_cache,semantic
 # naive decodes eager-dynamic whatever the setting (its cache crosses the wire); off also spares this

@@ -167,13 +167,18 @@ def prompt_ids(n_tokens: int, vocab_size: int) -> list[int]:
     return [ids[i % len(ids)] for i in range(n_tokens)]
 
 
-def weights_of(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The model's state dict on the CPU with tied tensors listed once (what a weight upload ships)."""
+def unique_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state dict with tied tensors listed once, under their first name, where they are."""
     seen: set[int] = set()
     weights = {}
     for name, tensor in model.state_dict().items():
         if tensor.data_ptr() in seen:
             continue
         seen.add(tensor.data_ptr())
-        weights[name] = tensor.detach().to("cpu").contiguous()
+        weights[name] = tensor
     return weights
+
+
+def weights_of(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """`unique_weights` copied to the CPU (what a weight upload ships)."""
+    return {name: tensor.detach().to("cpu").contiguous() for name, tensor in unique_weights(model).items()}

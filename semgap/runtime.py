@@ -128,6 +128,14 @@ def stopwatch(device: torch.device | str = "cpu"):
         timing["ms"] = (time.perf_counter() - start) * 1e3
 
 
+def compute_ms_text(milliseconds: float) -> str:
+    """A server's compute time for a response's metadata.
+
+    Fixed width, so an uncompressed response's size does not change with the number of digits.
+    """
+    return f"{milliseconds:015.6f}"
+
+
 def context_length(config) -> int:
     """The number of positions a model config can attend to."""
     return int(getattr(config, "n_positions", None) or config.max_position_embeddings)

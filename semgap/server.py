@@ -18,7 +18,8 @@ from dataclasses import asdict
 import torch
 
 from semgap import codec, models, runtime, transport
-from semgap.runtime import Engine, cache_to_tensors, stopwatch, tensors_to_cache
+from semgap.oplevel.server import OpLevelServer
+from semgap.runtime import Engine, cache_to_tensors, compute_ms_text, stopwatch, tensors_to_cache
 
 MAX_CACHES = 64  # caches a crashed client never released are evicted oldest first beyond this
 
@@ -46,6 +47,7 @@ class ModelServer:
         self.weights_handle = "server-built"  # the preset's own weights until a client uploads
         self.caches: OrderedDict[str, object] = OrderedDict()
         self.lock = threading.Lock()
+        self.oplevel = OpLevelServer(self.engine.model, self._check_weights)
         self.operations = {
             "hello": self.hello,
             "echo": self.echo,
@@ -55,6 +57,7 @@ class ModelServer:
             "decode": self.decode,
             "release": self.release,
             "gpu_summary": self.gpu_summary,
+            **self.oplevel.operations,
         }
 
     def handle(self, op: str, request: bytes) -> bytes:
@@ -117,6 +120,7 @@ class ModelServer:
         """Stateless: weights, input ids and the whole KV cache arrive; logits and the whole cache leave."""
         device = self.engine.device
         weights = {name[2:]: t.to(device) for name, t in tensors.items() if name.startswith("w.")}
+        self._check_complete(weights)
         kv = {name[3:]: t.to(device) for name, t in tensors.items() if name.startswith("kv.")}
         with stopwatch(device) as timing:
             cache = tensors_to_cache(kv) if kv else None
@@ -165,6 +169,16 @@ class ModelServer:
                 "upload the weights again (another client may have replaced them)"
             )
 
+    def _check_complete(self, weights: dict[str, torch.Tensor]) -> None:
+        """A stateless step runs on the weights it ships, every one of them: none falls back to the resident copy."""
+        required = set(models.unique_weights(self.engine.model))
+        missing, unexpected = sorted(required - set(weights)), sorted(set(weights) - required)
+        if missing or unexpected:
+            raise ValueError(
+                f"naive_step must ship exactly the model's {len(required)} weights: "
+                f"{len(missing)} missing {missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}"
+            )
+
     def _cache(self, handle: str) -> object:
         if handle not in self.caches:
             raise KeyError(f"unknown KV handle {handle!r}: it was released, evicted or the server restarted")
@@ -177,11 +191,6 @@ class ModelServer:
             {"server_compute_ms": compute_ms_text(compute_ms), **extra},
             compress=options.compress,
         )
-
-
-def compute_ms_text(milliseconds: float) -> str:
-    # Fixed width, so an uncompressed response's size does not change with the number of digits.
-    return f"{milliseconds:015.6f}"
 
 
 def is_loopback(host: str) -> bool:

@@ -37,7 +37,7 @@ def run(name, context, prompt, semantic=None):
 
 
 def test_unknown_mode_names_the_choices(context):
-    with pytest.raises(ValueError, match="unknown mode 'remote'; choose from local, naive, remote_cache, semantic"):
+    with pytest.raises(ValueError, match="unknown mode 'remote'; choose from local, naive, remote_cache, semantic, op_sync, op_pipelined"):
         make_mode("remote", context)
 
 
@@ -120,5 +120,5 @@ def test_cast_semantic_run_still_produces_tokens(context, prompt):
 
 
 def test_registry_covers_every_mode_once():
-    assert list(MODES) == ["local", "naive", "remote_cache", "semantic"]
+    assert list(MODES) == ["local", "naive", "remote_cache", "semantic", "op_sync", "op_pipelined"]
     assert [cls.name for cls in MODES.values()] == list(MODES)

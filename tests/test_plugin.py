@@ -75,12 +75,12 @@ def test_a_lossless_mode_with_other_tokens_than_local_fails_its_benchmark_and_ke
 
 def test_a_run_writes_bytes_tokens_verdicts_report_and_plots(suite):
     result = suite.runpytest_subprocess("--benchmark-only", *QUICK)
-    result.assert_outcomes(passed=8)
+    result.assert_outcomes(passed=12)
     result.stdout.fnmatch_lines([f"semgap: building {TEST_MODEL} in the client",
                                  "*semgap verdicts*", "H1 bytes*prefill*", "H2 latency*decode*"])
     cases = by_case(load(suite))
-    assert set(cases) == {f"{mode}-{phase}" for mode in ("local", "naive", "remote_cache", "semantic")
-                          for phase in ("prefill", "decode")}
+    assert set(cases) == {f"{mode}-{phase}" for mode in ("local", "naive", "remote_cache", "semantic", "op_sync",
+                                                         "op_pipelined") for phase in ("prefill", "decode")}
     for case, info in cases.items():
         assert len(info["payload_bytes_sent_rounds"]) == 3, case
         if info["mode"] == "local":
@@ -99,7 +99,7 @@ def test_a_run_writes_bytes_tokens_verdicts_report_and_plots(suite):
     assert load(suite)["semgap"]["failures"] == []
     # The one weight upload is setup, shared by the resident modes; naive ships weights in its rounds.
     setup = {case: info["setup_bytes_sent"] for case, info in cases.items()}
-    assert setup["remote_cache-decode"] == setup["semantic-prefill"] > 400_000
+    assert setup["remote_cache-decode"] == setup["semantic-prefill"] == setup["op_sync-decode"] > 400_000
     assert setup["naive-decode"] == setup["local-prefill"] == 0
     # The report regenerates from the saved JSON alone, with the same verdicts.
     again = subprocess.run([sys.executable, "-m", "semgap.report", "results/benchmark.json", "--out", "again"],
@@ -128,7 +128,7 @@ def test_enforce_turns_a_not_supported_hypothesis_into_a_failed_run(suite, enfor
 
 
 @pytest.mark.parametrize("option, message", [
-    ("--semgap-modes=local,remote", "unknown mode 'remote'; choose from local, naive, remote_cache, semantic"),
+    ("--semgap-modes=local,remote", "unknown mode 'remote'; choose from local, naive, remote_cache, semantic, op_sync, op_pipelined"),
     ("--semgap-phases=train", "unknown phase 'train'; choose from prefill, decode"),
     ("--semgap-model=gpt-5", "unknown model 'gpt-5'; presets: gpt2-mini, gpt2-test, tiny-gpt2, gpt2"),
     ("--semgap-prompt-tokens=1024", f"exceeds the context of {TEST_MODEL} (1024 positions)"),

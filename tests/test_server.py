@@ -5,8 +5,9 @@ import sys
 import time
 
 import pytest
+import torch
 
-from semgap import codec, server, serverproc, transport
+from semgap import codec, models, server, serverproc, transport
 from semgap.serverproc import ServerProcess, ServerStartError, free_port
 
 from .conftest import REPO, TEST_MODEL
@@ -18,7 +19,7 @@ def call(client, op, tensors=None, meta=None):
 
 def test_unknown_kv_handle_is_a_clear_error_and_the_server_keeps_serving(client):
     with pytest.raises(transport.ServerError, match="unknown KV handle 'no-such-handle': it was released"):
-        call(client, "decode", {"input_ids": __import__("torch").tensor([[1]])}, {"kv_handle": "no-such-handle"})
+        call(client, "decode", {"input_ids": torch.tensor([[1]])}, {"kv_handle": "no-such-handle"})
     assert call(client, "hello")[1]["model"] == TEST_MODEL
 
 
@@ -84,3 +85,17 @@ def test_a_post_is_counted_as_bytes_sent_and_not_as_a_round_trip(client):
     counted = client.counter.since(before)
     assert (counted.bytes_sent, counted.bytes_received, counted.posts, counted.round_trips) == (100, 0, 1, 0)
     assert call(client, "hello")[1]["model"] == TEST_MODEL  # the connection goes on after a post
+
+
+def test_a_stateless_step_that_lacks_a_weight_is_refused_not_run_on_resident_weights(client, preset_model):
+    weights = {f"w.{name}": tensor for name, tensor in models.weights_of(preset_model).items()}
+    ids = torch.tensor([[1, 2, 3]])
+    with pytest.raises(transport.ServerError, match=r"must ship exactly the model's \d+ weights: \d+ missing"):
+        call(client, "naive_step", {"input_ids": ids})
+    without_one = {name: tensor for name, tensor in weights.items() if name != "w.transformer.h.0.mlp.c_fc.weight"}
+    with pytest.raises(transport.ServerError, match=r"1 missing \['transformer.h.0.mlp.c_fc.weight'\]"):
+        call(client, "naive_step", {"input_ids": ids, **without_one})
+    with pytest.raises(transport.ServerError, match=r"1 unexpected \['no.such.weight'\]"):
+        call(client, "naive_step", {"input_ids": ids, **weights, "w.no.such.weight": torch.zeros(1)})
+    logits = call(client, "naive_step", {"input_ids": ids, **weights})[0]["logits"]  # all of them: it runs
+    assert logits.shape == (1, 3, preset_model.config.vocab_size)

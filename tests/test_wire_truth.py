@@ -291,11 +291,11 @@ def test_bytes_are_identical_round_to_round_and_run_to_run(suite, link):
     runs = []
     for _ in range(2):
         result, output, pid = run_suite(suite, *QUICK, "--semgap-link", link)
-        result.assert_outcomes(passed=8)
+        result.assert_outcomes(passed=12)
         assert output["semgap"]["warnings"] == []  # TCP within payload .. payload + framing everywhere
         assert wait_for_no_leftovers(pid, suite.path) == []
         runs.append(by_case(output))
-    assert set(runs[0]) == set(runs[1]) and len(runs[0]) == 8
+    assert set(runs[0]) == set(runs[1]) and len(runs[0]) == 12
     for case, info in runs[0].items():
         for field in EXACT_FIELDS:
             rounds = [run[case][f"{field}_rounds"] for run in runs]

@@ -4,6 +4,8 @@ from __future__ import annotations
 from semgap.modes.base import Mode, ModeContext, SemanticOptions
 from semgap.modes.local import LocalMode
 from semgap.modes.naive import NaiveMode
+from semgap.modes.op_pipelined import OpPipelinedMode
+from semgap.modes.op_sync import OpSyncMode
 from semgap.modes.remote_cache import RemoteCacheMode
 from semgap.modes.semantic import SemanticMode
 
@@ -12,6 +14,8 @@ MODES: dict[str, type[Mode]] = {
     "naive": NaiveMode,
     "remote_cache": RemoteCacheMode,
     "semantic": SemanticMode,
+    "op_sync": OpSyncMode,
+    "op_pipelined": OpPipelinedMode,
 }
 PHASES = ("prefill", "decode")
 

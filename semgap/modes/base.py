@@ -9,6 +9,7 @@ from typing import ClassVar
 import torch
 
 from semgap import codec
+from semgap.models import weights_of
 from semgap.runtime import EAGER_DYNAMIC, Engine
 from semgap.transport import CountingTransport, PayloadCounter
 
@@ -124,19 +125,36 @@ class Mode(ABC):
         """
         return {}
 
+    def close(self) -> None:
+        """Free what `setup` left on the server, once the mode's last round is over (no-op for most modes)."""
+
+    def resident_weights(self) -> str:
+        """The server's handle of the weights, uploaded once per session by the first resident mode that asks."""
+        if self.context.weights_handle is None:
+            _, meta = self.call("upload_weights", weights_of(self.context.model), timeout_s=self.context.upload_timeout_s)
+            self.context.weights_handle = meta["weights_handle"]
+        return self.context.weights_handle
+
     def call(self, op: str, tensors: dict[str, torch.Tensor], meta: dict[str, str] | None = None,
              compress: bool = False, timeout_s: float | None = None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         """Encode, send, receive and decode one request, timing both codec ends and adding up server time."""
         counter = self.context.counter
-        start = time.perf_counter()
-        request = codec.encode(tensors, meta, compress=compress)
-        counter.encode_ms += (time.perf_counter() - start) * 1e3
-        response = self.context.transport.call(op, request, timeout_s)
+        response = self.context.transport.call(op, self._encode(tensors, meta, compress), timeout_s)
         start = time.perf_counter()
         tensors, meta = codec.decode(response)
         counter.decode_ms += (time.perf_counter() - start) * 1e3
         counter.server_compute_ms += float(meta.get("server_compute_ms", 0.0))
         return tensors, meta
+
+    def post(self, op: str, tensors: dict[str, torch.Tensor], meta: dict[str, str] | None = None) -> None:
+        """Encode and send one request without waiting; the server's time for it comes with a later response."""
+        self.context.transport.post(op, self._encode(tensors, meta))
+
+    def _encode(self, tensors: dict[str, torch.Tensor], meta: dict[str, str] | None, compress: bool = False) -> bytes:
+        start = time.perf_counter()
+        request = codec.encode(tensors, meta, compress=compress)
+        self.context.counter.encode_ms += (time.perf_counter() - start) * 1e3
+        return request
 
 
 def last_row(logits: torch.Tensor) -> torch.Tensor:

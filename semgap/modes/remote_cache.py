@@ -4,7 +4,6 @@ from __future__ import annotations
 import torch
 
 from semgap.codec import LogitsOptions
-from semgap.models import weights_of
 from semgap.modes.base import Mode, last_row
 
 
@@ -22,10 +21,7 @@ class RemoteCacheMode(Mode):
         return torch.tensor([token_ids], dtype=torch.long)  # [batch=1, seq]
 
     def setup(self) -> None:
-        if self.context.weights_handle is None:
-            _, meta = self.call("upload_weights", weights_of(self.context.model), timeout_s=self.context.upload_timeout_s)
-            self.context.weights_handle = meta["weights_handle"]
-        self.weights_handle = self.context.weights_handle
+        self.weights_handle = self.resident_weights()
 
     def prefill(self, token_ids):
         meta = {"weights_handle": self.weights_handle, **self.logits_options().to_meta()}
