@@ -105,6 +105,7 @@ class RoundRecord:
     wire_link_bytes_sent: int | None
     wire_link_bytes_received: int | None
     rpc_round_trips: int
+    rpc_posts: int  # requests sent without waiting for an answer
     server_compute_ms: float
     encode_ms: float
     decode_ms: float
@@ -209,8 +210,8 @@ class ExperimentSession:
     def decode_path(self, mode_name: str) -> str:
         """Which decode path ran `mode_name`'s steps (extra_info `fast_path`)."""
         mode = MODES[mode_name]
-        if mode.ships_cache:
-            return runtime.EAGER_DYNAMIC
+        if mode.fixed_decode_path is not None:
+            return mode.fixed_decode_path
         if mode.needs_server:  # a server from before the fast path reports none: it ran eager-dynamic
             return self.server_info.get("fast_path", runtime.EAGER_DYNAMIC)
         return self.context.decode_path
@@ -250,6 +251,7 @@ class ExperimentSession:
             before = self.context.counter.snapshot()
             mode = make_mode(name, self.context)
             mode.setup()
+            self.resources.callback(mode.close)  # after its last round, before the connection closes
             uploaded = self.context.counter.since(before)
             if uploaded.bytes_sent:
                 self.setup_bytes = uploaded
@@ -289,7 +291,7 @@ class ExperimentSession:
             tcp.bytes_sent if tcp else None, tcp.bytes_received if tcp else None,
             link.bytes_sent - before.link.bytes_sent if link else None,
             link.bytes_received - before.link.bytes_received if link else None,
-            payload.round_trips, payload.server_compute_ms, payload.encode_ms, payload.decode_ms,
+            payload.round_trips, payload.posts, payload.server_compute_ms, payload.encode_ms, payload.decode_ms,
             tcp.sockets_closed if tcp else 0,
             wire_tcp_bytes_retransmitted_sent=tcp.bytes_retransmitted if tcp else None,
             wire_tcp_bytes_retransmitted_received=server_tcp.bytes_retransmitted if server_tcp else None,
@@ -327,10 +329,12 @@ class ExperimentSession:
                 tcp = getattr(record, f"wire_tcp_bytes_{direction}")
                 if tcp is None:
                     continue
-                bound = FRAMING_BYTES_PER_CALL * record.rpc_round_trips
+                # every call and post sends a framed message; only calls are answered
+                messages = record.rpc_round_trips + (record.rpc_posts if direction == "sent" else 0)
+                bound = FRAMING_BYTES_PER_CALL * messages
                 if not payload <= tcp <= payload + bound:
                     warning = (f"{case.id}: TCP bytes {direction} {tcp} vs payload {payload} exceed the framing bound "
-                               f"({bound} bytes for {record.rpc_round_trips} calls)")
+                               f"({bound} bytes for {messages} messages)")
                     self.warnings.append(warning)
                     return warning
         return None

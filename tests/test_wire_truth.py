@@ -407,8 +407,9 @@ def framing_warnings(case: Case, *records: RoundRecord) -> list[str]:
     return session.warnings
 
 
-def record(sent: int, received: int, tcp_sent: int | None, tcp_received: int | None, calls: int = 1) -> RoundRecord:
-    return RoundRecord(sent, received, tcp_sent, tcp_received, None, None, calls, 0.0, 0.0, 0.0)
+def record(sent: int, received: int, tcp_sent: int | None, tcp_received: int | None, calls: int = 1,
+           posts: int = 0) -> RoundRecord:
+    return RoundRecord(sent, received, tcp_sent, tcp_received, None, None, calls, posts, 0.0, 0.0, 0.0)
 
 
 def test_check_framing_warns_outside_payload_plus_bound_only():
@@ -424,7 +425,11 @@ def test_check_framing_warns_outside_payload_plus_bound_only():
     [warning] = framing_warnings(Case("naive", "prefill", 10**9), record(1000, 5000, 1000, 4999))
     assert warning.startswith("naive-prefill-1gbit: TCP bytes received 4999 vs payload 5000")  # fewer is wrong too
     [warning] = framing_warnings(case, record(1000, 5000, 1000 + 2 * bound + 1, 5000, calls=2))
-    assert f"({2 * bound} bytes for 2 calls)" in warning
+    assert f"({2 * bound} bytes for 2 messages)" in warning
+    # a post is a framed message sent, never answered
+    assert framing_warnings(case, record(1000, 5000, 1000 + 3 * bound, 5000 + bound, calls=1, posts=2)) == []
+    [warning] = framing_warnings(case, record(1000, 5000, 1000 + 3 * bound, 5000 + 2 * bound, calls=1, posts=2))
+    assert warning.startswith("semantic-decode: TCP bytes received")
 
 
 @needs_tcp

@@ -96,6 +96,8 @@ class Mode(ABC):
     role: ClassVar[str]
     needs_server: ClassVar[bool] = True
     ships_cache: ClassVar[bool] = False  # the KV cache crosses the wire each step: the server decodes it eager-dynamic
+    # The decode path the mode's steps always run, whatever --semgap-fast-path says (None: the engine's own).
+    fixed_decode_path: ClassVar[str | None] = None
 
     def __init__(self, context: ModeContext):
         self.context = context

@@ -5,6 +5,7 @@ import torch
 
 from semgap.models import weights_of
 from semgap.modes.base import Mode, last_row
+from semgap.runtime import EAGER_DYNAMIC
 
 
 class NaiveMode(Mode):
@@ -13,6 +14,7 @@ class NaiveMode(Mode):
     name = "naive"
     role = "blind"
     ships_cache = True
+    fixed_decode_path = EAGER_DYNAMIC  # its cache crosses the wire, so a static one would ship its empty tail
 
     def setup(self) -> None:
         self.weights = {f"w.{name}": tensor for name, tensor in weights_of(self.context.model).items()}

@@ -6,7 +6,7 @@ from typing import ClassVar
 
 from semgap.modes.base import Mode, last_row
 from semgap.oplevel.client import RemoteSession
-from semgap.runtime import Engine
+from semgap.runtime import EAGER_DYNAMIC, Engine
 
 
 @dataclass
@@ -24,6 +24,7 @@ class OpSyncMode(Mode):
     name = "op_sync"
     role = "blind"
     pipelined: ClassVar[bool] = False  # every forwarded op waits for its answer
+    fixed_decode_path = EAGER_DYNAMIC  # a remoting layer sees each kernel of the eager code
 
     def setup(self) -> None:
         self.session = RemoteSession(self.call, self.post, self.resident_weights(), pipelined=self.pipelined)
