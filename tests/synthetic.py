@@ -99,6 +99,5 @@ def calibration(transport="rpc", small_call_us=100.0, throughput_bytes_per_s=1e9
     """The ``semgap.calibration`` section the transport calibration writes, for raw TCP and one transport."""
     return {"link": link, "transports": {
         "raw": {"small_call_us": 20.0, "throughput_bytes_per_s": 4e9, "peer": "calibration peer"},
-        transport: {"small_call_us": small_call_us, "ratio_to_raw_tcp": small_call_us / 20.0,
-                    "throughput_bytes_per_s": throughput_bytes_per_s,
-                    "fraction_of_raw_throughput": throughput_bytes_per_s / 4e9, "peer": "the run's server"}}}
+        transport: {"small_call_us": small_call_us, "throughput_bytes_per_s": throughput_bytes_per_s,
+                    "peer": "the run's server"}}}
