@@ -247,6 +247,20 @@ def test_cli_writes_beside_the_run_by_default(tmp_path, cli):
     assert cli(src).returncode == 0  # its own regeneration it may replace
 
 
+def test_cli_writes_every_round_as_csv(tmp_path, cli):
+    src = saved(tmp_path / "run.json", both_phases())
+    assert cli(src, "--out", tmp_path / "rep").returncode == 0
+    assert not (tmp_path / "rep" / "rounds.csv").exists()  # only when asked
+    proc = cli(src, "--out", tmp_path / "rep", "--csv")
+    assert proc.returncode == 0 and f"wrote {tmp_path / 'rep' / 'rounds.csv'}" in proc.stdout
+    frame = pandas.read_csv(tmp_path / "rep" / "rounds.csv")
+    assert len(frame) == 8 * 10 * 3 and {"latency_ms", "wire_tcp_bytes_received", "block", "round"} <= set(frame)
+    assert cli(src, "--out", tmp_path / "rep", "--csv", tmp_path / "elsewhere" / "all.csv").returncode == 0
+    assert pandas.read_csv(tmp_path / "elsewhere" / "all.csv").equals(frame)
+    proc = cli(src, "--out", tmp_path / "rep", "--csv", tmp_path / "rep" / "report.md" / "x.csv")
+    assert proc.returncode == 2 and "cannot write the rounds CSV" in proc.stderr
+
+
 def test_cli_never_writes_over_a_report_it_did_not_regenerate_from_the_same_run(tmp_path, cli):
     data = both_phases()
     src = saved(tmp_path / "run.json", data)
