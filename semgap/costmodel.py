@@ -29,8 +29,11 @@ from semgap.summaries import CaseSummary
 
 #: Compute terms read from extra_info besides the server's compute time.
 COMPUTE_COLUMNS = ("server_codec_ms", *frames.CLIENT_CODEC_COLUMNS, "client_tracing_ms")
-#: Linux's initial congestion window: 10 segments of a 1448-byte MSS (RFC 6928).
-INITIAL_WINDOW_BYTES = 10 * 1448
+#: Linux's initial congestion window is 10 segments (RFC 6928): of a 1448-byte MSS on an Ethernet-sized
+#: link such as the netns veth, of a 65,483-byte one on loopback (MTU 65,536).
+INITIAL_WINDOW_SEGMENTS = 10
+MSS_BYTES = {"loopback": 65_483}
+DEFAULT_MSS_BYTES = 1448
 #: A point whose predicted/measured - 1 lies beyond this is a miss.
 DEFAULT_TOLERANCE = 0.25
 
@@ -141,17 +144,23 @@ def rate_bytes_per_s(case: CaseCost, calibration: Calibration) -> float:
     return calibration.rate_bytes_per_s
 
 
-def where_it_misses(case: CaseCost, error: float) -> str:
+def initial_window_bytes(link: str) -> int:
+    """TCP's initial congestion window on ``link``, in bytes."""
+    return INITIAL_WINDOW_SEGMENTS * MSS_BYTES.get(link, DEFAULT_MSS_BYTES)
+
+
+def where_it_misses(case: CaseCost, error: float, link: str) -> str:
     """The likely cause of a miss, from what the case did; a hypothesis the model cannot test itself."""
     causes = []
+    window = initial_window_bytes(link)
     if error < 0:  # measured slower than predicted: costs the model leaves out
         if case.ops_forwarded:
             causes.append(f"per-op costs outside the timers ({case.ops_forwarded:.0f} ops per round, each "
                           "dispatched by the server and framed by the client)")
         per_trip = case.bytes_per_round / max(case.round_trips, 1.0)
-        if per_trip > INITIAL_WINDOW_BYTES:
+        if per_trip > window:
             causes.append(f"TCP slow start and window limits ({per_trip / 1e3:,.0f} KB per round trip, above the "
-                          f"{INITIAL_WINDOW_BYTES / 1e3:.1f} KB initial window)")
+                          f"{window / 1e3:,.1f} KB initial window of {link})")
         causes = causes or ["client time outside the codec and tracing timers (Python between calls, the "
                             "transport's own work), or a loaded machine"]
     else:  # measured faster than predicted: the model adds up what overlaps
@@ -168,7 +177,7 @@ def predict(case: CaseCost, calibration: Calibration, tolerance: float = DEFAULT
     transfer_ms = case.bytes_per_round / rate * 1e3
     predicted = round_trip_ms + transfer_ms + case.compute_ms
     error = predicted / case.measured_ms - 1.0
-    miss = where_it_misses(case, error) if abs(error) > tolerance else None
+    miss = where_it_misses(case, error, calibration.link) if abs(error) > tolerance else None
     return Prediction(case, rate, round_trip_ms, transfer_ms, case.compute_ms, predicted, error, miss)
 
 

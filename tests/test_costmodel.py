@@ -50,8 +50,12 @@ def test_the_model_gets_op_level_remoting_wrong_and_says_why():
 
 
 def test_misses_name_slow_start_and_overlap():
-    bulk = costmodel.predict(cost(measured_ms=50.0, round_trips=1, bytes_per_round=2e7), CALIBRATION)
-    assert "TCP slow start and window limits (20,000 KB per round trip" in bulk.miss
+    bulk = costmodel.predict(cost(measured_ms=50.0, round_trips=1, bytes_per_round=2e5), CALIBRATION)
+    assert "TCP slow start and window limits (200 KB per round trip, above the 14.5 KB initial window of netns)" \
+        in bulk.miss
+    loopback = Calibration("tcp", "loopback", 50e-6, 1e9)  # a 64 KB MSS: 200 KB fit in its initial window
+    assert "slow start" not in costmodel.predict(cost(measured_ms=50.0, round_trips=1, bytes_per_round=2e5),
+                                                 loopback).miss
     pipelined = costmodel.predict(cost("op_pipelined", measured_ms=1.0, round_trips=100, posts=40), CALIBRATION)
     assert pipelined.error > 0 and pipelined.miss.startswith("40 posted requests per round overlap")
 
