@@ -274,12 +274,14 @@ def sections(rv: RunVerdicts, output_json: dict) -> list[Section]:
 
 
 def caption_context(rv: RunVerdicts) -> str:
-    """What every LaTeX caption names: model and weights, dtype, link, machine and date."""
+    """What every LaTeX caption names: model and weights, dtype, link, machine, date, and a run that did not finish."""
     c = rv.conditions
     if c is None:
         return ""
     rates = f" at {', '.join(map(str, c.link_rates))}" if c.link_rates else ""
     machine = (c.cpu or "unknown CPU") + (f", {c.cores} cores" if c.cores else "") + (
         f", {c.device}" if c.device else "")
+    unfinished = "" if c.run_status == "complete" else f" {c.run_status.upper()} RUN: only the blocks that finished."
     return (f"Model {', '.join(c.models) or '-'} ({', '.join(c.weights) or 'unknown'} weights), "
-            f"{c.dtype or 'unknown dtype'}, {c.link or 'unknown'} link{rates}; {machine}; {c.datetime or 'undated'}.")
+            f"{c.dtype or 'unknown dtype'}, {c.link or 'unknown'} link{rates}; {machine}; {c.datetime or 'undated'}."
+            + unfinished)

@@ -71,6 +71,24 @@ def test_every_table_is_the_same_frame_in_markdown_latex_and_csv(tmp_path):
            "cpu; 2026-11-30T00:00:00.000001.}" in tex
 
 
+def test_report_shows_lossy_labels_load_warnings_and_an_incomplete_run():
+    data = run_json(standard(agreement=0.8), loads={2: 3.1}, run_status="interrupted", interrupted_by="SIGTERM")
+    rv = verdicts.compute(data)
+    md = report.markdown(rv, data)
+    assert md.splitlines()[2] == ("> **This run is INTERRUPTED by SIGTERM: its verdicts rest only on the blocks that "
+                                  "finished and must not be quoted as a complete run's.**")
+    verdict_cells = [r["verdict"] for heading in ("Headline verdicts (against the strongest blind baseline)",
+                                                  "Verdicts against every other blind baseline")
+                     for r in rows(md, heading)]
+    assert verdict_cells == ["LOSSY (agreement 0.800)"] * 4
+    assert "**Warning: these blocks ran on an overloaded machine" in md
+    (warning,) = rows(md, "Load")
+    assert list(warning.values())[:5] == ["2", "3.10", "2", "0.0", "load 3.10 > 2 cores"]
+    assert warning["H2 verdicts it fed"].startswith("H2 gpt2-test decode (5 steps) vs remote_cache; ")
+    tex = report.latex(rv, data)
+    assert tex.count("INTERRUPTED RUN: only the blocks that finished.}") == tex.count("\\caption{") > 0
+
+
 def test_the_link_cross_check_sits_beside_h1():
     data = run_json([case("remote_cache", link_extra=5000), case("semantic", latency_s=0.06, payload=(300, 300),
                                                                  link_extra=200, wire_tcp_bytes_retransmitted_sent_rounds=[7, 0, 0])])
