@@ -71,6 +71,16 @@ def test_every_table_is_the_same_frame_in_markdown_latex_and_csv(tmp_path):
            "cpu; 2026-11-30T00:00:00.000001.}" in tex
 
 
+def test_a_rewritten_report_leaves_no_stale_table(tmp_path):
+    failed = both_phases()
+    failed["semgap"]["failures"] = [{"name": "test_semantic_gap[naive-decode-b03]", "reason": "RuntimeError: boom"}]
+    report.write(verdicts.compute(failed, n_resamples=200), failed, tmp_path)
+    assert (tmp_path / "tables" / "failures.csv").exists()
+    clean = both_phases()
+    report.write(verdicts.compute(clean, n_resamples=200), clean, tmp_path)
+    assert not (tmp_path / "tables" / "failures.csv").exists() and (tmp_path / "tables" / "cases.csv").exists()
+
+
 def test_report_shows_lossy_labels_load_warnings_and_an_incomplete_run():
     data = run_json(standard(agreement=0.8), loads={2: 3.1}, run_status="interrupted", interrupted_by="SIGTERM")
     rv = verdicts.compute(data)
