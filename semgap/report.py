@@ -257,8 +257,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         except OSError as exc:
             print(f"error: cannot write the rounds CSV {csv_path}: {exc.strerror or exc}", file=sys.stderr)
             return 2
+    csvs = [path for path in written if path.parent.name == TABLE_DIR]
     for path in written:
-        print(f"wrote {path}")
+        if path not in csvs:
+            print(f"wrote {path}")
+    if csvs:
+        print(f"wrote {len(csvs)} table(s) as CSV in {csvs[0].parent}")
     print("\n".join(terminal_lines(rv)))
     if comparison is not None:
         print("\ncomparison (A = first file, B = second file):")
