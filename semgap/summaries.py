@@ -1,4 +1,4 @@
-"""Descriptive tables of a run: per-case figures, taxes, RTT projections, crossovers and conditions (pure).
+"""Descriptive figures of a run: per-case figures, taxes, RTT projections, crossovers and conditions (pure).
 
 These describe; only :mod:`semgap.verdicts` judges. A case's latency figure is the median over
 its blocks of each block's median round; ratios between two cases of one run pair their blocks.
