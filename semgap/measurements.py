@@ -18,6 +18,8 @@ LEGACY_ROLES = {"local": "local", "naive": "blind", "remote_cache": "blind", "se
 ROLES = ("local", "blind", "semantic")
 #: The row judged against the blind baselines (other labels, e.g. ablations, are reported only).
 CANDIDATE_LABEL = "semantic"
+#: Labels of ablation variants: ``semantic:<techniques>``, one per technique set the run measured.
+ABLATION_PREFIX = CANDIDATE_LABEL + ":"
 MODE_ORDER = ("local", "naive", "remote_cache", "op_sync", "op_pipelined", "semantic")
 PHASE_ORDER = ("prefill", "decode")
 LEGACY_NOTE = ("old JSON without blocks: each benchmark counts as one block and a mode's role comes from "
@@ -70,6 +72,7 @@ class CaseRecord:
     link: str | None
     link_rate: str | None
     link_rate_bps: int | None
+    techniques: str | None = None  # semantic rows: the technique set, e.g. "prune,cast" or "none"
     blocks: dict[int, BlockRecord] = field(default_factory=dict)
 
     @property
@@ -276,7 +279,17 @@ def _block(bench: dict, extra: dict, name: str, role: str) -> BlockRecord:
     )
 
 
-def _new_case(extra: dict, meta: dict, role: str) -> CaseRecord:
+def techniques_of(extra: dict, role: str) -> str | None:
+    """A semantic row's technique set: ``techniques``, else (JSON from before ablations) the ``semantic`` setting."""
+    if role != "semantic":
+        return None
+    techniques = extra.get("techniques", extra.get("semantic"))
+    return None if techniques is None else str(techniques)
+
+
+def case_of(extra: dict, meta: dict, name: str) -> CaseRecord:
+    """The case (without blocks) that a benchmark's ``extra_info`` describes; ``meta`` is the run's semgap section."""
+    role = _role(extra, name)
     rate_bps = _num(extra.get("link_rate_bps"))
     lossless = extra.get("lossless")
     return CaseRecord(
@@ -285,7 +298,7 @@ def _new_case(extra: dict, meta: dict, role: str) -> CaseRecord:
         weights=extra.get("weights"), model=str(extra.get("model") or meta.get("model") or "unknown"),
         phase=str(extra["phase"]), decode_steps=int(_num(extra.get("decode_steps")) or 0),
         link=extra.get("link"), link_rate=extra.get("link_rate"),
-        link_rate_bps=None if rate_bps is None else int(rate_bps),
+        link_rate_bps=None if rate_bps is None else int(rate_bps), techniques=techniques_of(extra, role),
     )
 
 
@@ -315,10 +328,9 @@ def read_run(output_json: Any) -> Run:
         if "phase" not in extra:
             raise InvalidBenchmarkJSON(f"benchmark {name!r}: extra_info has 'mode' but no 'phase'")
         legacy |= "block" not in extra or "role" not in extra
-        role = _role(extra, name)
-        fresh = _new_case(extra, meta, role)
+        fresh = case_of(extra, meta, name)
         record = cases.setdefault(fresh.identity, fresh)
-        block = _block(bench, extra, name, role)
+        block = _block(bench, extra, name, record.role)
         if block.block in record.blocks:
             notes.append(f"duplicate benchmark {name!r} for {record.case} block {block.block} ignored; "
                          f"kept {record.blocks[block.block].name!r}")
@@ -328,6 +340,11 @@ def read_run(output_json: Any) -> Run:
     if legacy:
         notes.append(LEGACY_NOTE)
     return Run(list(cases.values()), RunInfo.from_json(output_json, legacy), notes)
+
+
+def is_ablation(label: str) -> bool:
+    """Whether a label names an ablation variant (reported in the ablation table, never judged)."""
+    return label.startswith(ABLATION_PREFIX)
 
 
 def mode_rank(label: str) -> tuple[int, str]:

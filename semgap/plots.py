@@ -1,4 +1,5 @@
-"""The report's PNG plots: latency against bytes and against link rate, one panel per (model, phase).
+"""The report's PNG plots: latency against bytes and against link rate, one panel per (model, phase), and
+the trade-off of the semantic runtime's technique sets, one panel per group.
 
 Plots are drawn on a bare ``matplotlib.figure.Figure`` (Agg canvas), so no pyplot state or GUI
 backend is touched; matplotlib is imported only when plotting, so a run without it still reports.
@@ -8,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from semgap.measurements import mode_rank
+from semgap.measurements import is_ablation, mode_rank
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -38,7 +39,8 @@ def _style(label: str) -> tuple[str, str]:
 
 
 def _labels(rows: Sequence[CaseSummary]) -> list[str]:
-    return sorted({s.label for s in rows}, key=mode_rank)
+    """The modes' labels in report order; ablation variants have a plot of their own (:func:`tradeoff`)."""
+    return sorted({s.label for s in rows if not is_ablation(s.label)}, key=mode_rank)
 
 
 def _legend(label: str, pts: Sequence[CaseSummary], min_agreement: float) -> str:
@@ -66,20 +68,27 @@ def _error_bars(pts: Sequence[CaseSummary]) -> list[list[float]]:
     return [[s.median_latency_ms - s.q1_latency_ms for s in pts], [s.q3_latency_ms - s.median_latency_ms for s in pts]]
 
 
-def _finish_panel(ax: Any, xlabel: str, title: str) -> None:
+def _finish_panel(ax: Any, xlabel: str, title: str, bars: str = ", IQR bars") -> None:
     ax.set_xlabel(xlabel)
     ax.set_yscale("log")  # modes differ by orders of magnitude: a linear axis hides the fast ones
-    ax.set_ylabel("ms per round (log): block medians' median, IQR bars")
+    ax.set_ylabel(f"ms per round (log): block medians' median{bars}")
     ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
 
 
-def _figure(panels: int) -> tuple[Figure, Any]:
+def _figure(panels: int, columns: int | None = None) -> tuple[Figure, Any]:
+    """A figure of ``panels`` axes, in rows of ``columns`` (default: one row); unused axes are hidden."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(6 * panels, 4.5))
-    return fig, fig.subplots(1, panels, squeeze=False)[0]
+    columns = min(columns or panels, panels)
+    rows = -(-panels // columns)
+    fig = Figure(figsize=(6 * columns, 4.5 * rows))
+    axes = fig.subplots(rows, columns, squeeze=False).ravel()
+    for ax in axes[panels:]:
+        ax.set_visible(False)
+    return fig, axes[:panels]
 
 
 def _save(fig: Figure, path: Path) -> Path:
@@ -152,4 +161,39 @@ def latency_vs_rate(rv: RunVerdicts, path: Path) -> Path | None:
                            label=f"H2 crossover vs {c.baseline} {format_bps(c.rate_bps)}")
         ax.set_xscale("log")
         _finish_panel(ax, "link rate (bit/s, log scale)", _title(rows, model, phase, "latency vs link rate"))
+    return _save(fig, path)
+
+
+def _point_label(s: CaseSummary, min_agreement: float) -> str:
+    """A point's label; a semantic point carries its token agreement, and LOSSY when it falls short."""
+    if s.role != "semantic" or s.token_agreement_with_local is None:
+        return s.label
+    lossy = " LOSSY" if s.token_agreement_with_local < min_agreement else ""
+    return f"{s.label} (agreement {s.token_agreement_with_local:.3f}{lossy})"
+
+
+def tradeoff(rv: RunVerdicts, path: Path) -> Path | None:
+    """Bytes per round (x, log) against median latency (y), one point per label, for every group with a
+    semantic row; semantic points are annotated with their token agreement. None when no group has one."""
+    keys = list(dict.fromkeys((s.model, s.phase, s.link_rate, s.decode_steps) for s in rv.summaries
+                              if s.role == "semantic"))
+    if not keys:
+        return None
+    fig, axes = _figure(len(keys), columns=3)
+    for ax, (model, phase, rate, steps) in zip(axes, keys):
+        rows = [s for s in rv.summaries if (s.model, s.phase, s.link_rate, s.decode_steps) == (model, phase, rate, steps)]
+        for s in rows:
+            total = s.bytes_sent_per_round + s.bytes_received_per_round
+            color, marker = _style(s.label) if not is_ablation(s.label) else ("tab:olive", "o")
+            if total <= 0:
+                ax.axhline(s.median_latency_ms, color=color, linestyle=":", label=f"{s.label} (0 bytes)")
+                continue
+            ax.plot([total], [s.median_latency_ms], marker=marker, color=color, linestyle="none")
+            ax.annotate(_point_label(s, rv.min_agreement), (total, s.median_latency_ms), fontsize=7,
+                        xytext=(4, 4), textcoords="offset points")
+        ax.set_xscale("log")
+        ax.margins(x=0.3)
+        where = " ".join(part for part in (phase, rate or "", f"{steps} steps" if steps else "") if part)
+        _finish_panel(ax, f"bytes per round, sent + received ({rows[0].byte_level} level, log scale)",
+                      _title(rows, model, where, "trade-off"), bars="")
     return _save(fig, path)

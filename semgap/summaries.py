@@ -1,4 +1,4 @@
-"""Descriptive tables of a run: per-case figures, taxes, RTT projections, crossovers and conditions (pure).
+"""Descriptive figures of a run: per-case figures, taxes, RTT projections, crossovers and conditions (pure).
 
 These describe; only :mod:`semgap.verdicts` judges. A case's latency figure is the median over
 its blocks of each block's median round; ratios between two cases of one run pair their blocks.
@@ -45,6 +45,7 @@ class CaseSummary:
     round_trips: float | None
     server_compute_ms: float | None
     token_agreement_with_local: float | None
+    techniques: str | None = None
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,7 @@ class Conditions:
     torch_version: str | None
     versions: dict[str, Any]
     device: str | None
+    dtype: str | None
     link: str | None
     link_rates: list[Any]
     models: list[str]
@@ -144,7 +146,7 @@ def _summary(case: CaseRecord, level: str) -> CaseSummary:
         bytes_received_per_round=case.bytes_per_round(level, "received"),
         link_bytes_per_round=case.bytes_per_round("link") if "link" in case.levels else None,
         round_trips=case.round_trips, server_compute_ms=case.server_compute_ms,
-        token_agreement_with_local=case.token_agreement,
+        token_agreement_with_local=case.token_agreement, techniques=case.techniques,
     )
 
 
@@ -263,7 +265,7 @@ def conditions(output_json: dict, run: Run) -> Conditions:
         commit_id=commit.get("id"), commit_dirty=commit.get("dirty"),
         python_version=machine.get("python_version"),
         torch_version=versions.get("torch"), versions=dict(versions),
-        device=meta.get("device"), link=meta.get("link") or next((c.link for c in run.cases if c.link), None),
+        device=meta.get("device"), dtype=meta.get("dtype"), link=meta.get("link") or next((c.link for c in run.cases if c.link), None),
         link_rates=list(dict.fromkeys(rate for _, rate in by_bps)), models=sorted({c.model for c in run.cases}),
         weights=sorted({c.weights for c in run.cases if c.weights}), datetime=output_json.get("datetime"),
         run_status=info.run_status, interrupted_by=info.interrupted_by, blocks_planned=info.blocks,

@@ -18,7 +18,7 @@ def case(mode, phase="decode", latency_s=0.1, payload=(1000, 1000), tcp_extra=10
 def bench(spec, block, blocks, rounds, drift, noise, model="gpt2-test", data=True, load=0.4, steal=0.0):
     """The benchmark of ``spec`` in ``block``: rounds with block drift (shared) and seeded noise (its own)."""
     mode, phase, rate = spec["mode"], spec["phase"], spec["rate"]
-    case_id = f"{mode}-{phase}" + (f"-{rate}" if rate else "")
+    case_id = spec["extra"].get("case") or f"{mode}-{phase}" + (f"-{rate}" if rate else "")
     rng = np.random.default_rng([zlib.crc32(case_id.encode()), block])
     level = spec["latency_s"] * (1.0 + drift * np.sin(block))
     latency = [float(x) for x in level * np.exp(noise * rng.standard_normal(rounds))]
@@ -54,7 +54,7 @@ def run_json(specs, blocks=10, rounds=3, drift=0.2, noise=0.02, loads=None, stea
     benches = [bench(spec, b, blocks, rounds, drift, noise, data=data,
                      load=(loads or {}).get(b, 0.4), steal=(steals or {}).get(b, 0.0))
                for b in range(blocks) for spec in specs]
-    meta = {"model": "gpt2-test", "link": "loopback", "device": "cpu", "versions": {"python": "3.11.7", "torch": "2.3.0"},
+    meta = {"model": "gpt2-test", "link": "loopback", "device": "cpu", "dtype": "bfloat16", "versions": {"python": "3.11.7", "torch": "2.3.0"},
             "failures": [], "blocks": blocks, "rounds_per_block": rounds, "warmup_rounds_per_block": 1,
             "block_order_seed": 7, "h1": 0.30, "h2": 0.15, "alpha": 0.05, "min_agreement": 1.0, "cores": 2,
             "run_status": "complete", "interrupted_by": None}
@@ -85,3 +85,19 @@ def legacy(output_json):
             if k not in ("blocks", "rounds_per_block", "warmup_rounds_per_block", "block_order_seed", "cores",
                          "run_status", "interrupted_by", "min_agreement")}
     return {**output_json, "benchmarks": list(pooled.values()), "semgap": meta}
+
+
+def variant(techniques, phase="decode", latency_s=0.06, payload=(300, 300), agreement=1.0, headline=False, **kw):
+    """A semantic case with a technique set: the headline ``semantic`` row, or the variant ``semantic:<techniques>``."""
+    label = "semantic" if headline else f"semantic:{techniques}"
+    case_id = f"semantic[{techniques}]-{phase}" + (f"-{kw['rate']}" if kw.get("rate") else "")
+    return case("semantic", phase, latency_s, payload=payload, agreement=agreement, label=label,
+                techniques=techniques, case=case_id, **kw)
+
+
+def calibration(transport="rpc", small_call_us=100.0, throughput_bytes_per_s=1e9, link="loopback"):
+    """The ``semgap.calibration`` section the transport calibration writes, for raw TCP and one transport."""
+    return {"link": link, "transports": {
+        "raw": {"small_call_us": 20.0, "throughput_bytes_per_s": 4e9, "peer": "calibration peer"},
+        transport: {"small_call_us": small_call_us, "throughput_bytes_per_s": throughput_bytes_per_s,
+                    "peer": "the run's server"}}}

@@ -94,7 +94,8 @@ def test_a_run_writes_bytes_tokens_verdicts_report_and_plots(suite):
         blind, semantic = cases[f"remote_cache-{phase}"], cases[f"semantic-{phase}"]
         assert semantic["wire_tcp_bytes_received"] < blind["wire_tcp_bytes_received"]
     assert cases["naive-decode"]["payload_bytes_sent"] > 100 * cases["remote_cache-decode"]["payload_bytes_sent"]
-    for name in ("verdicts.json", "report.md", "latency_vs_bytes.png"):
+    for name in ("verdicts.json", "report.md", "report.tex", "latency_vs_bytes.png", "tradeoff.png",
+                 "tables/cases.csv", "tables/ablation.csv"):
         assert (suite.path / "results" / name).stat().st_size > 0, name
     assert load(suite)["semgap"]["failures"] == []
     # The one weight upload is setup, shared by the resident modes; naive ships weights in its rounds.
@@ -108,7 +109,7 @@ def test_a_run_writes_bytes_tokens_verdicts_report_and_plots(suite):
                      for folder in ("results", "again"))
     assert [(v["hypothesis"], v["phase"], v["verdict"]) for v in first] == \
         [(v["hypothesis"], v["phase"], v["verdict"]) for v in second]
-    assert len(first) == 8 and sum(v["headline"] for v in first) == 4  # against naive and remote_cache
+    assert len(first) == 16 and sum(v["headline"] for v in first) == 4  # against each of the 4 blind baselines
     assert "wrote again/verdicts.json" in again.stdout, again.stdout
     assert all(v["verdict"] in again.stdout for v in second), again.stdout  # and prints the verdicts
 

@@ -4,10 +4,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas
 import pytest
 
 from semgap import compare, plots, report, verdicts
 
+from .markdown import rows
 from .synthetic import case, legacy, run_json, standard
 
 REPO = Path(__file__).resolve().parents[1]
@@ -22,7 +24,11 @@ def both_phases(**kw):
 def test_write_creates_report_files_with_their_source(tmp_path):
     data = both_phases()
     paths = report.write(verdicts.compute(data), data, tmp_path / "out")
-    assert sorted(p.name for p in paths) == ["latency_vs_bytes.png", "report.md", "verdicts.json"]
+    tables = {p.name for p in paths if p.parent.name == "tables"}
+    assert sorted(p.name for p in paths if p.parent.name == "out") == [
+        "latency_vs_bytes.png", "report.md", "report.tex", "tradeoff.png", "verdicts.json"]
+    assert {"headline_verdicts.csv", "cases.csv", "ablation.csv", "conditions.csv"} <= tables
+    assert "load.csv" not in tables and "failures.csv" not in tables  # a table without rows has no CSV
     saved = json.loads((tmp_path / "out" / "verdicts.json").read_text())
     assert saved["source"] == {"run_id": "2026-11-30T00:00:00.000001 abc123", "written_by": "plugin"}
     assert [(v["hypothesis"], v["baseline"], v["headline"]) for v in saved["verdicts"][:4]] == [
@@ -30,35 +36,76 @@ def test_write_creates_report_files_with_their_source(tmp_path):
     md = (tmp_path / "out" / "report.md").read_text()
     for heading in ("## Design and method", "## Headline verdicts (against the strongest blind baseline)",
                     "## Verdicts against every other blind baseline", "## H1 cross-check", "## Load",
-                    "## Per case", "## Against local", "## Against naive", "## Against remote_cache",
-                    "## RTT projection", "## Failures", "## Conditions"):
+                    "## Per case", "## Against local", "## Against naive", "## Against remote_cache", "## Ablation",
+                    "## RTT projection", "## Cost model", "## Failures", "## Conditions"):
         assert heading in md
     assert "- Blocks: 10 measured of 10 planned; 3 rounds per block after 1 warm-up(s); block order seed 7" in md
     assert "Holm-adjusted over the run's 4 H2 test(s)" in md
-    assert "| p | p Holm | blocks x rounds |" in md
-    assert "| 0.000977 | 0.00391 | 10 x 3 | 15% | **SUPPORTED** |" in md
-    assert "| gpt2-test | random | decode | - | 5 | remote_cache | tcp |" in md  # model, weights, ..., baseline
+    h2_decode = next(r for r in rows(md, "Headline verdicts (against the strongest blind baseline)")
+                     if r["hypothesis"] == "H2" and r["phase"] == "decode")
+    assert {k: h2_decode[k] for k in ("model", "weights", "steps", "baseline", "p", "p Holm", "blocks",
+                                      "rounds/block", "threshold", "verdict")} == {
+        "model": "gpt2-test", "weights": "random", "steps": "5", "baseline": "remote_cache", "p": "0.000977",
+        "p Holm": "0.00391", "blocks": "10", "rounds/block": "3", "threshold": "15%", "verdict": "SUPPORTED"}
     assert "**tcp**: kernel TCP socket counters" in md and "**link**" not in md
-    assert "Test CPU" in md and "abc123 (dirty)" in md and "| run status | complete |" in md
+    conditions = {r["item"]: r["value"] for r in rows(md, "Conditions")}
+    assert conditions["machine (CPU)"] == "Test CPU 9000" and conditions["commit"] == "abc123 (dirty)"
+    assert conditions["run status"] == "complete" and conditions["dtype"] == "bfloat16"
     assert "This run is" not in md
     assert (tmp_path / "out" / "latency_vs_bytes.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_every_table_is_the_same_frame_in_markdown_latex_and_csv(tmp_path):
+    data = both_phases()
+    report.write(verdicts.compute(data), data, tmp_path)
+    md, tex = (tmp_path / "report.md").read_text(), (tmp_path / "report.tex").read_text()
+    cases = pandas.read_csv(tmp_path / "tables" / "cases.csv")
+    assert len(cases) == len(rows(md, "Per case")) == 8
+    naive = cases[(cases["case"] == "naive") & (cases["phase"] == "decode")].iloc[0]
+    assert naive["sent B/round"] == 1_000_100  # a number in the CSV ...
+    md_naive = next(r for r in rows(md, "Per case") if r["case"] == "naive" and r["phase"] == "decode")
+    assert md_naive["sent B/round"] == "1,000,100"  # ... that reads the same in Markdown ...
+    assert "decode & - & 5 & naive & blind & 10 & 30 &" in tex and "& 1,000,100 & 100,100 & tcp &" in tex  # ... and LaTeX
+    assert tex.count("\\begin{table}") == tex.count("\\toprule") == len(list((tmp_path / "tables").glob("*.csv")))
+    assert "\\caption{Per case. Model gpt2-test (random weights), bfloat16, loopback link; Test CPU 9000, 2 cores, " \
+           "cpu; 2026-11-30T00:00:00.000001.}" in tex
+
+
+def test_a_rewritten_report_leaves_no_stale_table(tmp_path):
+    failed = both_phases()
+    failed["semgap"]["failures"] = [{"name": "test_semantic_gap[naive-decode-b03]", "reason": "RuntimeError: boom"}]
+    report.write(verdicts.compute(failed, n_resamples=200), failed, tmp_path)
+    assert (tmp_path / "tables" / "failures.csv").exists()
+    clean = both_phases()
+    report.write(verdicts.compute(clean, n_resamples=200), clean, tmp_path)
+    assert not (tmp_path / "tables" / "failures.csv").exists() and (tmp_path / "tables" / "cases.csv").exists()
+
+
 def test_report_shows_lossy_labels_load_warnings_and_an_incomplete_run():
     data = run_json(standard(agreement=0.8), loads={2: 3.1}, run_status="interrupted", interrupted_by="SIGTERM")
-    md = report.markdown(verdicts.compute(data), data)
+    rv = verdicts.compute(data)
+    md = report.markdown(rv, data)
     assert md.splitlines()[2] == ("> **This run is INTERRUPTED by SIGTERM: its verdicts rest only on the blocks that "
                                   "finished and must not be quoted as a complete run's.**")
-    assert md.count("**LOSSY (agreement 0.800)**") == 4
+    verdict_cells = [r["verdict"] for heading in ("Headline verdicts (against the strongest blind baseline)",
+                                                  "Verdicts against every other blind baseline")
+                     for r in rows(md, heading)]
+    assert verdict_cells == ["LOSSY (agreement 0.800)"] * 4
     assert "**Warning: these blocks ran on an overloaded machine" in md
-    assert "| 2 | 3.10 | 2 | 0.0 | load 3.10 > 2 cores | H2 gpt2-test decode (5 steps) vs remote_cache; " in md
+    (warning,) = rows(md, "Load")
+    assert list(warning.values())[:5] == ["2", "3.10", "2", "0.0", "load 3.10 > 2 cores"]
+    assert warning["H2 verdicts it fed"].startswith("H2 gpt2-test decode (5 steps) vs remote_cache; ")
+    tex = report.latex(rv, data)
+    assert tex.count("INTERRUPTED RUN: only the blocks that finished.}") == tex.count("\\caption{") > 0
 
 
 def test_the_link_cross_check_sits_beside_h1():
     data = run_json([case("remote_cache", link_extra=5000), case("semantic", latency_s=0.06, payload=(300, 300),
                                                                  link_extra=200, wire_tcp_bytes_retransmitted_sent_rounds=[7, 0, 0])])
     md = report.markdown(verdicts.compute(data), data)
-    assert "| gpt2-test | decode | - | 5 | remote_cache | tcp | +63.6% | +91.7% | 0 | - |" in md
+    (check,) = rows(md, "H1 cross-check: link bytes and retransmissions (never judged)")
+    assert list(check.values()) == ["gpt2-test", "decode", "-", "5", "remote_cache", "tcp", "+63.6%", "+91.7%", "0",
+                                    "-"]
     assert "**link**: veth interface counters" in md
 
 
@@ -67,14 +114,14 @@ def test_conditions_total_the_retransmitted_bytes():
 
     def row() -> str:
         markdown = report.markdown(verdicts.compute(data), data)
-        return next(line for line in markdown.splitlines() if line.startswith("| TCP retransmitted"))
+        return {r["item"]: r["value"] for r in rows(markdown, "Conditions")}["TCP retransmitted (in link bytes)"]
 
-    assert row().endswith("| - |")  # a run from before the field: nothing claimed
+    assert row() == "-"  # a run from before the field: nothing claimed
     for index, bench in enumerate(data["benchmarks"]):
         n = len(bench["stats"]["data"])
         bench["extra_info"]["wire_tcp_bytes_retransmitted_sent_rounds"] = [0] * (n - 1) + [65_483 * (index == 3)]
         bench["extra_info"]["wire_tcp_bytes_retransmitted_received_rounds"] = [None] * n
-    assert "| sent 65,483, received unknown; 1 rounds with any |" in row()
+    assert row() == "sent 65,483, received unknown; 1 rounds with any"
 
 
 def test_failures_only_run_still_writes_a_report(tmp_path):
@@ -83,9 +130,9 @@ def test_failures_only_run_still_writes_a_report(tmp_path):
                                          "warnings": ["netns unavailable"]}}
     rv = verdicts.compute(data)
     paths = report.write(rv, data, tmp_path)
-    assert sorted(p.name for p in paths) == ["report.md", "verdicts.json"]
+    assert sorted(p.name for p in paths) == ["conditions.csv", "failures.csv", "report.md", "report.tex", "verdicts.json"]
     md = (tmp_path / "report.md").read_text()
-    assert "| test_semantic_gap[semantic-decode] | RuntimeError: boom |" in md
+    assert rows(md, "Failures") == [{"benchmark": "test_semantic_gap[semantic-decode]", "reason": "RuntimeError: boom"}]
     assert "measurement warning: netns unavailable" in md
     assert report.terminal_lines(rv) == []
 
@@ -226,6 +273,20 @@ def test_cli_writes_beside_the_run_by_default(tmp_path, cli):
     assert json.loads((tmp_path / "run.report" / "verdicts.json").read_text())["source"]["written_by"] == \
         "semgap.report"
     assert cli(src).returncode == 0  # its own regeneration it may replace
+
+
+def test_cli_writes_every_round_as_csv(tmp_path, cli):
+    src = saved(tmp_path / "run.json", both_phases())
+    assert cli(src, "--out", tmp_path / "rep").returncode == 0
+    assert not (tmp_path / "rep" / "rounds.csv").exists()  # only when asked
+    proc = cli(src, "--out", tmp_path / "rep", "--csv")
+    assert proc.returncode == 0 and f"wrote {tmp_path / 'rep' / 'rounds.csv'}" in proc.stdout
+    frame = pandas.read_csv(tmp_path / "rep" / "rounds.csv")
+    assert len(frame) == 8 * 10 * 3 and {"latency_ms", "wire_tcp_bytes_received", "block", "round"} <= set(frame)
+    assert cli(src, "--out", tmp_path / "rep", "--csv", tmp_path / "elsewhere" / "all.csv").returncode == 0
+    assert pandas.read_csv(tmp_path / "elsewhere" / "all.csv").equals(frame)
+    proc = cli(src, "--out", tmp_path / "rep", "--csv", tmp_path / "rep" / "report.md" / "x.csv")
+    assert proc.returncode == 2 and "cannot write the rounds CSV" in proc.stderr
 
 
 def test_cli_never_writes_over_a_report_it_did_not_regenerate_from_the_same_run(tmp_path, cli):
