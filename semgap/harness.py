@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 import transformers
 
-from semgap import codec, generate, models, runtime, transport
+from semgap import codec, generate, interrupts, models, runtime, transport
 from semgap.config import SemgapConfig
 from semgap.link import LinkCounters, NetnsLink, cleanup_stale, format_rate
 from semgap.modes import MODES, ModeContext, make_mode
@@ -293,7 +293,8 @@ class ExperimentSession:
                     return
 
     def close(self) -> None:
-        self.resources.close()
+        with interrupts.held():  # a signal now waits until the link and server are gone
+            self.resources.close()
 
     def conditions(self) -> dict:
         """What the JSON must say about how this run was made."""
