@@ -177,7 +177,7 @@ class ExperimentSession:
 
     def _spawn_server(self) -> tuple[str, int]:
         settings = self.settings
-        log_dir = settings.results_dir / "logs"
+        log_dir = settings.run_dir / "logs"
         prefix: tuple[str, ...] = ()
         env: dict[str, str] = {}
         host = settings.host

@@ -22,7 +22,7 @@ class Interrupted(KeyboardInterrupt):
     """SIGINT or SIGTERM arrived; `signal_name` says which."""
 
     def __init__(self, signal_name: str):
-        super().__init__(f"{signal_name}: stopping; cleaning up and saving what was measured")
+        super().__init__(signal_name)
         self.signal_name = signal_name
 
 

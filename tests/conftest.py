@@ -54,7 +54,7 @@ def suite(pytester, monkeypatch, outside_xdist):
     pytester.makepyfile(test_semantic_gap=BENCHMARK)
     pytester.makeconftest(INNER_CONFTEST)
     pytester.makeini(
-        f"[pytest]\naddopts = --benchmark-save-data --benchmark-json=results/benchmark.json --semgap-model={TEST_MODEL}\n"
+        f"[pytest]\naddopts = --benchmark-save-data --semgap-model={TEST_MODEL}\n"
         "filterwarnings =\n    error:::semgap\n"
     )
     return pytester
