@@ -140,9 +140,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     record = item.config.stash[run_key]
     if item.nodeid not in record.cases:
         return report
-    if report.when == "call" and report.passed:
-        record.finished.add(item.nodeid)
-    elif report.failed:
+    if report.when == "call":
+        record.ended.add(item.nodeid)
+    if report.failed:
         # pytest-benchmark leaves errored benchmarks out of its JSON: keep why they failed.
         reason = call.excinfo.exconly() if call.excinfo else str(report.longrepr)
         record.add_failure(item.nodeid, report.when, reason)
@@ -165,24 +165,22 @@ class SessionFinishGuard:
         with interrupts.held(reraise=False), warnings.catch_warnings():
             # semgap writes the JSON of a run that measured nothing itself (pytest_sessionfinish below)
             warnings.filterwarnings("ignore", message="Not saving anything, no benchmarks have been run")
-            self._drop_unfinished(session.config)
+            self._drop_cut_short(session.config)
             result = yield
         if self.record.interrupted_by and session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.INTERRUPTED  # a signal during teardown or the report
         return result
 
-    def _drop_unfinished(self, config: pytest.Config) -> None:
-        """Its rounds have no bytes or tokens in extra_info, and an interrupt in warm-up left it none at all."""
+    def _drop_cut_short(self, config: pytest.Config) -> None:
+        """Drop a benchmark an interrupt stopped: no bytes or tokens reached its extra_info, and in warm-up it has no round."""
         record, benchmark_session = self.record, config.pluginmanager.get_plugin("pytest-benchmark")
         if benchmark_session is None:
             return
-        unfinished = set(record.unfinished([bench.fullname for bench in benchmark_session.benchmarks]))
-        failed = {failure["name"] for failure in record.failures}
-        for nodeid in sorted(unfinished):
-            if record.cases[nodeid].name not in failed:
-                record.add_failure(nodeid, "call", f"interrupted by {record.interrupted_by or 'KeyboardInterrupt'} "
-                                                   "before its rounds finished; its rounds are left out")
-        benchmark_session.benchmarks[:] = [b for b in benchmark_session.benchmarks if b.fullname not in unfinished]
+        cut_short = set(record.cut_short([bench.fullname for bench in benchmark_session.benchmarks]))
+        for nodeid in sorted(cut_short):
+            record.add_failure(nodeid, "call", f"interrupted by {record.interrupted_by or 'KeyboardInterrupt'} "
+                                               "before its rounds finished; its rounds are left out")
+        benchmark_session.benchmarks[:] = [b for b in benchmark_session.benchmarks if b.fullname not in cut_short]
 
 
 def pytest_benchmark_update_json(config: pytest.Config, benchmarks, output_json: dict) -> None:

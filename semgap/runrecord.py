@@ -55,7 +55,7 @@ class RunRecord:
     guard: SignalGuard = field(default_factory=SignalGuard)
     cases: dict[str, CaseItem] = field(default_factory=dict)  # node id -> the semgap benchmark to run there
     started: bool = False  # a semgap benchmark set up its session: this run gets a directory
-    finished: set[str] = field(default_factory=set)  # node ids whose rounds all ran
+    ended: set[str] = field(default_factory=set)  # node ids whose call phase ended, passed or failed
     failures: list[dict] = field(default_factory=list)
     session_failure: SessionFailure | None = None
     conditions: dict = field(default_factory=dict)
@@ -69,9 +69,13 @@ class RunRecord:
         item = self.cases[nodeid]
         self.failures.append({"name": item.name, "case": item.case, "when": when, "reason": reason[:2000]})
 
-    def unfinished(self, nodeids: list[str]) -> list[str]:
-        """Which of `nodeids` are semgap benchmarks that started rounds and did not finish them."""
-        return [nodeid for nodeid in nodeids if nodeid in self.cases and nodeid not in self.finished]
+    def cut_short(self, nodeids: list[str]) -> list[str]:
+        """Which of `nodeids` are semgap benchmarks whose call never ended: an interrupt stopped them.
+
+        A benchmark that failed ended; whether its rounds are kept is pytest-benchmark's and the
+        harness's decision (an error inside the rounds drops them, a failed check after them keeps them).
+        """
+        return [nodeid for nodeid in nodeids if nodeid in self.cases and nodeid not in self.ended]
 
     @property
     def interrupted_by(self) -> str | None:

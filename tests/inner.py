@@ -62,7 +62,8 @@ def latest_json(root: Path) -> dict:
 
 
 def by_case(output_json: dict) -> dict[str, dict]:
-    return {bench["param"]: bench["extra_info"] for bench in output_json["benchmarks"]}
+    """extra_info by case id: these runs measure each case once."""
+    return {bench["extra_info"].get("case", bench["param"]): bench["extra_info"] for bench in output_json["benchmarks"]}
 
 
 def namespaces() -> list[str]:
