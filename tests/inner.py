@@ -21,6 +21,27 @@ QUICK = ("--semgap-rounds", "3", "--semgap-warmup-rounds", "1", "--semgap-prompt
 SMALL = (*QUICK, "--semgap-modes", "remote_cache", "--semgap-phases", "prefill", "--semgap-rounds", "2",
          "--semgap-warmup-rounds", "0")
 IP = shutil.which("ip") or "ip"  # resolved now: some tests strip PATH for the inner run
+# For an inner conftest: `_position(runner)` is the place of a CaseRunner among the benchmarks run so
+# far (0 for the first), whatever order the run chose for its cases.
+RUN_ORDER = r'''
+import semgap.harness
+
+_runners = []
+_setup = semgap.harness.CaseRunner._setup
+
+
+def _counted_setup(runner, *args):
+    if not any(seen is runner for seen in _runners):
+        _runners.append(runner)
+    return _setup(runner, *args)
+
+
+def _position(runner):
+    return next(index for index, seen in enumerate(_runners) if seen is runner)
+
+
+semgap.harness.CaseRunner._setup = _counted_setup
+'''
 
 LINK_OK, LINK_REASON = link_available()
 TCP_OK, TCP_REASON = tcp_counters_available()
