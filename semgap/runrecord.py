@@ -8,9 +8,6 @@ import pytest
 from semgap.harness import ExperimentSession
 from semgap.interrupts import SignalGuard
 
-RUN_STATUSES = ("complete", "interrupted", "failed")
-
-
 def one_line(error: BaseException) -> str:
     """An error as one line: its `summary` if it has one (semgap's errors that carry a log), else its first
     line, after the error's type unless semgap raised it (semgap's messages say what to do)."""
