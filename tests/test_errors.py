@@ -88,9 +88,10 @@ def test_xdist_with_benchmark_only_names_the_fix_and_the_fix_works(suite):
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert "--benchmark-only cannot run under pytest-xdist (-n 2)" in result.stderr.str()
     assert "drop -n, or add -n 0 after it" in result.stderr.str()
-    fixed = suite.runpytest_subprocess("-n", "2", "-n", "0", "--benchmark-only", *QUICK,
-                                       "--semgap-modes", "local", "--semgap-phases", "prefill")
-    fixed.assert_outcomes(passed=1)
+    # pytest-benchmark's own refusal comes at start-up too, so collecting shows the fix gets past both.
+    fixed = suite.runpytest_subprocess("-n", "2", "-n", "0", "--benchmark-only", *QUICK, "--collect-only", "-q")
+    assert fixed.ret == pytest.ExitCode.OK, fixed.stderr.str()
+    fixed.stdout.fnmatch_lines(["8 tests collected*"])
 
 
 def test_histograms_go_into_the_run_directory(suite):
