@@ -155,16 +155,6 @@ def test_ctrl_c_mid_benchmark_saves_the_interrupt_and_leaves_nothing(suite, link
 
 @netns_test
 @needs_tcp
-def test_a_finished_netns_run_leaves_nothing_behind(suite):
-    result, output, pid = run_suite(suite, *SMALL, "--semgap-link", "netns")
-    result.assert_outcomes(passed=1)
-    assert output["semgap"]["run_status"] == "complete" and output["semgap"]["interrupted_by"] is None
-    assert by_case(output)["remote_cache-prefill"]["wire_link_bytes_sent"] > 0  # the link was used
-    assert leftovers(pid, suite.path) == []
-
-
-@netns_test
-@needs_tcp
 def test_sigkill_mid_netns_benchmark_kills_the_server_and_the_next_run_removes_the_link(suite):
     process = start_endless_run(suite, "netns")
     killed = process.pid
