@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # GPU fidelity check: gpt2 and gpt-j-6b, every mode and phase, in under 5 minutes; installs nothing.
-# Writes each session's benchmark JSON, verdicts, report, plots and server log under $OUT (else
-# results/gpu/), then prints a summary table last. --cpu: the same steps on tiny-gpt2 on the CPU, a
-# dry run of this script (tests/test_gpu_check.py runs it).
+# Writes each session's benchmark JSON, verdicts, report, plots and server log into $OUT/<session>/latest/
+# ($OUT else results/gpu/), then prints a summary table last. --cpu: the same steps on tiny-gpt2 on the
+# CPU, a dry run of this script (tests/test_gpu_check.py runs it).
 #
 # Sessions, in order of importance, each skipped or cut when the time left cannot hold it (estimates
 # for an H200 from DEVICE.md's probes; the first GPU run checks them):
@@ -63,9 +63,9 @@ run_session() {
     mkdir -p "$dir"
     echo "semgap gpu_check: $name starts at $(elapsed) s (limit ${limit} s)"
     # Paths as --option=value: pytest takes a bare existing path for a test path and roots itself there.
+    # The run writes into $dir/<run id>/, and $dir/latest points at it once it measured something.
     timeout -k 10 "$limit" "$PY" -m pytest --rootdir="$PWD" --benchmark-only -p no:cacheprovider -q \
-        --benchmark-json="$dir/benchmark.json" --benchmark-storage="$dir/storage" \
-        --semgap-results="$dir" "${COMMON[@]}" "$@" >"$dir/pytest.log" 2>&1
+        --benchmark-storage="$dir/benchmarks" --semgap-results="$dir" "${COMMON[@]}" "$@" >"$dir/pytest.log" 2>&1
     local rc=$?
     echo "semgap gpu_check: $name ended at $(elapsed) s with exit code $rc; log $dir/pytest.log"
     if [ "$rc" -ne 0 ]; then

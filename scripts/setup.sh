@@ -1,12 +1,20 @@
 #!/usr/bin/env bash
 # Creates .venv beside this checkout and installs requirements.txt into it (quietly, only what is missing).
+# pip runs only when requirements.txt changed since the last successful install (its sha256 is kept in
+# .venv/.semgap-requirements.sha256; delete that file to make pip check again).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ ! -x .venv/bin/python ]; then
     echo "semgap: creating .venv"
     python3 -m venv .venv
 fi
+STAMP=.venv/.semgap-requirements.sha256
+WANTED=$(sha256sum requirements.txt | cut -d' ' -f1)
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANTED" ]; then
+    exit 0
+fi
 if ! .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt; then
     echo "semgap: installing requirements.txt into .venv failed (see above)" >&2
     exit 1
 fi
+echo "$WANTED" > "$STAMP"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from semgap import models
+from semgap import models, rundir
 from semgap.argtypes import fraction as _fraction
 from semgap.argtypes import share as _share
 from semgap.modes import MODES, PHASES, SemanticOptions
@@ -136,7 +136,8 @@ def add_options(parser: pytest.Parser) -> None:
     option("--semgap-server-start-timeout", metavar="SECONDS", type=_positive_int, default=600,
            help="how long to wait for a spawned server to build its model, and for the one weight upload. Default: 600")
     option("--semgap-results", metavar="DIR", type=Path, default=Path("results"),
-           help="where logs, verdicts, report and plots go. Default: results")
+           help="each run writes its JSON, report, verdicts, plots and server logs into DIR/<run id>/; "
+                "DIR/latest points at the newest run that measured something. Default: results")
     option("--semgap-h1", metavar="FRACTION", type=_fraction, default=0.30,
            help="H1: the byte reduction semantic must reach against remote_cache. Default: 0.30")
     option("--semgap-h2", metavar="FRACTION", type=_fraction, default=0.15,
@@ -173,7 +174,8 @@ class SemgapConfig:
     link_rates_bps: tuple[int, ...]
     rpc_timeout_s: int
     server_start_timeout_s: int
-    results_dir: Path
+    results_dir: Path  # the parent of every run's directory (--semgap-results)
+    run_dir: Path  # this run's directory: results_dir/<run id>, made when something is written there
     h1: float
     h2: float
     alpha: float
@@ -192,6 +194,7 @@ class SemgapConfig:
             semantic=get("semgap_semantic"), server=get("semgap_server"), host=get("semgap_host"), link=get("semgap_link"),
             link_rates_bps=get("semgap_link_rate"), rpc_timeout_s=get("semgap_rpc_timeout"),
             server_start_timeout_s=get("semgap_server_start_timeout"), results_dir=get("semgap_results"),
+            run_dir=get("semgap_results") / rundir.new_run_id(),
             h1=get("semgap_h1"), h2=get("semgap_h2"), alpha=get("semgap_alpha"),
             min_agreement=get("semgap_min_agreement"), enforce=get("semgap_enforce"),
         )
@@ -217,7 +220,14 @@ class SemgapConfig:
                 raise pytest.UsageError(f"--semgap-link netns cannot run here: {reason}")
         if self.server is not None and self.link == "netns":
             raise pytest.UsageError("--semgap-server names a server already running; --semgap-link netns starts its own")
-        limit = models.context_length_of(self.model)
+        try:
+            limit = models.context_length_of(self.model)
+        except (OSError, ValueError) as error:  # a checkpoint directory without a readable config.json
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise pytest.UsageError(
+                f"--semgap-model {self.model}: cannot read its config ({first_line}); a checkpoint directory "
+                "needs config.json and weights"
+            ) from None
         if self.prompt_tokens + self.max_decode_steps > limit:
             raise pytest.UsageError(
                 f"a prompt of {self.prompt_tokens} tokens plus {self.max_decode_steps} decode steps exceeds the context "

@@ -2,7 +2,8 @@
 
     python -m semgap.gpu_summary OUT_DIR [--hbm-gbps 4800] [--out OUT_DIR/summary.txt]
 
-OUT_DIR holds one folder per pytest session, each with the benchmark.json pytest-benchmark wrote.
+OUT_DIR holds one folder per pytest session (its --semgap-results), whose `latest` run holds the
+benchmark.json pytest-benchmark wrote.
 """
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+from semgap.rundir import LATEST
 
 # Nominal HBM bandwidth by GPU name, where NVML cannot tell (first match wins, so longer names first).
 NOMINAL_HBM_BYTES_PER_S = (
@@ -203,13 +206,13 @@ def _engine_counts(stats: dict) -> str:
             f"{stats.get('dynamic_fallbacks', 0)} dynamic fallbacks")
 
 
-def session_lines(run_dir: Path, output_json: dict, note: str) -> list[str]:
+def session_lines(session: str, run_dir: Path, output_json: dict, note: str) -> list[str]:
     """One line on how a session ran: device, decode paths, warm-up seconds, failures and warnings."""
     conditions = output_json.get("semgap", {})
     local = conditions.get("engine_stats_local") or {}
     server = _server_engine_stats(run_dir) or conditions.get("engine_stats_server_at_start") or {}
     lines = [
-        f"{run_dir.name}: {conditions.get('model', '?')} on {conditions.get('device', '?')} "
+        f"{session}: {conditions.get('model', '?')} on {conditions.get('device', '?')} "
         f"{conditions.get('dtype', '')} {conditions.get('gpu_name', '')}".rstrip()
         + f"; decode path local={conditions.get('decode_path_local') or '-'} server={conditions.get('decode_path_server') or '-'}",
         f"  warm-up (compile + capture): local {local.get('warmup_s', 0.0):.1f} s, server {server.get('warmup_s', 0.0):.1f} s",
@@ -223,16 +226,16 @@ def session_lines(run_dir: Path, output_json: dict, note: str) -> list[str]:
 
 def summarise(out_dir: Path, override_gbps: float | None = None) -> list[str]:
     """Every line the summary prints, for every session folder under `out_dir`."""
-    run_dirs = sorted(path.parent for path in out_dir.glob(f"*/{BENCHMARK_FILE}"))
+    run_dirs = {path.parent.parent.name: path.parent for path in sorted(out_dir.glob(f"*/{LATEST}/{BENCHMARK_FILE}"))}
     if not run_dirs:
-        return [f"no {BENCHMARK_FILE} under {out_dir}/*/: no session finished"]
-    outputs = {run_dir: json.loads((run_dir / BENCHMARK_FILE).read_text()) for run_dir in run_dirs}
+        return [f"no {BENCHMARK_FILE} under {out_dir}/*/{LATEST}/: no session measured anything"]
+    outputs = {session: json.loads((run_dir / BENCHMARK_FILE).read_text()) for session, run_dir in run_dirs.items()}
     gpu_name = next((o.get("semgap", {}).get("gpu_name") for o in outputs.values() if o.get("semgap", {}).get("gpu_name")), "")
     bandwidth = hbm_bandwidth(gpu_name, override_gbps)
     lines, rows = [], []
-    for run_dir, output_json in outputs.items():
-        lines += session_lines(run_dir, output_json, _ensure_verdicts(run_dir, output_json))
-        rows += rows_of(run_dir.name, output_json, bandwidth)
+    for session, output_json in outputs.items():
+        lines += session_lines(session, run_dirs[session], output_json, _ensure_verdicts(run_dirs[session], output_json))
+        rows += rows_of(session, output_json, bandwidth)
     lines.append(f"floor = weight bytes / HBM bandwidth; bandwidth {_bytes(bandwidth.bytes_per_s)}/s "
                  f"({bandwidth.source}). ms/token: client's view; engine ms/step: the engine alone")
     return lines + table_lines(rows)
@@ -240,7 +243,7 @@ def summarise(out_dir: Path, override_gbps: float | None = None) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m semgap.gpu_summary", description=__doc__.splitlines()[0])
-    parser.add_argument("out_dir", type=Path, help="folder holding one folder per session, each with benchmark.json")
+    parser.add_argument("out_dir", type=Path, help="folder holding one folder per session, each with its latest run")
     parser.add_argument("--hbm-gbps", type=float, default=None, help="HBM bandwidth in GB/s (default: from NVML)")
     parser.add_argument("--out", type=Path, default=None, help="also write the lines to this file")
     args = parser.parse_args(argv)

@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 import transformers
 
-from semgap import codec, generate, hostload, models, runtime, transport
+from semgap import codec, generate, hostload, interrupts, models, runtime, transport
 from semgap.config import SemgapConfig
 from semgap.link import LinkCounters, NetnsLink, cleanup_stale, format_rate
 from semgap.modes import MODES, ModeContext, make_mode
@@ -218,7 +218,7 @@ class ExperimentSession:
 
     def _spawn_server(self) -> tuple[str, int]:
         settings = self.settings
-        log_dir = settings.results_dir / "logs"
+        log_dir = settings.run_dir / "logs"
         prefix: tuple[str, ...] = ()
         env: dict[str, str] = {}
         host = settings.host
@@ -340,7 +340,8 @@ class ExperimentSession:
         return None
 
     def close(self) -> None:
-        self.resources.close()
+        with interrupts.held():  # a signal now waits until the link and server are gone
+            self.resources.close()
 
     def conditions(self) -> dict:
         """What the JSON must say about how this run was made."""

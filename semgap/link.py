@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from semgap import interrupts
+
 NAMESPACE_PREFIX = "semgap-"
 # Root-side veth names must identify the owner too, but IFNAMSIZ allows only 15 characters,
 # so they use the short fixed prefix "sg": sg<pid>n<serial>c (client) / ...s (server).
@@ -109,7 +111,10 @@ class LinkCounters:
 def _run(argv: Sequence[str], *, check: bool = True) -> subprocess.CompletedProcess:
     """Run a command; on failure raise LinkCommandError naming the command and its stderr."""
     try:
-        return subprocess.run(list(argv), check=check, capture_output=True, text=True, timeout=30)
+        # Its own session: a Ctrl-C or `timeout` sent to the run's process group must not kill an `ip`
+        # that is deleting the link; whether to stop is this process's decision (semgap.interrupts).
+        return subprocess.run(list(argv), check=check, capture_output=True, text=True, timeout=30,
+                              start_new_session=True)
     except subprocess.CalledProcessError as exc:
         raise LinkCommandError(f"`{' '.join(argv)}` failed (exit {exc.returncode}): {exc.stderr.strip()}") from None
     except FileNotFoundError:
@@ -334,12 +339,14 @@ class NetnsLink:
 
     def _setup(self, prefixlen: int) -> None:
         ns, cif, sif = self.namespace, self.client_ifname, self.server_ifname
-        _run(["ip", "netns", "add", ns])
+        # Each flag is set before its command: an interrupt that stops `ip` may come after the kernel
+        # made the thing, and close() tolerates what does not exist.
         self._created_namespace = True
+        _run(["ip", "netns", "add", ns])
         # Both ends start in the root namespace, where their sysfs is at hand, and the server end
         # moves into the namespace once flow steering is set (the setting moves with it).
-        _run(["ip", "link", "add", cif, "type", "veth", "peer", "name", sif])
         self._created_veth = True
+        _run(["ip", "link", "add", cif, "type", "veth", "peer", "name", sif])
         for ifname in (cif, sif):
             _keep_flows_in_order(ifname)
         _run(["ip", "link", "set", "dev", sif, "netns", ns])
@@ -405,6 +412,10 @@ class NetnsLink:
 
     def close(self) -> None:
         """Delete the veth pair and the namespace; idempotent, tolerates a half-built link."""
+        with interrupts.held():  # Ctrl-C now would leave the link half deleted: finish, then stop
+            self._delete()
+
+    def _delete(self) -> None:
         if self._closed:
             return
         self._closed = True

@@ -67,6 +67,13 @@ def check_model_name(name: str) -> str:
     """Validate a model name without building it (for option parsing)."""
     if name in presets() or Path(name).is_dir() or _in_local_hf_cache(name):
         return name
+    if Path(name).exists():
+        raise UnknownModelError(f"checkpoint path {name!r} is a file; pass the directory holding config.json and weights")
+    if "/" in name or name.startswith((".", "~")):  # meant as a path (or a hub id, which also holds a '/')
+        raise UnknownModelError(
+            f"checkpoint directory {name!r} does not exist ({Path(name).absolute()}), and no model of that name "
+            f"is in the local Hugging Face cache; {describe_choices()}"
+        )
     raise UnknownModelError(f"unknown model {name!r}; {describe_choices()}")
 
 

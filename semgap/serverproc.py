@@ -18,7 +18,16 @@ PROGRESS_EVERY_S = 15.0
 
 
 class ServerStartError(RuntimeError):
-    """The server process exited or did not become ready in time; the message holds its log's tail."""
+    """The server process exited or did not become ready in time; the message holds its log's tail.
+
+    `summary` is the same in one line: the reason, the log's last line (usually the server's own
+    error, e.g. a checkpoint it cannot load) and where the whole log is.
+    """
+
+    def __init__(self, reason: str, log_path: Path, log_tail: str):
+        super().__init__(f"{reason}; log {log_path}:\n{log_tail}")
+        last_line = next((line.strip() for line in reversed(log_tail.splitlines()) if line.strip()), "(empty log)")
+        self.summary = f"{reason}: {last_line} (whole log: {log_path})"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -91,11 +100,11 @@ class ServerProcess:
                 return
             if self.process.poll() is not None:
                 raise ServerStartError(
-                    f"semgap server exited with code {self.process.returncode} before it was ready; "
-                    f"log {self.log_path}:\n{self.log_tail()}"
+                    f"semgap server exited with code {self.process.returncode} before it was ready",
+                    self.log_path, self.log_tail(),
                 )
             time.sleep(0.1)
-        raise ServerStartError(f"semgap server not ready after {timeout_s:.0f} s; log {self.log_path}:\n{self.log_tail()}")
+        raise ServerStartError(f"semgap server not ready after {timeout_s:.0f} s", self.log_path, self.log_tail())
 
     def log_tail(self, lines: int = 30) -> str:
         try:

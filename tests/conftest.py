@@ -54,8 +54,7 @@ def suite(pytester, monkeypatch, outside_xdist):
     pytester.makepyfile(test_semantic_gap=BENCHMARK)
     pytester.makeconftest(INNER_CONFTEST)
     pytester.makeini(
-        "[pytest]\naddopts = --benchmark-save-data --benchmark-json=results/benchmark.json "
-        f"--semgap-model={TEST_MODEL} --semgap-blocks=1\n"
+        f"[pytest]\naddopts = --benchmark-save-data --semgap-model={TEST_MODEL} --semgap-blocks=1\n"
         "filterwarnings =\n    error:::semgap\n"
     )
     return pytester

@@ -20,13 +20,13 @@ def test_cpu_dry_run_writes_every_sessions_results_and_prints_the_table_last(tmp
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     for session in SESSIONS:
-        run_dir = tmp_path / session
+        run_dir = tmp_path / session / "latest"
         assert "skipped" not in result.stdout
         output = json.loads((run_dir / "benchmark.json").read_text())
         assert output["semgap"]["failures"] == [], output["semgap"]["failures"]
         assert (run_dir / "verdicts.json").exists() and (run_dir / "report.md").exists()
         assert list((run_dir / "logs").glob("server-*.log"))
-    resident = json.loads((tmp_path / "1-tiny-gpt2" / "benchmark.json").read_text())
+    resident = json.loads((tmp_path / "1-tiny-gpt2" / "latest" / "benchmark.json").read_text())
     paths = {(b["extra_info"]["mode"], b["extra_info"]["phase"]): b["extra_info"]["fast_path"] for b in resident["benchmarks"]}
     assert len(paths) == 8  # every mode x phase
     # --cpu turns the fast path on: the resident modes ran the compiled static path, naive stayed dynamic.

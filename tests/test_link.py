@@ -1,8 +1,10 @@
 """Tests of semgap.link on real network namespaces, veth pairs and tbf qdiscs (needs root and iproute2)."""
 from __future__ import annotations
 
+import gzip
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -147,13 +149,48 @@ def test_format_rate_round_trips(bps, text):
     assert parse_rate(format_rate(bps)) == bps
 
 
-def test_netem_probe_answers_bool_and_reason():
-    # The dev kernel (6.18, CONFIG_NET_SCH_NETEM unset) answers False, "Specified qdisc kind is unknown".
+def fake_tc(directory: Path, netem_exit: int, netem_error: str = "") -> str:
+    """A PATH whose `tc` answers netem requests with `netem_exit` (and `netem_error` on stderr) and hands
+    everything else to the real tc."""
+    real_tc = shutil.which("tc")
+    directory.mkdir()
+    (directory / "tc").write_text(
+        f'#!/bin/sh\ncase "$*" in *netem*) echo "{netem_error}" >&2; exit {netem_exit} ;; esac\nexec {real_tc} "$@"\n'
+    )
+    (directory / "tc").chmod(0o755)
+    return f"{directory}{os.pathsep}{os.environ['PATH']}"
+
+
+def probe_leftovers() -> list[str]:
+    """Throwaway probe namespaces of this process (semgap-netem-<pid>-...) still present."""
+    return [name for name in namespaces() if f"-{os.getpid()}-" in name]
+
+
+@needs_link
+@pytest.mark.parametrize("netem_exit, netem_error, expected", [
+    (2, "Error: Specified qdisc kind is unknown.",
+     (False, "netem delay is not supported by this kernel: Error: Specified qdisc kind is unknown.")),
+    (0, "", (True, "netem delay works")),
+], ids=["kernel-without-netem", "kernel-with-netem"])
+def test_netem_probe_follows_what_tc_answers_and_removes_its_namespace(monkeypatch, tmp_path, netem_exit,
+                                                                       netem_error, expected):
+    monkeypatch.setenv("PATH", fake_tc(tmp_path / "bin", netem_exit, netem_error))
+    assert netem_available() == expected
+    assert probe_leftovers() == []
+
+
+@needs_link
+def test_netem_probe_agrees_with_the_kernel_config():
+    config = Path("/proc/config.gz")
+    if not config.exists():
+        pytest.skip("no /proc/config.gz: the kernel does not say whether it has netem")
+    setting = re.search(rb"^(?:CONFIG_NET_SCH_NETEM=(\w)|# CONFIG_NET_SCH_NETEM is not set)$",
+                        gzip.decompress(config.read_bytes()), re.M)
+    if setting is None or setting.group(1) == b"m":
+        pytest.skip("netem is a module (or unlisted) here: whether tc can load it depends on the host")
     ok, why = netem_available()
-    assert isinstance(ok, bool) and isinstance(why, str) and why
-    print(f"netem_available: {ok}: {why}")
-    if available:
-        assert not own_leftovers()
+    assert ok == (setting.group(1) == b"y"), why  # the dev kernel (6.18): not set, "Specified qdisc kind is unknown"
+    assert probe_leftovers() == []
 
 
 def test_without_root_construction_explains_what_is_missing():

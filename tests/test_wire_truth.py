@@ -1,41 +1,24 @@
-"""Wire truth: the byte counters cross-checked against known traffic, against each other, run to run,
-and the namespaces, veths and servers of a run gone after it however it ends."""
+"""Wire truth: the byte counters cross-checked against known traffic, against each other, and run to run."""
 from __future__ import annotations
 
 import json
 import os
 import re
-import shutil
-import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from semgap import harness
 from semgap.harness import Case, ExperimentSession, RoundRecord
-from semgap.link import NetnsLink, cleanup_stale, link_available
-from semgap.serverproc import READY_LINE, ServerProcess
-from semgap.wire import TcpCounter, delta, tcp_counters_available
+from semgap.link import NetnsLink
+from semgap.serverproc import ServerProcess
+from semgap.wire import TcpCounter, delta
 
 from .conftest import INNER_CONFTEST, REPO, TEST_MODEL
-
-LINK_OK, LINK_REASON = link_available()
-TCP_OK, TCP_REASON = tcp_counters_available()
-IP = shutil.which("ip") or "ip"  # resolved now: some tests strip PATH for the inner run
-
-needs_tcp = pytest.mark.skipif(not TCP_OK, reason=TCP_REASON)
-needs_link = [pytest.mark.netns, pytest.mark.skipif(not LINK_OK, reason=LINK_REASON)]
-
-
-def netns_test(test):
-    """Mark a test that builds namespaces: `netns`, skipped with link_available()'s reason when impossible."""
-    for mark in needs_link:
-        test = mark(test)
-    return test
-
+from .inner import (QUICK, SMALL, by_case, leftovers, needs_link, needs_tcp, netns_test, run_suite,
+                    wait_for_no_leftovers)
 
 ECHO_BYTES = 10_000_000
 # RPC framing per call and direction, measured on loopback and across the veth (TensorPipe's
@@ -47,12 +30,6 @@ FRAMING_BOUND = 512
 # Smallest header a packet on the veth carries: Ethernet 14 + IPv4 20 + TCP 20 (66 with timestamps).
 MIN_HEADER_BYTES = 54
 
-QUICK = ("--semgap-rounds", "3", "--semgap-warmup-rounds", "1", "--semgap-prompt-tokens", "32",
-         "--semgap-decode-steps", "3", "-p", "no:cacheprovider")
-# One remote benchmark, briefly: enough to spawn the server (and the link) and measure.
-SMALL = (*QUICK, "--semgap-modes", "remote_cache", "--semgap-phases", "prefill", "--semgap-rounds", "2",
-         "--semgap-warmup-rounds", "0")
-# The inner session leaves its pid behind: link names embed their owner's pid (see semgap.link).
 
 
 def pattern(size: int) -> bytes:
@@ -187,61 +164,6 @@ def test_echo_across_the_namespace_tcp_is_payload_and_link_is_tcp_plus_headers(n
         assert on_link <= (tcp + retransmitted) * 1.01 + 4096, (direction, on_link / tcp - 1)
 
 
-# --- inner sessions of the real suite -----------------------------------------------------------
-
-def run_suite(pytester, *args: str):
-    """Run the suite in a subprocess; (result, its benchmark.json or None, the inner pytest's pid)."""
-    output = pytester.path / "results" / "benchmark.json"
-    output.unlink(missing_ok=True)
-    (pytester.path / "inner.pid").unlink(missing_ok=True)
-    result = pytester.runpytest_subprocess("--benchmark-only", *args, timeout=300)
-    pid = int((pytester.path / "inner.pid").read_text())
-    return result, json.loads(output.read_text()) if output.exists() else None, pid
-
-
-def by_case(output_json: dict) -> dict[str, dict]:
-    """extra_info by case id (these runs have one block, so one benchmark per case)."""
-    return {bench["extra_info"]["case"]: bench["extra_info"] for bench in output_json["benchmarks"]}
-
-
-def namespaces() -> list[str]:
-    if shutil.which(IP) is None:
-        return []  # no iproute2 on this host: no namespace can exist
-    out = subprocess.run([IP, "netns", "list"], check=True, capture_output=True, text=True).stdout
-    return [line.split()[0] for line in out.splitlines() if line.strip()]
-
-
-def server_pids(cwd: Path) -> list[int]:
-    """Live semgap servers started from cwd (each inner session runs in its own directory)."""
-    cwd_text, pids = os.path.realpath(cwd), []
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            # A zombie has an empty cmdline: dead, just not reaped yet.
-            if b"semgap.server" in (proc / "cmdline").read_bytes().split(b"\0") and \
-                    os.readlink(proc / "cwd") == cwd_text:
-                pids.append(int(proc.name))
-        except OSError:
-            continue
-    return pids
-
-
-def leftovers(pid: int, cwd: Path) -> list[str]:
-    """Namespaces and veths of the session with this pid, and servers of its directory, still present.
-
-    Only names carrying that pid count, so sessions of other tests running alongside (xdist) never do.
-    """
-    found = [name for name in namespaces() if name.startswith(f"semgap-{pid}-")]
-    found += [name for name in os.listdir("/sys/class/net") if name.startswith(f"sg{pid}n")]
-    return found + [f"server pid {server}" for server in server_pids(cwd)]
-
-
-def wait_for_no_leftovers(pid: int, cwd: Path, timeout_s: float = 20.0) -> list[str]:
-    deadline = time.monotonic() + timeout_s
-    while (left := leftovers(pid, cwd)) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    return left
-
-
 # --- 3. bytes are reproducible ------------------------------------------------------------------
 
 # Exact, every round of every run: what the client serialised, how many calls, what its TCP sockets
@@ -320,85 +242,7 @@ def test_bytes_are_identical_round_to_round_and_run_to_run(suite, link):
                 assert run[case]["wire_link_bytes_sent_rounds"] == [None] * 3
 
 
-# --- 4. nothing is left behind ------------------------------------------------------------------
-
-@netns_test
-@needs_tcp
-@pytest.mark.slow
-def test_a_finished_netns_run_leaves_nothing_behind(suite):
-    result, output, pid = run_suite(suite, *SMALL, "--semgap-link", "netns")
-    result.assert_outcomes(passed=1)
-    assert by_case(output)["remote_cache-prefill"]["wire_link_bytes_sent"] > 0  # the link was used
-    assert leftovers(pid, suite.path) == []
-
-
-def start_endless_netns_run(pytester) -> subprocess.Popen:
-    """An inner netns session that benchmarks (practically) forever; returns once it measures."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "--benchmark-only", *QUICK, "--semgap-link", "netns",
-         "--semgap-modes", "remote_cache", "--semgap-phases", "decode", "--semgap-rounds", "100000"],
-        cwd=pytester.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ},
-    )
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and process.poll() is None:
-        logs = list(pytester.path.glob("results/logs/server-*.log"))
-        if logs and READY_LINE in logs[0].read_text(errors="replace"):
-            break
-        time.sleep(0.2)
-    else:
-        process.kill()
-        raise AssertionError(f"the inner run never had a ready server:\n{process.communicate()[0].decode()[-3000:]}")
-    time.sleep(2)  # the benchmark's rounds are running
-    assert process.poll() is None
-    assert [name for name in namespaces() if name.startswith(f"semgap-{process.pid}-")]
-    assert server_pids(pytester.path)
-    return process
-
-
-@netns_test
-@needs_tcp
-@pytest.mark.slow
-def test_ctrl_c_mid_netns_benchmark_leaves_nothing_behind(suite):
-    process = start_endless_netns_run(suite)
-    try:
-        process.send_signal(signal.SIGINT)
-        output = process.communicate(timeout=60)[0].decode()
-        assert "KeyboardInterrupt" in output, output[-3000:]
-        assert wait_for_no_leftovers(process.pid, suite.path) == []
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-
-
-@netns_test
-@needs_tcp
-@pytest.mark.slow
-def test_sigkill_mid_netns_benchmark_kills_the_server_and_the_next_run_removes_the_link(suite):
-    process = start_endless_netns_run(suite)
-    killed = process.pid
-    try:
-        process.kill()  # no teardown at all
-        process.communicate(timeout=30)
-        # The kernel SIGTERMs the server when its parent dies (PR_SET_PDEATHSIG).
-        deadline = time.monotonic() + 20
-        while server_pids(suite.path) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert server_pids(suite.path) == []
-        # The namespace and veth stay until some session's cleanup_stale (the next run's, unless
-        # another test's session alongside came first) removes them: their owner is dead.
-        result, _output, pid = run_suite(suite, *SMALL, "--semgap-link", "netns")
-        result.assert_outcomes(passed=1)
-        assert leftovers(killed, suite.path) == []
-        assert leftovers(pid, suite.path) == []
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        cleanup_stale()  # whatever a failure above left behind
-
-
-# --- 5. payload vs TCP discrepancies are reported -----------------------------------------------
+# --- 4. payload vs TCP discrepancies are reported -----------------------------------------------
 
 def framing_warnings(case: Case, *records: RoundRecord) -> list[str]:
     session = ExperimentSession.__new__(ExperimentSession)
@@ -445,7 +289,7 @@ def test_a_framing_discrepancy_fails_the_benchmark_and_is_printed_and_saved(suit
     assert len(output["benchmarks"]) == 1  # the measurements are kept beside the failure
 
 
-# --- 6. netns without root or iproute2 ----------------------------------------------------------
+# --- 5. netns without root or iproute2 ----------------------------------------------------------
 
 @pytest.mark.slow
 @pytest.mark.parametrize("missing, message", [

@@ -1,0 +1,46 @@
+"""scripts/setup.sh: pip runs on the first install and whenever requirements.txt changes, and only then."""
+import shutil
+import subprocess
+
+import pytest
+
+from .conftest import REPO
+
+# Stands in for the venv's python: records each pip call, and fails it when the file `pip-fails` exists.
+FAKE_PYTHON = """#!/bin/sh
+echo "$*" >> "$(dirname "$0")/../../pip-calls"
+[ ! -e "$(dirname "$0")/../../pip-fails" ]
+"""
+
+
+@pytest.fixture
+def checkout(tmp_path):
+    """A checkout with the real setup.sh and requirements.txt, and a .venv whose python only records pip calls."""
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(REPO / "scripts" / "setup.sh", tmp_path / "scripts")
+    shutil.copy(REPO / "requirements.txt", tmp_path)
+    python = tmp_path / ".venv" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    python.write_text(FAKE_PYTHON)
+    python.chmod(0o755)
+    return tmp_path
+
+
+def setup(checkout) -> tuple[int, int]:
+    """Run setup.sh; (its exit code, pip calls so far)."""
+    result = subprocess.run(["bash", "scripts/setup.sh"], cwd=checkout, capture_output=True, text=True, timeout=60)
+    calls = checkout / "pip-calls"
+    return result.returncode, len(calls.read_text().splitlines()) if calls.exists() else 0
+
+
+def test_pip_runs_once_per_change_of_requirements_and_again_after_a_failed_install(checkout):
+    assert setup(checkout) == (0, 1)  # the first install
+    assert "-m pip install" in (checkout / "pip-calls").read_text()
+    assert setup(checkout) == (0, 1)  # nothing changed: no pip
+    with open(checkout / "requirements.txt", "a") as requirements:
+        requirements.write("tqdm>=4\n")
+    (checkout / "pip-fails").touch()
+    assert setup(checkout) == (1, 2)  # changed, and pip failed
+    (checkout / "pip-fails").unlink()
+    assert setup(checkout) == (0, 3)  # a failed install leaves no stamp: pip runs again
+    assert setup(checkout) == (0, 3)
