@@ -5,10 +5,13 @@ import sys
 
 import pytest
 
+from semgap.modes import MODES, PHASES
 from semgap.serverproc import free_port
 
 from .conftest import INNER_CONFTEST, REPO
 from .inner import QUICK, RUN_ORDER, by_case, new_run_dirs, run_json
+
+ALL_CASES = len(MODES) * len(PHASES)  # the default run: every mode and phase, one block
 
 pytestmark = pytest.mark.slow
 
@@ -58,7 +61,7 @@ def test_a_server_lost_mid_benchmark_fails_that_one_keeps_what_finished_and_skip
 def test_an_unreachable_server_is_reported_once_and_every_other_benchmark_skips(suite):
     port = free_port()  # nothing listens there
     result = suite.runpytest_subprocess("--benchmark-only", *QUICK, "--semgap-server", f"127.0.0.1:{port}")
-    result.assert_outcomes(errors=1, skipped=7)
+    result.assert_outcomes(errors=1, skipped=ALL_CASES - 1)
     assert_said_once(result, f"no semgap server answers at 127.0.0.1:{port}")
     result.stdout.fnmatch_lines(["*start one with `python -m semgap.server --host 127.0.0.1 --port*"])
     [run_dir] = new_run_dirs(suite.path)  # the failed run has its directory; latest is not moved to it
@@ -91,7 +94,7 @@ def test_xdist_with_benchmark_only_names_the_fix_and_the_fix_works(suite):
     # pytest-benchmark's own refusal comes at start-up too, so collecting shows the fix gets past both.
     fixed = suite.runpytest_subprocess("-n", "2", "-n", "0", "--benchmark-only", *QUICK, "--collect-only", "-q")
     assert fixed.ret == pytest.ExitCode.OK, fixed.stderr.str()
-    fixed.stdout.fnmatch_lines(["8 tests collected*"])
+    fixed.stdout.fnmatch_lines([f"{ALL_CASES} tests collected*"])
 
 
 def test_histograms_go_into_the_run_directory(suite):

@@ -59,7 +59,6 @@ def test_a_run_writes_bytes_tokens_verdicts_report_plots_and_logs_into_its_own_d
     assert all(v["verdict"] in again.stdout for v in second), again.stdout  # and prints the verdicts
 
 
-@pytest.mark.parametrize("enforce, exit_code", [(False, 0), (True, 1)])
 def test_blocks_interleave_every_case_in_a_seeded_order(suite):
     result = suite.runpytest_subprocess("--benchmark-only", *QUICK, "--semgap-modes", "local,remote_cache",
                                         "--semgap-blocks", "3", "--semgap-rounds", "1", "--semgap-warmup-rounds", "0",
@@ -107,6 +106,7 @@ def test_a_lossless_mode_with_other_tokens_than_local_fails_its_benchmark_and_ke
     assert by_case(latest_json(suite.path))["remote_cache-decode"]["token_agreement_with_local"] < 1.0
 
 
+@pytest.mark.parametrize("enforce, exit_code", [(False, 0), (True, 1)])
 def test_enforce_turns_a_not_supported_hypothesis_into_a_failed_run(suite, enforce, exit_code):
     # No semantic technique at all: semantic moves as many bytes as remote_cache, so H1 cannot hold.
     args = ["--benchmark-only", *QUICK, "--semgap-modes", "remote_cache,semantic", "--semgap-phases", "decode",
