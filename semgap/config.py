@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from semgap import models
+from semgap import models, transport
 from semgap.modes import MODES, PHASES, SemanticOptions
 from semgap.runtime import FAST_PATH_SETTINGS
+from semgap.transport import auth
 
 LINKS = ("loopback", "netns")
 
@@ -82,6 +83,14 @@ def _semantic(text: str) -> SemanticOptions:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+def _secret_file(text: str) -> Path:
+    try:
+        auth.load_secret(Path(text))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return Path(text)
+
+
 def _rates(text: str) -> tuple[int, ...]:
     from semgap.link import parse_rate
 
@@ -120,13 +129,20 @@ def add_options(parser: pytest.Parser) -> None:
     option("--semgap-server", metavar="HOST:PORT", type=_address, default=None,
            help="use the semgap server already running there; nothing is spawned. Default: spawn one")
     option("--semgap-host", metavar="ADDRESS", default="127.0.0.1",
-           help="address a spawned server binds (non-loopback exposes code execution, see README). Default: 127.0.0.1")
+           help="address a spawned server binds (rpc: loopback only, IPv4). Default: 127.0.0.1")
     option("--semgap-link", metavar="KIND", choices=LINKS, default="loopback",
            help="loopback, or netns: the server in its own network namespace behind a veth pair (root). Default: loopback")
     option("--semgap-link-rate", metavar="RATES", type=_rates, default=(),
            help="with --semgap-link netns: tbf rate(s) on the veth, comma list like 100mbit,1gbit. Default: unshaped")
+    option("--semgap-transport", metavar="NAME", choices=list(transport.TRANSPORTS), default=transport.DEFAULT_TRANSPORT,
+           help="how client and server exchange requests: tcp (semgap's own: one TCP connection, length-prefixed "
+                "frames, HMAC-authenticated, no pickle) or rpc (PyTorch RPC over TensorPipe, loopback or the netns "
+                f"link only). Default: {transport.DEFAULT_TRANSPORT}")
+    option("--semgap-secret-file", metavar="PATH", type=_secret_file, default=None,
+           help="file holding the shared secret the tcp transport proves to the server; a spawned server gets a "
+                f"fresh random one unless this or ${auth.SECRET_VARIABLE} is set. Default: ${auth.SECRET_VARIABLE}")
     option("--semgap-rpc-timeout", metavar="SECONDS", type=_positive_int, default=120,
-           help="timeout of one RPC call. Default: 120")
+           help="timeout of one call to the server, whatever the transport. Default: 120")
     option("--semgap-server-start-timeout", metavar="SECONDS", type=_positive_int, default=600,
            help="how long to wait for a spawned server to build its model, and for the one weight upload. Default: 600")
     option("--semgap-results", metavar="DIR", type=Path, default=Path("results"),
@@ -161,6 +177,8 @@ class SemgapConfig:
     host: str
     link: str
     link_rates_bps: tuple[int, ...]
+    transport: str
+    secret_file: Path | None
     rpc_timeout_s: int
     server_start_timeout_s: int
     results_dir: Path
@@ -178,7 +196,8 @@ class SemgapConfig:
             modes=get("semgap_modes"), phases=get("semgap_phases"), prompt_tokens=get("semgap_prompt_tokens"),
             decode_steps=get("semgap_decode_steps"), rounds=get("semgap_rounds"), warmup_rounds=get("semgap_warmup_rounds"),
             semantic=get("semgap_semantic"), server=get("semgap_server"), host=get("semgap_host"), link=get("semgap_link"),
-            link_rates_bps=get("semgap_link_rate"), rpc_timeout_s=get("semgap_rpc_timeout"),
+            link_rates_bps=get("semgap_link_rate"), transport=get("semgap_transport"),
+            secret_file=get("semgap_secret_file"), rpc_timeout_s=get("semgap_rpc_timeout"),
             server_start_timeout_s=get("semgap_server_start_timeout"), results_dir=get("semgap_results"),
             h1=get("semgap_h1"), h2=get("semgap_h2"), alpha=get("semgap_alpha"), enforce=get("semgap_enforce"),
         )
@@ -202,6 +221,11 @@ class SemgapConfig:
             available, reason = link_available()
             if not available:
                 raise pytest.UsageError(f"--semgap-link netns cannot run here: {reason}")
+        if self.server is None and self.link == "loopback":
+            try:  # what the spawned server would refuse (it always gets a secret), refused before anything starts
+                transport.check_bind(transport.transport_kind(self.transport), self.host, has_secret=True)
+            except transport.BindRefused as error:
+                raise pytest.UsageError(f"--semgap-host {self.host} --semgap-transport {self.transport}: {error}") from None
         if self.server is not None and self.link == "netns":
             raise pytest.UsageError("--semgap-server names a server already running; --semgap-link netns starts its own")
         limit = models.context_length_of(self.model)
@@ -221,5 +245,5 @@ class SemgapConfig:
         return self.prompt_tokens + self.decode_steps
 
     def server_args(self) -> tuple[str, ...]:
-        return ("--seed", str(self.seed), "--dtype", self.dtype, "--device", self.device,
+        return ("--seed", str(self.seed), "--dtype", self.dtype, "--device", self.device, "--transport", self.transport,
                 "--fast-path", self.fast_path, "--max-cache-len", str(self.max_cache_len))

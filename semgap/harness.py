@@ -19,13 +19,8 @@ from semgap.modes import MODES, ModeContext, make_mode
 from semgap.modes.local import LocalMode
 from semgap.monitor import GpuMonitor, GpuSummary, unavailable_summary
 from semgap.serverproc import ServerProcess, free_port
+from semgap.transport import auth
 from semgap.wire import TcpBytes, TcpCounter, delta, tcp_counters_available
-
-# TCP bytes may exceed payload bytes by RPC framing (TensorPipe message descriptor, the pickled
-# (op, request) call) per message, independent of the payload's size: measured on loopback and
-# across the netns veth, 238-260 bytes per call sent (it grows with the op name) and 149-165
-# received (tests/test_wire_truth.py).  Outside payload .. payload + this bound per call a run warns.
-FRAMING_BYTES_PER_CALL = 1024
 
 
 @dataclass(frozen=True)
@@ -70,6 +65,7 @@ class RoundRecord:
     encode_ms: float
     decode_ms: float
     tcp_sockets_closed: int = 0
+    posts: int = 0  # requests sent without waiting for an answer (their framing counts too)
     # Retransmitted TCP bytes, each way: in the link bytes, not in the TCP bytes.  Received is what
     # the server retransmitted, known only for a server this session spawned.
     wire_tcp_bytes_retransmitted_sent: int | None = None
@@ -90,6 +86,10 @@ class ExperimentSession:
         self.server_tcp_counter = None
         self.server_info: dict[str, str] = {}
         self.setup_bytes = transport.PayloadCounter()
+        # TCP bytes may exceed payload bytes by the transport's framing per request; outside
+        # payload .. payload + this bound a run warns (see transport.FramingBound).
+        self.framing = transport.transport_kind(settings.transport).framing
+        self.secret: bytes | None = None
         self.warnings: list[str] = []
         self.gpu_monitor = None
 
@@ -122,13 +122,15 @@ class ExperimentSession:
 
     def _connect(self) -> None:
         settings = self.settings
+        self.secret = auth.load_secret(settings.secret_file)
         if settings.server is not None:
             host, port = settings.server
         else:
+            self.secret = self.secret or auth.new_secret().encode()  # this session is the server's only client
             host, port = self._spawn_server()
-        self.transport = transport.CountingTransport(
-            transport.RpcTransport(host, port, timeout_s=settings.rpc_timeout_s)
-        )
+        self.transport = transport.CountingTransport(transport.connect(
+            settings.transport, host, port, timeout_s=settings.rpc_timeout_s, secret=self.secret,
+        ))
         self.resources.callback(self.transport.close)
         self.context.transport = self.transport
         self.server_info = codec.decode(self.transport.call("hello", codec.encode({})))[1]
@@ -180,15 +182,19 @@ class ExperimentSession:
         log_dir = settings.results_dir / "logs"
         prefix: tuple[str, ...] = ()
         env: dict[str, str] = {}
+        extra_args = settings.server_args()
         host = settings.host
         if settings.link == "netns":
             cleanup_stale()
             self.link = self.resources.enter_context(NetnsLink(rate_bps=None))
             prefix, env, host = tuple(self.link.server_command([])), self.link.server_env(), self.link.server_address
             self._set_client_interface(self.link.client_ifname)
-        port = free_port() if settings.link == "loopback" else 29500
+            if settings.transport == "rpc":  # only this host reaches the namespace, as with loopback
+                extra_args += ("--allow-unauthenticated-rpc",)
+        env[auth.SECRET_VARIABLE] = self.secret.decode()
+        port = free_port(host) if settings.link == "loopback" else 29500
         self.server = ServerProcess.spawn(
-            settings.model, host, port, log_dir, extra_args=settings.server_args(), command_prefix=prefix, env=env,
+            settings.model, host, port, log_dir, extra_args=extra_args, command_prefix=prefix, env=env,
             ready_timeout_s=settings.server_start_timeout_s, progress=self.progress,
         )
         self.resources.callback(self.server.stop)
@@ -247,7 +253,7 @@ class ExperimentSession:
             link.bytes_sent - before.link.bytes_sent if link else None,
             link.bytes_received - before.link.bytes_received if link else None,
             payload.round_trips, payload.server_compute_ms, payload.encode_ms, payload.decode_ms,
-            tcp.sockets_closed if tcp else 0,
+            tcp.sockets_closed if tcp else 0, payload.posts,
             wire_tcp_bytes_retransmitted_sent=tcp.bytes_retransmitted if tcp else None,
             wire_tcp_bytes_retransmitted_received=server_tcp.bytes_retransmitted if server_tcp else None,
         )
@@ -277,18 +283,19 @@ class ExperimentSession:
         return self.gpu_monitor
 
     def check_framing(self, case: Case, rounds: list[RoundRecord]) -> None:
-        """Warn (never silently) when kernel TCP bytes stray from payload bytes beyond RPC framing."""
+        """Warn (never silently) when kernel TCP bytes stray from payload bytes beyond the transport's framing."""
         for record in rounds:
             for direction in ("sent", "received"):
                 payload = getattr(record, f"payload_bytes_{direction}")
                 tcp = getattr(record, f"wire_tcp_bytes_{direction}")
                 if tcp is None:
                     continue
-                bound = FRAMING_BYTES_PER_CALL * record.rpc_round_trips
+                bound = getattr(self.framing, direction)(record.rpc_round_trips, record.posts)
                 if not payload <= tcp <= payload + bound:
+                    posts = f" and {record.posts} posts" if record.posts else ""
                     self.warnings.append(
                         f"{case.id}: TCP bytes {direction} {tcp} vs payload {payload} exceed the framing bound "
-                        f"({bound} bytes for {record.rpc_round_trips} calls)"
+                        f"({bound} bytes for {record.rpc_round_trips} calls{posts})"
                     )
                     return
 
@@ -306,6 +313,8 @@ class ExperimentSession:
             "link": settings.link,
             "link_rates_bps": list(settings.link_rates_bps),
             "server": "external" if settings.server else "spawned",
+            "transport": settings.transport,
+            "framing_bound": asdict(self.framing),
             "semantic": str(settings.semantic),
             "compressor": self.server_info.get("compressor", ""),
             "rounds": settings.rounds,

@@ -88,9 +88,13 @@ def test_enforce_turns_a_not_supported_hypothesis_into_a_failed_run(suite, enfor
     ("--semgap-link-rate=fast", "fast"),
     ("--semgap-device=gpu", "unknown device 'gpu'; choose from auto, cpu, cuda, cuda:N"),
     ("--semgap-host=0.0.0.0", "is a wildcard: give the concrete address"),
+    ("--semgap-transport=grpc", "invalid choice: 'grpc' (choose from 'tcp', 'rpc')"),
+    ("--semgap-transport=rpc --semgap-host=::1", "the rpc transport cannot serve on the IPv6 address ::1"),
+    ("--semgap-transport=rpc --semgap-host=10.1.2.3", "PyTorch RPC cannot authenticate its peers"),
+    ("--semgap-secret-file=/no/such/file", "cannot read the secret file /no/such/file"),
 ])
 def test_bad_options_fail_at_once_naming_the_choices(suite, option, message):
-    result = suite.runpytest_subprocess("--benchmark-only", option)
+    result = suite.runpytest_subprocess("--benchmark-only", *option.split())
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert message in result.stderr.str()
 
