@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from semgap import report, verdicts
+from semgap import calibration, report, verdicts
 from semgap.config import SemgapConfig, add_options
 from semgap.harness import Case, CaseRunner, ExperimentSession, cases
 
@@ -43,6 +43,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "semgap_case" in metafunc.fixturenames:
         matrix = cases(metafunc.config.stash[settings_key])
         metafunc.parametrize("semgap_case", matrix, ids=[case.id for case in matrix])
+    if "semgap_probe" in metafunc.fixturenames:
+        metafunc.parametrize("semgap_probe", calibration.probes(), ids=lambda probe: probe.id)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -50,7 +52,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     reason = _benchmarking_disabled(config)
     if reason:
         for item in items:
-            if "semgap_case" in getattr(item, "fixturenames", ()):
+            if {"semgap_case", "semgap_probe"} & set(getattr(item, "fixturenames", ())):
                 item.add_marker(pytest.mark.skip(reason=reason))
 
 
@@ -103,6 +105,19 @@ def semgap_bench(semgap_session: ExperimentSession, semgap_case: Case) -> CaseRu
     return CaseRunner(semgap_session, semgap_case)
 
 
+@pytest.fixture(scope="module")
+def semgap_calibration(semgap_session: ExperimentSession):
+    """The calibration peers on the run's link; stopped, and their connections closed, after the module."""
+    reason = calibration.Calibration.skip_reason(semgap_session)
+    if reason:
+        pytest.skip(reason)
+    runner = calibration.Calibration(semgap_session)
+    try:
+        yield runner
+    finally:
+        runner.close()
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     report = yield
@@ -120,7 +135,8 @@ def pytest_benchmark_update_json(config: pytest.Config, benchmarks, output_json:
     record = config.stash[run_key]
     if record.session is not None:
         record.conditions = record.session.conditions()
-    output_json["semgap"] = {**record.conditions, "failures": record.failures}
+    output_json["semgap"] = {**record.conditions, "calibration": calibration.summarize(output_json["benchmarks"]),
+                             "failures": record.failures}
     record.output_json = output_json
 
 

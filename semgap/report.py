@@ -200,11 +200,36 @@ def markdown(rv: RunVerdicts, output_json: dict) -> str:
     lines = ["# semgap report", "", "Byte level used for bytes per round and H1:", "", *level_lines, ""]
     lines += _verdicts_md(rv) + _modes_md(rv) + _tax_md(rv, "local") + _tax_md(rv, "naive")
     lines += _sweep_md(rv) + _rtt_md(rv)
+    lines += _calibration_md(output_json)
     lines += ["## Failures", ""] + _table(("benchmark", "reason"), failures)
     if rv.notes:
         lines += ["## Notes", "", *(f"- {n}" for n in rv.notes), ""]
     lines += _conditions_md(rv, output_json)
     return "\n".join(lines)
+
+
+def _calibration_md(output_json: dict) -> list[str]:
+    """The run's transport calibration (semgap.calibration): each transport's per-call cost and throughput
+    against a raw socket on the same link, and the framing it added per request."""
+    section = (output_json.get("semgap") or {}).get("calibration") or {}
+    if not section:
+        return []
+
+    def number(value, template: str) -> str:
+        return "-" if value is None else template.format(value)
+
+    rows = [(name, entry.get("peer", "-"), number(entry.get("small_call_us"), "{:.1f}"),
+             "1 (reference)" if name == "raw" else number(entry.get("ratio_to_raw_tcp"), "{:.2f}x"),
+             number(entry.get("throughput_bytes_per_s", 0) / 1e6 or None, "{:,.0f}"),
+             "1 (reference)" if name == "raw" else number(entry.get("fraction_of_raw_throughput"), "{:.0%}"),
+             number(entry.get("framing_bytes_sent_per_request"), "{:.0f}"),
+             number(entry.get("framing_bytes_received_per_request"), "{:.0f}"))
+            for name, entry in section["transports"].items()]
+    header = ("transport", "peer", "small call us (median)", "per-call cost vs raw TCP", "25 MB one way, MB/s",
+              "throughput vs raw socket", "framing B/request sent", "received")
+    return ["## Transport calibration", "",
+            f"Same session, same link ({section['link']}): a raw socket's 8-byte ping-pong and 25 MB sent one way "
+            "against each transport's echo call and 25 MB sink call.", ""] + _table(header, rows)
 
 
 # ---------------------------------------------------------------- plots

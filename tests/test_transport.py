@@ -277,6 +277,7 @@ def spawn(kind: str, host: str, port: int, log_dir: Path, transport_name: str, n
 @pytest.mark.slow
 @pytest.mark.parametrize("kind, transport_name, host", [
     ("server", "tcp", "127.0.0.1"), ("server", "tcp", "::1"), ("server", "rpc", "127.0.0.1"),
+    ("peer", "tcp", "::1"), ("peer", "rpc", "127.0.0.1"), ("peer", "raw", "127.0.0.1"),
     pytest.param("server", "tcp", "netns", marks=[pytest.mark.netns, pytest.mark.skipif(not LINK_OK, reason=LINK_REASON)]),
     pytest.param("server", "rpc", "netns", marks=[pytest.mark.netns, pytest.mark.skipif(not LINK_OK, reason=LINK_REASON)]),
 ])

@@ -1,0 +1,103 @@
+"""The transport calibration: its benchmarks in a real run, its JSON section and report table, and its peers gone after."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from semgap import calibration, transport, verdicts
+from semgap.link import link_available
+
+from .conftest import REPO
+
+LINK_OK, LINK_REASON = link_available()
+CALIBRATION = (REPO / "benchmarks" / "test_calibration.py").read_text()
+QUICK = ("--semgap-rounds", "2", "--semgap-warmup-rounds", "1", "--semgap-prompt-tokens", "16",
+         "--semgap-decode-steps", "2", "--semgap-modes", "remote_cache", "--semgap-phases", "decode",
+         "-p", "no:cacheprovider")
+PROBES = {probe.id for probe in calibration.probes()}
+
+
+def bench(transport_name: str, kind: str, median_us: float, **info) -> dict:
+    return {"extra_info": {"calibration": kind, "transport": transport_name, "median_us": median_us,
+                           "peer": "calibration peer", "link": "loopback", **info}}
+
+
+def test_summarize_reads_ratios_and_ignores_other_benchmarks():
+    benchmarks = [
+        {"extra_info": {"mode": "semantic", "phase": "decode"}},
+        bench("raw", "small", 20.0, framing_bytes_sent_per_request=0.0, framing_bytes_received_per_request=0.0),
+        bench("tcp", "small", 30.0, ratio_to_raw_tcp=1.5, framing_bytes_sent_per_request=14.0,
+              framing_bytes_received_per_request=9.0),
+        bench("raw", "bulk", 10_000.0, throughput_bytes_per_s=2.5e9),
+        bench("tcp", "bulk", 12_500.0, throughput_bytes_per_s=2e9, fraction_of_raw_throughput=0.8),
+    ]
+    assert calibration.summarize(benchmarks) == {"link": "loopback", "transports": {
+        "raw": {"small_call_us": 20.0, "ratio_to_raw_tcp": None, "throughput_bytes_per_s": 2.5e9,
+                "fraction_of_raw_throughput": None, "framing_bytes_sent_per_request": 0.0,
+                "framing_bytes_received_per_request": 0.0, "peer": "calibration peer"},
+        "tcp": {"small_call_us": 30.0, "ratio_to_raw_tcp": 1.5, "throughput_bytes_per_s": 2e9,
+                "fraction_of_raw_throughput": 0.8, "framing_bytes_sent_per_request": 14.0,
+                "framing_bytes_received_per_request": 9.0, "peer": "calibration peer"},
+    }}
+    assert calibration.summarize(benchmarks[:1]) == {}
+
+
+def peer_processes(cwd: Path) -> list[int]:
+    """Live calibration peers started from cwd."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if b"semgap.calibration_peer" in (proc / "cmdline").read_bytes().split(b"\0") and \
+                    os.readlink(proc / "cwd") == os.path.realpath(cwd):
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("link, transport_name", [
+    ("loopback", "tcp"), ("loopback", "rpc"),
+    pytest.param("netns", "tcp", marks=[pytest.mark.netns, pytest.mark.skipif(not LINK_OK, reason=LINK_REASON)]),
+])
+def test_every_run_calibrates_each_transport_against_raw_tcp(suite, link, transport_name):
+    suite.makepyfile(test_calibration=CALIBRATION)
+    result = suite.runpytest_subprocess("--benchmark-only", *QUICK, "--semgap-link", link,
+                                        "--semgap-transport", transport_name, timeout=600)
+    result.assert_outcomes(passed=len(PROBES) + 1)
+    output = json.loads((suite.path / "results" / "benchmark.json").read_text())
+    found = {bench["param"]: bench["extra_info"] for bench in output["benchmarks"]
+             if bench["name"].startswith("test_calibration")}
+    assert set(found) == PROBES
+    for probe_id, info in found.items():
+        assert info["median_us"] > 0 and info["link"] == link, probe_id
+    # The run's own transport is measured on the run's own server only where a process can hold no second one.
+    assert found["rpc-small"]["peer"] == ("the run's server" if transport_name == "rpc" else "calibration peer")
+    assert found["tcp-small"]["peer"] == "calibration peer"
+    for name in transport.TRANSPORTS:
+        assert found[f"{name}-small"]["ratio_to_raw_tcp"] > 0 and found[f"{name}-25MB"]["fraction_of_raw_throughput"] > 0
+    # Framing measured in the run: exact for raw TCP and tcp (10 + len("echo") sent, 9 received).
+    assert (found["raw-small"]["framing_bytes_sent_per_request"], found["raw-small"]["framing_bytes_received_per_request"]) == (0, 0)
+    assert (found["tcp-small"]["framing_bytes_sent_per_request"], found["tcp-small"]["framing_bytes_received_per_request"]) == (14, 9)
+    rpc_framing = transport.transport_kind("rpc").framing
+    assert 0 < found["rpc-small"]["framing_bytes_sent_per_request"] <= rpc_framing.sent_bytes_per_request
+    section = output["semgap"]["calibration"]
+    assert section["link"] == link and set(section["transports"]) == {"raw", *transport.TRANSPORTS}
+    assert section["transports"]["tcp"]["small_call_us"] == found["tcp-small"]["median_us"]
+    report = (suite.path / "results" / "report.md").read_text()
+    assert "## Transport calibration" in report
+    assert any(line.startswith("| tcp | calibration peer |") for line in report.splitlines())
+    assert {run.mode for run in verdicts.parse_benchmarks(output)} == {"remote_cache"}  # calibration has no mode
+    assert peer_processes(suite.path) == []
+
+
+@pytest.mark.slow
+def test_with_an_external_server_the_calibration_is_skipped_with_the_reason(suite, preset_server):
+    suite.makepyfile(test_calibration=CALIBRATION)
+    result = suite.runpytest_subprocess("--benchmark-only", *QUICK, "-rs", "--semgap-server",
+                                        f"{preset_server.host}:{preset_server.port}")
+    result.assert_outcomes(passed=1, skipped=len(PROBES))
+    result.stdout.fnmatch_lines(["*the calibration peers would have to run there*"])
