@@ -216,6 +216,23 @@ def test_a_truncated_frame_is_dropped_and_a_stalled_one_blocks_nobody(secret_ser
     assert hello(first)["model"] == TEST_MODEL
 
 
+def test_a_large_answer_is_reused_only_once_nothing_refers_to_it(connect):
+    connection = connect()
+    ones, twos = bytes([1]) * 100_000, bytes([2]) * 100_000
+    answer = connection.call("echo", ones)
+    tensor = torch.frombuffer(answer, dtype=torch.uint8)  # a decoded tensor maps the buffer
+    address = id(answer)
+    del answer
+    assert connection.call("echo", twos) == twos
+    assert bool((tensor == 1).all())  # the next answer went elsewhere
+    del tensor
+    answer = connection.call("echo", twos)  # lands in that next answer's buffer, free now
+    assert answer == twos and id(answer) != address
+    reused = id(answer)
+    del answer
+    assert id(connection.call("echo", ones)) == reused
+
+
 # --- posts ---------------------------------------------------------------------------------------
 
 def test_posts_run_in_order_and_a_failed_post_is_raised_by_the_next_call(connect):
