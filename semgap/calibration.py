@@ -91,13 +91,24 @@ class Calibration:
         self.tcp_available = tcp_counters_available()[0]
 
     @staticmethod
-    def skip_reason(session) -> str:
-        """Why this session cannot calibrate, or ""."""
+    def unavailable(session) -> str:
+        """Why this session cannot calibrate at all, or ""."""
         if session.settings.server is not None:
             return ("--semgap-server names a server on another host: the calibration peers would have to run "
                     "there, and the suite starts nothing on it")
         if session.settings.link == "netns" and session.link is None:
             return "no remote mode in this run, so no netns link to calibrate"
+        return ""
+
+    def probe_unavailable(self, probe: Probe) -> str:
+        """Why this probe cannot run on this run's link (rpc on IPv6, say), or ""."""
+        if probe.transport == RAW:
+            return ""
+        try:
+            transport.check_bind(transport.transport_kind(probe.transport), self.host, has_secret=True,
+                                 allow_unauthenticated=bool(self.prefix))
+        except transport.BindRefused as error:
+            return str(error)
         return ""
 
     def run(self, benchmark, probe: Probe) -> None:

@@ -221,6 +221,10 @@ class SemgapConfig:
             available, reason = link_available()
             if not available:
                 raise pytest.UsageError(f"--semgap-link netns cannot run here: {reason}")
+        try:
+            auth.load_secret(self.secret_file)  # $SEMGAP_SECRET too
+        except ValueError as error:
+            raise pytest.UsageError(str(error)) from None
         if self.server is None and self.link == "loopback":
             try:  # what the spawned server would refuse (it always gets a secret), refused before anything starts
                 transport.check_bind(transport.transport_kind(self.transport), self.host, has_secret=True)

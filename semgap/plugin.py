@@ -108,7 +108,7 @@ def semgap_bench(semgap_session: ExperimentSession, semgap_case: Case) -> CaseRu
 @pytest.fixture(scope="module")
 def semgap_calibration(semgap_session: ExperimentSession):
     """The calibration peers on the run's link; stopped, and their connections closed, after the module."""
-    reason = calibration.Calibration.skip_reason(semgap_session)
+    reason = calibration.Calibration.unavailable(semgap_session)
     if reason:
         pytest.skip(reason)
     runner = calibration.Calibration(semgap_session)

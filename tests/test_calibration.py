@@ -95,6 +95,18 @@ def test_every_run_calibrates_each_transport_against_raw_tcp(suite, link, transp
 
 
 @pytest.mark.slow
+def test_on_ipv6_rpc_is_left_out_and_says_why(suite):
+    suite.makepyfile(test_calibration=CALIBRATION)
+    result = suite.runpytest_subprocess("--benchmark-only", *QUICK, "-rs", "--semgap-host", "::1", timeout=600)
+    result.assert_outcomes(passed=len(PROBES) - 2 + 1, skipped=2)
+    result.stdout.fnmatch_lines(["*rpc transport cannot serve on the IPv6 address ::1*"])
+    output = json.loads((suite.path / "results" / "benchmark.json").read_text())
+    assert set(output["semgap"]["calibration"]["transports"]) == {"raw", "tcp"}
+    case = next(bench["extra_info"] for bench in output["benchmarks"] if bench["name"].startswith("test_semantic_gap"))
+    assert case["wire_tcp_bytes_received"] >= case["payload_bytes_received"] > 0  # the run itself over IPv6
+
+
+@pytest.mark.slow
 def test_with_an_external_server_the_calibration_is_skipped_with_the_reason(suite, preset_server):
     suite.makepyfile(test_calibration=CALIBRATION)
     result = suite.runpytest_subprocess("--benchmark-only", *QUICK, "-rs", "--semgap-server",

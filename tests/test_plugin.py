@@ -99,6 +99,13 @@ def test_bad_options_fail_at_once_naming_the_choices(suite, option, message):
     assert message in result.stderr.str()
 
 
+def test_a_short_secret_in_the_environment_stops_the_run_at_once(suite, monkeypatch):
+    monkeypatch.setenv("SEMGAP_SECRET", "short")
+    result = suite.runpytest_subprocess("--benchmark-only")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "$SEMGAP_SECRET holds 5 bytes; a secret needs at least 16" in result.stderr.str()
+
+
 def test_under_xdist_benchmarks_are_skipped_with_a_reason_not_passed(suite):
     result = suite.runpytest_subprocess("-n", "2", "-rs", *QUICK, "--semgap-modes", "local")
     result.assert_outcomes(skipped=2)
