@@ -417,3 +417,33 @@ def test_nothing_on_the_server_is_unpickled(tmp_path, transport_name, unpickles)
     log = server.log_tail(10_000)
     served = log[log.index(READY_LINE):]
     assert ("UNPICKLED" in served) == unpickles, served[-3000:]
+
+
+def test_a_closed_connection_says_so_instead_of_failing_obscurely(connect):
+    connection = connect()
+    connection.close()
+    with pytest.raises(ConnectionError, match="connection to the semgap server at .* is closed; cannot send 'hello'"):
+        hello(connection)
+    with pytest.raises(ConnectionError, match="is closed; cannot send 'release'"):
+        connection.post("release", b"")
+
+
+def test_a_call_that_outlasts_its_timeout_loses_the_connection_with_a_clear_error():
+    stop, ready, release = threading.Event(), threading.Event(), threading.Event()
+    port = free_port()
+    server = threading.Thread(target=transport.serve, args=("tcp", "127.0.0.1", port, lambda op, _: release.wait(30) and b"", stop),
+                              kwargs={"on_ready": ready.set})
+    server.start()
+    try:
+        assert ready.wait(10)
+        connection = transport.connect("tcp", "127.0.0.1", port)
+        started = time.monotonic()
+        with pytest.raises(ConnectionError, match="lost the semgap server at 127.0.0.1:.* during 'slow': no progress within 0.5 s"):
+            connection.call("slow", b"", timeout_s=0.5)
+        assert time.monotonic() - started < 5 and connection.broken
+        connection.close()
+    finally:
+        release.set()
+        stop.set()
+        server.join(30)
+    assert not server.is_alive()

@@ -188,7 +188,7 @@ class TcpTransport:
         where = f"the semgap server at {self.host}:{self.port}"
         try:
             magic, version, flags, server_nonce = self.connection.read_struct(HELLO)
-        except (OSError, PeerClosed) as error:
+        except OSError as error:  # PeerClosed and timeouts included
             raise ConnectionError(f"{where} did not greet this client: {error}") from None
         if magic != MAGIC or version != VERSION:
             raise ConnectionError(f"{where} does not speak semgap's tcp transport (version {VERSION}); "
@@ -212,8 +212,7 @@ class TcpTransport:
     def call(self, op: str, request: bytes, timeout_s: float | None = None) -> bytearray:
         """The server's answer, in a writable buffer of its own (codec.decode maps tensors onto it)."""
         with self.lock:
-            self._set_timeout(timeout_s or self.timeout_s)
-            self._send(op, request, 0)
+            self._send(op, request, 0, timeout_s or self.timeout_s)
             status, body = self._receive(op)
         if status != OK:
             raise ServerError(f"semgap server at {self.host}:{self.port} refused {op!r}: {body.decode(errors='replace')}")
@@ -221,8 +220,7 @@ class TcpTransport:
 
     def post(self, op: str, request: bytes) -> None:
         with self.lock:
-            self._set_timeout(self.timeout_s)
-            self._send(op, request, POST)
+            self._send(op, request, POST, self.timeout_s)
 
     def _set_timeout(self, timeout_s: float) -> None:
         # Kernel timeouts on a blocking socket cost no system call per send or receive, unlike
@@ -234,11 +232,12 @@ class TcpTransport:
                 self.connection.sock.setsockopt(socket.SOL_SOCKET, option, value)
             self._timeout_s = timeout_s
 
-    def _send(self, op: str, request: bytes, flags: int) -> None:
+    def _send(self, op: str, request: bytes, flags: int, timeout_s: float) -> None:
         name = op.encode("ascii")
         if len(name) > MAX_OP_BYTES:
             raise ValueError(f"op name {op!r} is longer than {MAX_OP_BYTES} bytes")
         self._check_open(op)
+        self._set_timeout(timeout_s)
         try:
             self.connection.send(REQUEST.pack(len(request), flags, len(name)), name, request)
         except OSError as error:
