@@ -113,7 +113,7 @@ def semgap_calibration(semgap_session: ExperimentSession):
         pytest.skip(reason)
     runner = calibration.Calibration(semgap_session)
     try:
-        yield runner
+        yield runner.start()
     finally:
         runner.close()
 

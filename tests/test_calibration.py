@@ -20,25 +20,29 @@ QUICK = ("--semgap-rounds", "2", "--semgap-warmup-rounds", "1", "--semgap-prompt
 PROBES = {probe.id for probe in calibration.probes()}
 
 
-def bench(transport_name: str, kind: str, median_us: float, **info) -> dict:
+def bench(transport_name: str, kind: str, median_us: float, raw_us: float, **info) -> dict:
     return {"extra_info": {"calibration": kind, "transport": transport_name, "median_us": median_us,
+                           "raw_tcp_interleaved_median_us": raw_us, "message_bytes": 8 if kind == "small" else 25_000_000,
                            "peer": "calibration peer", "link": "loopback", **info}}
 
 
 def test_summarize_reads_ratios_and_ignores_other_benchmarks():
     benchmarks = [
         {"extra_info": {"mode": "semantic", "phase": "decode"}},
-        bench("raw", "small", 20.0, framing_bytes_sent_per_request=0.0, framing_bytes_received_per_request=0.0),
-        bench("tcp", "small", 30.0, ratio_to_raw_tcp=1.5, framing_bytes_sent_per_request=14.0,
+        bench("raw", "small", 20.0, 20.0, ratio_to_raw_tcp=1.0, framing_bytes_sent_per_request=0.0,
+              framing_bytes_received_per_request=0.0),
+        bench("tcp", "small", 30.0, 25.0, ratio_to_raw_tcp=1.2, framing_bytes_sent_per_request=14.0,
               framing_bytes_received_per_request=9.0),
-        bench("raw", "bulk", 10_000.0, throughput_bytes_per_s=2.5e9),
-        bench("tcp", "bulk", 12_500.0, throughput_bytes_per_s=2e9, fraction_of_raw_throughput=0.8),
+        bench("raw", "bulk", 10_000.0, 10_000.0, throughput_bytes_per_s=2.5e9, fraction_of_raw_throughput=1.0),
+        bench("tcp", "bulk", 12_500.0, 10_000.0, throughput_bytes_per_s=2e9, fraction_of_raw_throughput=0.8),
     ]
     assert calibration.summarize(benchmarks) == {"link": "loopback", "transports": {
-        "raw": {"small_call_us": 20.0, "ratio_to_raw_tcp": None, "throughput_bytes_per_s": 2.5e9,
-                "fraction_of_raw_throughput": None, "framing_bytes_sent_per_request": 0.0,
+        "raw": {"small_call_us": 20.0, "raw_tcp_alongside_us": 20.0, "ratio_to_raw_tcp": 1.0,
+                "throughput_bytes_per_s": 2.5e9, "raw_tcp_alongside_bytes_per_s": 2.5e9,
+                "fraction_of_raw_throughput": 1.0, "framing_bytes_sent_per_request": 0.0,
                 "framing_bytes_received_per_request": 0.0, "peer": "calibration peer"},
-        "tcp": {"small_call_us": 30.0, "ratio_to_raw_tcp": 1.5, "throughput_bytes_per_s": 2e9,
+        "tcp": {"small_call_us": 30.0, "raw_tcp_alongside_us": 25.0, "ratio_to_raw_tcp": 1.2,
+                "throughput_bytes_per_s": 2e9, "raw_tcp_alongside_bytes_per_s": 2.5e9,
                 "fraction_of_raw_throughput": 0.8, "framing_bytes_sent_per_request": 14.0,
                 "framing_bytes_received_per_request": 9.0, "peer": "calibration peer"},
     }}
@@ -77,8 +81,12 @@ def test_every_run_calibrates_each_transport_against_raw_tcp(suite, link, transp
     # The run's own transport is measured on the run's own server only where a process can hold no second one.
     assert found["rpc-small"]["peer"] == ("the run's server" if transport_name == "rpc" else "calibration peer")
     assert found["tcp-small"]["peer"] == "calibration peer"
-    for name in transport.TRANSPORTS:
-        assert found[f"{name}-small"]["ratio_to_raw_tcp"] > 0 and found[f"{name}-25MB"]["fraction_of_raw_throughput"] > 0
+    for name in ("raw", *transport.TRANSPORTS):  # ratios against the raw rounds alongside (raw: itself)
+        small, bulk = found[f"{name}-small"], found[f"{name}-25MB"]
+        assert small["ratio_to_raw_tcp"] == pytest.approx(small["median_us"] / small["raw_tcp_interleaved_median_us"])
+        assert bulk["fraction_of_raw_throughput"] == pytest.approx(bulk["raw_tcp_interleaved_median_us"] / bulk["median_us"])
+        assert bulk["throughput_bytes_per_s"] == pytest.approx(25e6 / bulk["median_us"] * 1e6)
+    assert found["raw-small"]["ratio_to_raw_tcp"] == 1
     # Framing measured in the run: exact for raw TCP and tcp (10 + len("echo") sent, 9 received).
     assert (found["raw-small"]["framing_bytes_sent_per_request"], found["raw-small"]["framing_bytes_received_per_request"]) == (0, 0)
     assert (found["tcp-small"]["framing_bytes_sent_per_request"], found["tcp-small"]["framing_bytes_received_per_request"]) == (14, 9)
