@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from semgap import models, rundir
+from semgap import models, rundir, transport
 from semgap.argtypes import fraction as _fraction
 from semgap.argtypes import share as _share
 from semgap.modes import MODES, PHASES, SemanticOptions
 from semgap.runtime import FAST_PATH_SETTINGS
+from semgap.transport import auth
 
 LINKS = ("loopback", "netns")
 
@@ -81,6 +82,14 @@ def _semantic(text: str) -> SemanticOptions:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+def _secret_file(text: str) -> Path:
+    try:
+        auth.load_secret(Path(text))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return Path(text)
+
+
 def _rates(text: str) -> tuple[int, ...]:
     from semgap.link import parse_rate
 
@@ -126,13 +135,20 @@ def add_options(parser: pytest.Parser) -> None:
     option("--semgap-server", metavar="HOST:PORT", type=_address, default=None,
            help="use the semgap server already running there; nothing is spawned. Default: spawn one")
     option("--semgap-host", metavar="ADDRESS", default="127.0.0.1",
-           help="address a spawned server binds (non-loopback exposes code execution, see README). Default: 127.0.0.1")
+           help="address a spawned server binds (rpc: loopback only, IPv4). Default: 127.0.0.1")
     option("--semgap-link", metavar="KIND", choices=LINKS, default="loopback",
            help="loopback, or netns: the server in its own network namespace behind a veth pair (root). Default: loopback")
     option("--semgap-link-rate", metavar="RATES", type=_rates, default=(),
            help="with --semgap-link netns: tbf rate(s) on the veth, comma list like 100mbit,1gbit. Default: unshaped")
+    option("--semgap-transport", metavar="NAME", choices=list(transport.TRANSPORTS), default=transport.DEFAULT_TRANSPORT,
+           help="how client and server exchange requests: tcp (semgap's own: one TCP connection, length-prefixed "
+                "frames, HMAC-authenticated, no pickle) or rpc (PyTorch RPC over TensorPipe, loopback or the netns "
+                f"link only). Default: {transport.DEFAULT_TRANSPORT}")
+    option("--semgap-secret-file", metavar="PATH", type=_secret_file, default=None,
+           help="file holding the shared secret the tcp transport proves to the server; a spawned server gets a "
+                f"fresh random one unless this or ${auth.SECRET_VARIABLE} is set. Default: ${auth.SECRET_VARIABLE}")
     option("--semgap-rpc-timeout", metavar="SECONDS", type=_positive_int, default=120,
-           help="timeout of one RPC call. Default: 120")
+           help="timeout of one call to the server, whatever the transport. Default: 120")
     option("--semgap-server-start-timeout", metavar="SECONDS", type=_positive_int, default=600,
            help="how long to wait for a spawned server to build its model, and for the one weight upload. Default: 600")
     option("--semgap-results", metavar="DIR", type=Path, default=Path("results"),
@@ -172,6 +188,8 @@ class SemgapConfig:
     host: str
     link: str
     link_rates_bps: tuple[int, ...]
+    transport: str
+    secret_file: Path | None
     rpc_timeout_s: int
     server_start_timeout_s: int
     results_dir: Path  # the parent of every run's directory (--semgap-results)
@@ -192,7 +210,8 @@ class SemgapConfig:
             decode_steps=get("semgap_decode_steps"), blocks=get("semgap_blocks"), rounds=get("semgap_rounds"),
             warmup_rounds=get("semgap_warmup_rounds"), block_seed=get("semgap_block_seed"),
             semantic=get("semgap_semantic"), server=get("semgap_server"), host=get("semgap_host"), link=get("semgap_link"),
-            link_rates_bps=get("semgap_link_rate"), rpc_timeout_s=get("semgap_rpc_timeout"),
+            link_rates_bps=get("semgap_link_rate"), transport=get("semgap_transport"),
+            secret_file=get("semgap_secret_file"), rpc_timeout_s=get("semgap_rpc_timeout"),
             server_start_timeout_s=get("semgap_server_start_timeout"), results_dir=get("semgap_results"),
             run_dir=get("semgap_results") / rundir.new_run_id(),
             h1=get("semgap_h1"), h2=get("semgap_h2"), alpha=get("semgap_alpha"),
@@ -218,6 +237,15 @@ class SemgapConfig:
             available, reason = link_available()
             if not available:
                 raise pytest.UsageError(f"--semgap-link netns cannot run here: {reason}")
+        try:
+            auth.load_secret(self.secret_file)  # $SEMGAP_SECRET too
+        except ValueError as error:
+            raise pytest.UsageError(str(error)) from None
+        if self.server is None and self.link == "loopback":
+            try:  # what the spawned server would refuse (it always gets a secret), refused before anything starts
+                transport.check_bind(transport.transport_kind(self.transport), self.host, has_secret=True)
+            except transport.BindRefused as error:
+                raise pytest.UsageError(f"--semgap-host {self.host} --semgap-transport {self.transport}: {error}") from None
         if self.server is not None and self.link == "netns":
             raise pytest.UsageError("--semgap-server names a server already running; --semgap-link netns starts its own")
         try:
@@ -248,5 +276,5 @@ class SemgapConfig:
         return max(self.decode_steps)
 
     def server_args(self) -> tuple[str, ...]:
-        return ("--seed", str(self.seed), "--dtype", self.dtype, "--device", self.device,
+        return ("--seed", str(self.seed), "--dtype", self.dtype, "--device", self.device, "--transport", self.transport,
                 "--fast-path", self.fast_path, "--max-cache-len", str(self.max_cache_len))

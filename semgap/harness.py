@@ -20,13 +20,8 @@ from semgap.modes import MODES, ModeContext, make_mode
 from semgap.modes.local import LocalMode
 from semgap.monitor import GpuMonitor, GpuSummary, unavailable_summary
 from semgap.serverproc import ServerProcess, free_port
+from semgap.transport import auth
 from semgap.wire import TcpBytes, TcpCounter, delta, tcp_counters_available
-
-# TCP bytes may exceed payload bytes by RPC framing (TensorPipe message descriptor, the pickled
-# (op, request) call) per message, independent of the payload's size: measured on loopback and
-# across the netns veth, 238-260 bytes per call sent (it grows with the op name) and 149-165
-# received (tests/test_wire_truth.py).  Outside payload .. payload + this bound per call a run warns.
-FRAMING_BYTES_PER_CALL = 1024
 
 
 @dataclass(frozen=True)
@@ -130,6 +125,10 @@ class ExperimentSession:
         self.server_tcp_counter = None
         self.server_info: dict[str, str] = {}
         self.setup_bytes = transport.PayloadCounter()
+        # TCP bytes may exceed payload bytes by the transport's framing per request; outside
+        # payload .. payload + this bound a run warns (see transport.FramingBound).
+        self.framing = transport.transport_kind(settings.transport).framing
+        self.secret: bytes | None = None
         self.warnings: list[str] = []
         self.gpu_monitor = None
         self.modes: dict[str, object] = {}
@@ -163,13 +162,15 @@ class ExperimentSession:
 
     def _connect(self) -> None:
         settings = self.settings
+        self.secret = auth.load_secret(settings.secret_file)
         if settings.server is not None:
             host, port = settings.server
         else:
+            self.secret = self.secret or auth.new_secret().encode()  # this session is the server's only client
             host, port = self._spawn_server()
-        self.transport = transport.CountingTransport(
-            transport.RpcTransport(host, port, timeout_s=settings.rpc_timeout_s)
-        )
+        self.transport = transport.CountingTransport(transport.connect(
+            settings.transport, host, port, timeout_s=settings.rpc_timeout_s, secret=self.secret,
+        ))
         self.resources.callback(self.transport.close)
         self.context.transport = self.transport
         self.server_info = codec.decode(self.transport.call("hello", codec.encode({})))[1]
@@ -221,15 +222,19 @@ class ExperimentSession:
         log_dir = settings.run_dir / "logs"
         prefix: tuple[str, ...] = ()
         env: dict[str, str] = {}
+        extra_args = settings.server_args()
         host = settings.host
         if settings.link == "netns":
             cleanup_stale()
             self.link = self.resources.enter_context(NetnsLink(rate_bps=None))
             prefix, env, host = tuple(self.link.server_command([])), self.link.server_env(), self.link.server_address
             self._set_client_interface(self.link.client_ifname)
-        port = free_port() if settings.link == "loopback" else 29500
+            if settings.transport == "rpc":  # only this host reaches the namespace, as with loopback
+                extra_args += ("--allow-unauthenticated-rpc",)
+        env[auth.SECRET_VARIABLE] = self.secret.decode()
+        port = free_port(host) if settings.link == "loopback" else 29500
         self.server = ServerProcess.spawn(
-            settings.model, host, port, log_dir, extra_args=settings.server_args(), command_prefix=prefix, env=env,
+            settings.model, host, port, log_dir, extra_args=extra_args, command_prefix=prefix, env=env,
             ready_timeout_s=settings.server_start_timeout_s, progress=self.progress,
         )
         self.resources.callback(self.server.stop)
@@ -329,12 +334,11 @@ class ExperimentSession:
                 tcp = getattr(record, f"wire_tcp_bytes_{direction}")
                 if tcp is None:
                     continue
-                # every call and post sends a framed message; only calls are answered
-                messages = record.rpc_round_trips + (record.rpc_posts if direction == "sent" else 0)
-                bound = FRAMING_BYTES_PER_CALL * messages
+                bound = getattr(self.framing, direction)(record.rpc_round_trips, record.rpc_posts)
                 if not payload <= tcp <= payload + bound:
+                    posts = f" and {record.rpc_posts} posts" if record.rpc_posts else ""
                     warning = (f"{case.id}: TCP bytes {direction} {tcp} vs payload {payload} exceed the framing bound "
-                               f"({bound} bytes for {messages} messages)")
+                               f"({bound} bytes for {record.rpc_round_trips} calls{posts})")
                     self.warnings.append(warning)
                     return warning
         return None
@@ -354,6 +358,8 @@ class ExperimentSession:
             "link": settings.link,
             "link_rates_bps": list(settings.link_rates_bps),
             "server": "external" if settings.server else "spawned",
+            "transport": settings.transport,
+            "framing_bound": asdict(self.framing),
             "semantic": str(settings.semantic),
             "compressor": self.server_info.get("compressor", ""),
             "blocks": settings.blocks,

@@ -7,7 +7,7 @@ import warnings
 
 import pytest
 
-from semgap import interrupts, preflight, report, rundir, verdicts
+from semgap import calibration, interrupts, preflight, report, rundir, verdicts
 from semgap.config import SemgapConfig, add_options
 from semgap.harness import BlockItem, CaseRunner, ExperimentSession, schedule
 from semgap.modes import MODES
@@ -46,6 +46,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         # One benchmark per (case, block), in the order they run: block after block (see harness.schedule).
         matrix = schedule(metafunc.config.stash[settings_key])
         metafunc.parametrize("semgap_case", matrix, ids=[item.id for item in matrix])
+    if "semgap_probe" in metafunc.fixturenames:
+        metafunc.parametrize("semgap_probe", calibration.probes(), ids=lambda probe: probe.id)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -53,7 +55,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     reason = _benchmarking_disabled(config)
     if reason:
         for item in items:
-            if "semgap_case" in getattr(item, "fixturenames", ()):
+            if {"semgap_case", "semgap_probe"} & set(getattr(item, "fixturenames", ())):
                 item.add_marker(pytest.mark.skip(reason=reason))
 
 
@@ -135,6 +137,22 @@ def semgap_bench(request: pytest.FixtureRequest, semgap_session: ExperimentSessi
     return CaseRunner(semgap_session, semgap_case)
 
 
+@pytest.fixture(scope="module")
+def semgap_calibration(request: pytest.FixtureRequest, semgap_session: ExperimentSession | None):
+    """The calibration peers on the run's link; stopped, and their connections closed, after the module."""
+    failure = request.config.stash[run_key].session_failure
+    if semgap_session is None:
+        pytest.skip(f"not calibrated: the session did not open ({failure.line if failure else 'unknown'})")
+    reason = calibration.Calibration.unavailable(semgap_session)
+    if reason:
+        pytest.skip(reason)
+    runner = calibration.Calibration(semgap_session)
+    try:
+        yield runner.start()
+    finally:
+        runner.close()
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     report = yield
@@ -188,7 +206,7 @@ def pytest_benchmark_update_json(config: pytest.Config, benchmarks, output_json:
     record = config.stash[run_key]
     if record.session is not None:
         record.conditions = record.session.conditions()
-    output_json["semgap"] = record.semgap_section()
+    output_json["semgap"] = {**record.semgap_section(), "calibration": calibration.summarize(output_json["benchmarks"])}
     if record.output_json is None:  # the --benchmark-json file's, with raw data, comes before the autosave's
         record.output_json = output_json
         config.getoption("benchmark_json").parent.mkdir(parents=True, exist_ok=True)  # pytest-benchmark does not

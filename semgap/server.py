@@ -1,11 +1,10 @@
-"""The GPU-side RPC server: holds the model and a KV-cache store behind opaque handles.
+"""The GPU-side server: holds the model and a KV-cache store behind opaque handles.
 
 Run it with `python -m semgap.server --model gpt2-mini --host 127.0.0.1 --port 29501`.
 """
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import json
 import signal
 import sys
@@ -14,19 +13,21 @@ import uuid
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
+from pathlib import Path
 
 import torch
 
 from semgap import codec, models, runtime, transport
 from semgap.oplevel.server import OpLevelServer
 from semgap.runtime import Engine, cache_to_tensors, compute_ms_text, stopwatch, tensors_to_cache
+from semgap.transport import auth
 
 MAX_CACHES = 64  # caches a crashed client never released are evicted oldest first beyond this
 
 EXPOSURE_WARNING = (
-    "WARNING: semgap server bound to {host}, which is not a loopback address. PyTorch RPC unpickles "
+    "WARNING: semgap server serving rpc on {host}, which is not a loopback address. PyTorch RPC unpickles "
     "whatever it receives, so anyone who can reach port {port} can run arbitrary code on this host "
-    "as this user. Bind wider only on an isolated network you control."
+    "as this user. Serve there only on a network no one else can reach."
 )
 
 
@@ -51,6 +52,7 @@ class ModelServer:
         self.operations = {
             "hello": self.hello,
             "echo": self.echo,
+            "sink": self.sink,
             "upload_weights": self.upload_weights,
             "naive_step": self.naive_step,
             "prefill": self.prefill,
@@ -65,6 +67,8 @@ class ModelServer:
             raise ValueError(f"unknown operation {op!r}; this server knows {', '.join(self.operations)}")
         if op == "echo":  # byte-exact: no decoding, so wire tests see exactly what they sent
             return request
+        if op == "sink":  # one way: the request is received whole and dropped
+            return b""
         tensors, meta = codec.decode(request)
         with self.lock:
             return self._on_engine_thread(self.operations[op], tensors, meta)
@@ -102,6 +106,9 @@ class ModelServer:
         return codec.encode({}, info)
 
     def echo(self, tensors, meta) -> bytes:  # never called: handle() answers echo without decoding
+        raise AssertionError("unreachable")
+
+    def sink(self, tensors, meta) -> bytes:  # never called: handle() answers sink without decoding
         raise AssertionError("unreachable")
 
     def upload_weights(self, tensors, meta) -> bytes:
@@ -193,15 +200,6 @@ class ModelServer:
         )
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m semgap.server", description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="gpt2-mini", help="preset or local checkpoint directory (default: gpt2-mini)")
@@ -209,7 +207,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dtype", default="auto", help="auto, float32, float16 or bfloat16 (default: auto)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: auto)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, loopback only)")
-    parser.add_argument("--port", type=int, default=29501, help="rendezvous port (default: 29501)")
+    parser.add_argument("--port", type=int, default=29501,
+                        help="port to listen on; rpc's rendezvous store (default: 29501)")
+    parser.add_argument("--transport", choices=list(transport.TRANSPORTS), default=transport.DEFAULT_TRANSPORT,
+                        help="tcp: semgap's own, authenticated, no pickle; rpc: PyTorch RPC, loopback only "
+                             f"(default: {transport.DEFAULT_TRANSPORT})")
+    parser.add_argument("--secret-file", type=Path, default=None,
+                        help="file holding the shared secret clients must prove (tcp); required beyond loopback "
+                             f"(default: ${auth.SECRET_VARIABLE}, else none)")
+    parser.add_argument("--allow-unauthenticated-rpc", action="store_true",
+                        help="serve rpc beyond loopback although anyone reaching it can run code here; only on a "
+                             "network no one else can reach (the suite passes it for its own netns veth)")
     parser.add_argument("--no-gpu-monitor", action="store_true", help="do not sample the GPU with NVML")
     parser.add_argument("--fast-path", choices=runtime.FAST_PATH_SETTINGS, default="auto",
                         help="decode path of resident caches: on = static KV cache + torch.compile (CUDA graphs), "
@@ -222,11 +230,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if not is_loopback(args.host):
-        print(EXPOSURE_WARNING.format(host=args.host, port=args.port), file=sys.stderr, flush=True)
     try:
+        secret = auth.load_secret(args.secret_file)
+        transport.check_bind(transport.transport_kind(args.transport), args.host, secret is not None,
+                             args.allow_unauthenticated_rpc)
+        if args.transport == "rpc" and not transport.is_loopback(args.host):
+            print(EXPOSURE_WARNING.format(host=args.host, port=args.port), file=sys.stderr, flush=True)
         models.check_model_name(args.model)
-    except models.UnknownModelError as error:
+    except ValueError as error:  # UnknownModelError is one
         print(f"semgap server: {error}", file=sys.stderr)
         return 2
     stop = threading.Event()
@@ -242,8 +253,9 @@ def main(argv: list[str] | None = None) -> int:
           f"in {warmup_s:.1f} s", flush=True)
     try:
         transport.serve(
-            args.host, args.port, server.handle, stop,
-            on_ready=lambda: print(f"semgap server ready on {args.host}:{args.port}", flush=True),
+            args.transport, args.host, args.port, server.handle, stop, secret=secret,
+            allow_unauthenticated=args.allow_unauthenticated_rpc,
+            on_ready=lambda: print(f"semgap server ready on {args.host}:{args.port} ({args.transport})", flush=True),
         )
     finally:
         # After the rounds: a recompile, a cudagraph skip or a fallback during them shows here.

@@ -31,7 +31,7 @@ class ServerStartError(RuntimeError):
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as probe:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
         probe.bind((host, 0))
         return probe.getsockname()[1]
 
@@ -51,24 +51,33 @@ class ServerProcess:
     log_path: Path
 
     @classmethod
-    def spawn(
+    def spawn(cls, model: str, host: str, port: int, log_dir: Path, *, extra_args: tuple[str, ...] = (),
+              **options) -> "ServerProcess":
+        """Start `python -m semgap.server` for `model` and wait until it serves; `options` as for `start`."""
+        python_args = ("-m", "semgap.server", "--model", model, "--host", host, "--port", str(port), *extra_args)
+        return cls.start(python_args, host, port, log_dir, label=model.replace("/", "_"), **options)
+
+    @classmethod
+    def start(
         cls,
-        model: str,
+        python_args: tuple[str, ...],
         host: str,
         port: int,
         log_dir: Path,
         *,
-        extra_args: tuple[str, ...] = (),
+        label: str,
         command_prefix: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
         ready_timeout_s: float = 300.0,
         progress: Callable[[str], None] = lambda line: None,
     ) -> "ServerProcess":
-        """Start `python -m semgap.server` (after `command_prefix`, e.g. `ip netns exec NS`) and wait for it."""
+        """Run `python PYTHON_ARGS` (after `command_prefix`, e.g. `ip netns exec NS`) until it prints READY_LINE.
+
+        Its output goes to a log named after `label` and the port in `log_dir`.
+        """
         log_dir.mkdir(parents=True, exist_ok=True)
-        log_path = log_dir / f"server-{model.replace('/', '_')}-{port}-{time.strftime('%Y%m%d-%H%M%S')}.log"
-        argv = [*command_prefix, sys.executable, "-u", "-m", "semgap.server",
-                "--model", model, "--host", host, "--port", str(port), *extra_args]
+        log_path = log_dir / f"server-{label}-{port}-{time.strftime('%Y%m%d-%H%M%S')}.log"
+        argv = [*command_prefix, sys.executable, "-u", *python_args]
         with open(log_path, "wb") as log:
             process = subprocess.Popen(
                 argv,

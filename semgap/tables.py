@@ -219,6 +219,31 @@ def cost_model(rv: RunVerdicts, output_json: dict, rounds: pd.DataFrame) -> Sect
 
 # ---------------------------------------------------------------- run-level
 
+def calibration(output_json: dict) -> list[Section]:
+    """The run's transport calibration (``semgap.calibration``): each transport's per-call cost and
+    throughput against a raw socket on the same link, and the framing it added per request."""
+    section = (output_json.get("semgap") or {}).get("calibration") or {}
+    if not section:
+        return []
+    columns = ("peer", "small_call_us", "raw_tcp_alongside_us", "ratio_to_raw_tcp", "throughput_bytes_per_s",
+               "raw_tcp_alongside_bytes_per_s", "fraction_of_raw_throughput", "framing_bytes_sent_per_request",
+               "framing_bytes_received_per_request")
+    rows = [(name, *(entry.get(column) for column in columns)) for name, entry in section["transports"].items()]
+    header = ("transport", "peer", "small call us", "raw TCP alongside us", "per-call cost vs raw",
+              "25 MB one way MB/s", "raw alongside MB/s", "throughput vs raw", "framing B/request sent", "received")
+
+    def megabytes(value: float) -> str:
+        return count(value / 1e6)
+
+    formats = {"small call us": fixed(1), "raw TCP alongside us": fixed(1), "per-call cost vs raw": ratio,
+               "25 MB one way MB/s": megabytes, "raw alongside MB/s": megabytes, "throughput vs raw": percent,
+               "framing B/request sent": fixed(0), "received": fixed(0)}
+    return [Section("Transport calibration", (
+        f"Same session, same link ({section['link']}): each transport's 8-byte echo call and 25 MB sink call, "
+        "each round alternating with a raw socket's 8-byte ping-pong or 25 MB send (raw alongside); medians.", ""),
+        (Table.from_rows("calibration", "Transport calibration", header, rows, formats),))]
+
+
 def failures(rv: RunVerdicts) -> Section:
     rows = [(f.get("name", "-"), (str(f.get("reason", "-")).splitlines() or ["-"])[0][:200]) for f in rv.failures]
     return Section("Failures", (), (Table.from_rows("failures", "Failures", ("benchmark", "reason"), rows,
@@ -270,7 +295,7 @@ def sections(rv: RunVerdicts, output_json: dict) -> list[Section]:
     rounds = frames.rounds(output_json) if rv.summaries else pd.DataFrame(columns=frames.IDENTITY)
     return [design(rv), *verdicts(rv), cross_check(rv), load(rv), cases(rv), *taxes(rv),
             *ablation.sections(rv, rounds), crossovers(rv), rtt_projection(rv), cost_model(rv, output_json, rounds),
-            failures(rv), *notes(rv), *conditions(rv, output_json)]
+            *calibration(output_json), failures(rv), *notes(rv), *conditions(rv, output_json)]
 
 
 def caption_context(rv: RunVerdicts) -> str:

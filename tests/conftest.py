@@ -33,9 +33,25 @@ def preset_server(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def rpc_server(tmp_path_factory):
+    server = ServerProcess.spawn(TEST_MODEL, "127.0.0.1", free_port(), tmp_path_factory.mktemp("logs"),
+                                 extra_args=("--no-gpu-monitor", "--transport", "rpc"), ready_timeout_s=120)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def rpc_client(rpc_server):
+    """A counting PyTorch RPC connection; RPC starts once per process, so the whole session shares it."""
+    connection = transport.CountingTransport(transport.connect("rpc", rpc_server.host, rpc_server.port, timeout_s=30))
+    yield connection
+    connection.close()
+
+
+@pytest.fixture(scope="session")
 def client(preset_server):
-    """A counting RPC connection; PyTorch RPC allows one per process, so the whole session shares it."""
-    connection = transport.CountingTransport(transport.RpcTransport(preset_server.host, preset_server.port, timeout_s=30))
+    """A counting connection over the default transport (tcp) to the session's server."""
+    connection = transport.CountingTransport(transport.connect("tcp", preset_server.host, preset_server.port, timeout_s=30))
     yield connection
     connection.close()
 

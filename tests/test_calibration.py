@@ -1,105 +1,145 @@
-"""Calibration of the H2 verdict by seeded simulation: how often it says SUPPORTED, at the default design.
+"""The transport calibration: its benchmarks in a real run, its JSON section and report table, and its peers gone after."""
+from __future__ import annotations
 
-The simulated machine: every round's latency is lognormal around its case's true median
-(sigma 0.25, the spread of a CPU run's RPC rounds), times a drift that wanders through the run as
-a Gaussian random walk in log space (sd 0.10 per block's worth of time, within blocks too). A run
-has the default matrix's 8 cases; the candidate is the last (semantic-decode), the baseline two
-cases before it (remote_cache-decode), as in the mode-major order semgap used to run.
+import json
+import os
+from pathlib import Path
 
-- The interleaved design (10 blocks x 3 rounds, shuffled inside each block) judged on paired
-  blocks must say SUPPORTED at most alpha + 2 pp of the time when the true reduction is exactly
-  the threshold, and at least 80 % of the time at the threshold + 20 pp.
-- The old design and method (each case's 30 rounds back to back, pooled; independent bootstrap
-  of medians and a Mann-Whitney test of "any shift") must fail the first criterion: the drift
-  between the two cases' stretches of time reads as a mode effect.
-
-The bootstrap uses 1,000 resamples instead of the verdicts' 10,000, to keep the test fast.
-"""
-import functools
-
-import numpy as np
 import pytest
-from scipy import stats as scipy_stats
 
-from semgap import stats
+from semgap import calibration, transport, verdicts
+from semgap.link import link_available
 
-ALPHA, THRESHOLD = 0.05, 0.15
-BLOCKS, ROUNDS, CASES = 10, 3, 8
-CANDIDATE, BASELINE = 7, 5
-NOISE_SIGMA, DRIFT_SD_PER_BLOCK = 0.25, 0.10
-RESAMPLES, SIMULATIONS = 1000, 500
+from .conftest import INNER_CONFTEST, REPO
 
-
-def simulate(rng, reduction, interleaved):
-    """One run's candidate and baseline rounds, as per-block lists (the old design: one block of all rounds)."""
-    slots_per_block = CASES * ROUNDS
-    drift = np.cumsum(rng.normal(0.0, DRIFT_SD_PER_BLOCK / np.sqrt(slots_per_block), BLOCKS * slots_per_block))
-    log_median = {CANDIDATE: np.log(1.0 - reduction), BASELINE: 0.0}
-    rounds = {CANDIDATE: [], BASELINE: []}
-    for case in (CANDIDATE, BASELINE):
-        if interleaved:  # block b holds every case's rounds, in a shuffled order
-            orders = [rng.permutation(np.repeat(np.arange(CASES), ROUNDS)) for _ in range(BLOCKS)]
-            slot_groups = [b * slots_per_block + np.flatnonzero(order == case) for b, order in enumerate(orders)]
-        else:  # mode-major: each case's rounds back to back
-            slot_groups = [case * BLOCKS * ROUNDS + np.arange(BLOCKS * ROUNDS)]
-        for slots in slot_groups:
-            noise = rng.normal(0.0, NOISE_SIGMA, slots.size)
-            rounds[case].append(list(np.exp(log_median[case] + drift[slots] + noise)))
-    return rounds[CANDIDATE], rounds[BASELINE]
+LINK_OK, LINK_REASON = link_available()
+CALIBRATION = (REPO / "benchmarks" / "test_calibration.py").read_text()
+QUICK = ("--semgap-rounds", "2", "--semgap-warmup-rounds", "1", "--semgap-prompt-tokens", "16",
+         "--semgap-decode-steps", "2", "--semgap-modes", "remote_cache", "--semgap-phases", "decode",
+         "-p", "no:cacheprovider")
+PROBES = {probe.id for probe in calibration.probes()}
 
 
-def blocked_verdict(candidate, baseline, seed):
-    """semgap's H2 verdict (paired blocks, signed-rank test of the threshold, bootstrap over blocks) and its p."""
-    result = stats.threshold_test(candidate, baseline, THRESHOLD, ALPHA, n_resamples=RESAMPLES, seed=seed)
-    return stats.judge_threshold_test(result, ALPHA).verdict, result.p_value
+def bench(transport_name: str, kind: str, median_us: float, raw_us: float, **info) -> dict:
+    return {"extra_info": {"calibration": kind, "transport": transport_name, "median_us": median_us,
+                           "raw_tcp_interleaved_median_us": raw_us, "message_bytes": 8 if kind == "small" else 25_000_000,
+                           "peer": "calibration peer", "link": "loopback", **info}}
 
 
-def old_verdict(candidate, baseline, seed):
-    """The method before blocks: pooled rounds, independent bootstrap of medians, Mann-Whitney 'any shift'."""
-    (cand,), (base,) = candidate, baseline
-    interval = stats.median_ratio_interval(cand, base, 0.95, RESAMPLES, seed)
-    p_value = scipy_stats.mannwhitneyu(cand, base, alternative="less").pvalue
-    low = 1.0 - interval.high
-    return (stats.SUPPORTED if low >= THRESHOLD and p_value < ALPHA else stats.INCONCLUSIVE), p_value
+def test_summarize_reads_ratios_and_ignores_other_benchmarks():
+    benchmarks = [
+        {"extra_info": {"mode": "semantic", "phase": "decode"}},
+        bench("raw", "small", 20.0, 20.0, ratio_to_raw_tcp=1.0, framing_bytes_sent_per_request=0.0,
+              framing_bytes_received_per_request=0.0),
+        bench("tcp", "small", 30.0, 25.0, ratio_to_raw_tcp=1.2, framing_bytes_sent_per_request=14.0,
+              framing_bytes_received_per_request=9.0),
+        bench("raw", "bulk", 10_000.0, 10_000.0, throughput_bytes_per_s=2.5e9, fraction_of_raw_throughput=1.0),
+        bench("tcp", "bulk", 12_500.0, 10_000.0, throughput_bytes_per_s=2e9, fraction_of_raw_throughput=0.8),
+    ]
+    assert calibration.summarize(benchmarks) == {"link": "loopback", "transports": {
+        "raw": {"small_call_us": 20.0, "raw_tcp_alongside_us": 20.0, "ratio_to_raw_tcp": 1.0,
+                "throughput_bytes_per_s": 2.5e9, "raw_tcp_alongside_bytes_per_s": 2.5e9,
+                "fraction_of_raw_throughput": 1.0, "framing_bytes_sent_per_request": 0.0,
+                "framing_bytes_received_per_request": 0.0, "peer": "calibration peer"},
+        "tcp": {"small_call_us": 30.0, "raw_tcp_alongside_us": 25.0, "ratio_to_raw_tcp": 1.2,
+                "throughput_bytes_per_s": 2e9, "raw_tcp_alongside_bytes_per_s": 2.5e9,
+                "fraction_of_raw_throughput": 0.8, "framing_bytes_sent_per_request": 14.0,
+                "framing_bytes_received_per_request": 9.0, "peer": "calibration peer"},
+    }}
+    assert calibration.summarize(benchmarks[:1]) == {}
 
 
-@functools.cache
-def simulated(reduction, interleaved, seed):
-    """(verdict, p-value) of SIMULATIONS seeded runs, judged as their design was."""
-    rng = np.random.default_rng(seed)
-    verdict = blocked_verdict if interleaved else old_verdict
-    return [verdict(*simulate(rng, reduction, interleaved), seed=i) for i in range(SIMULATIONS)]
+# In the inner session: which calibration peers are alive when the experiment's benchmarks start.
+PEERS_AT_EXPERIMENT = INNER_CONFTEST + r"""
+import pytest
+from pathlib import Path
+
+@pytest.fixture(autouse=True)
+def record_live_peers(request):
+    if "test_semantic_gap" in request.node.name:
+        live = []
+        for proc in Path("/proc").glob("[0-9]*"):
+            try:
+                if b"semgap.calibration_peer" in (proc / "cmdline").read_bytes().split(b"\0"):
+                    live.append(proc.name)
+            except OSError:
+                pass
+        Path("peers-at-experiment.txt").write_text(" ".join(live))
+"""
 
 
-def supported_rate(reduction, interleaved, seed):
-    return sum(verdict == stats.SUPPORTED for verdict, _ in simulated(reduction, interleaved, seed)) / SIMULATIONS
+def peer_processes(cwd: Path) -> list[int]:
+    """Live calibration peers started from cwd."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if b"semgap.calibration_peer" in (proc / "cmdline").read_bytes().split(b"\0") and \
+                    os.readlink(proc / "cwd") == os.path.realpath(cwd):
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
 
 
-def test_a_reduction_of_exactly_the_threshold_is_rarely_supported():
-    rate = supported_rate(THRESHOLD, True, seed=1)
-    assert rate <= ALPHA + 0.02, f"SUPPORTED {rate:.1%} of the time at the threshold"
+@pytest.mark.slow
+@pytest.mark.parametrize("link, transport_name", [
+    ("loopback", "tcp"), ("loopback", "rpc"),
+    pytest.param("netns", "tcp", marks=[pytest.mark.netns, pytest.mark.skipif(not LINK_OK, reason=LINK_REASON)]),
+])
+def test_every_run_calibrates_each_transport_against_raw_tcp(suite, link, transport_name):
+    suite.makepyfile(test_calibration=CALIBRATION)
+    suite.makeconftest(PEERS_AT_EXPERIMENT)
+    result = suite.runpytest_subprocess("--benchmark-only", *QUICK, "--semgap-link", link,
+                                        "--semgap-transport", transport_name, timeout=600)
+    result.assert_outcomes(passed=len(PROBES) + 1)
+    output = json.loads((suite.path / "results" / "benchmark.json").read_text())
+    found = {bench["param"]: bench["extra_info"] for bench in output["benchmarks"]
+             if bench["name"].startswith("test_calibration")}
+    assert set(found) == PROBES
+    for probe_id, info in found.items():
+        assert info["median_us"] > 0 and info["link"] == link, probe_id
+    # The run's own transport is measured on the run's own server only where a process can hold no second one.
+    assert found["rpc-small"]["peer"] == ("the run's server" if transport_name == "rpc" else "calibration peer")
+    assert found["tcp-small"]["peer"] == "calibration peer"
+    for name in ("raw", *transport.TRANSPORTS):  # ratios against the raw rounds alongside (raw: itself)
+        small, bulk = found[f"{name}-small"], found[f"{name}-25MB"]
+        assert small["ratio_to_raw_tcp"] == pytest.approx(small["median_us"] / small["raw_tcp_interleaved_median_us"])
+        assert bulk["fraction_of_raw_throughput"] == pytest.approx(bulk["raw_tcp_interleaved_median_us"] / bulk["median_us"])
+        assert bulk["throughput_bytes_per_s"] == pytest.approx(25e6 / bulk["median_us"] * 1e6)
+    assert found["raw-small"]["ratio_to_raw_tcp"] == 1
+    # Framing measured in the run: exact for raw TCP and tcp (10 + len("echo") sent, 9 received).
+    assert (found["raw-small"]["framing_bytes_sent_per_request"], found["raw-small"]["framing_bytes_received_per_request"]) == (0, 0)
+    assert (found["tcp-small"]["framing_bytes_sent_per_request"], found["tcp-small"]["framing_bytes_received_per_request"]) == (14, 9)
+    rpc_framing = transport.transport_kind("rpc").framing
+    assert 0 < found["rpc-small"]["framing_bytes_sent_per_request"] <= rpc_framing.sent_bytes_per_request
+    section = output["semgap"]["calibration"]
+    assert section["link"] == link and set(section["transports"]) == {"raw", *transport.TRANSPORTS}
+    assert section["transports"]["tcp"]["small_call_us"] == found["tcp-small"]["median_us"]
+    report = (suite.path / "results" / "report.md").read_text()
+    assert "## Transport calibration" in report
+    assert any(line.startswith("| tcp | calibration peer |") for line in report.splitlines())
+    assert {run.mode for run in verdicts.parse_benchmarks(output)} == {"remote_cache"}  # calibration has no mode
+    # The peers and their connections are gone before the experiment: nothing of theirs in its bytes.
+    assert (suite.path / "peers-at-experiment.txt").read_text() == ""
+    assert peer_processes(suite.path) == []
 
 
-def test_the_signed_rank_test_alone_holds_its_level_at_the_threshold():
-    # The verdict also needs the interval above the threshold; the test must hold alpha by itself.
-    results = simulated(THRESHOLD, True, seed=1)
-    rate = sum(p is not None and p < ALPHA for _, p in results) / SIMULATIONS
-    assert rate <= ALPHA + 0.02, f"p < alpha {rate:.1%} of the time at the threshold"
+@pytest.mark.slow
+def test_on_ipv6_rpc_is_left_out_and_says_why(suite):
+    suite.makepyfile(test_calibration=CALIBRATION)
+    result = suite.runpytest_subprocess("--benchmark-only", *QUICK, "-rs", "--semgap-host", "::1", timeout=600)
+    result.assert_outcomes(passed=len(PROBES) - 2 + 1, skipped=2)
+    result.stdout.fnmatch_lines(["*rpc transport cannot serve on the IPv6 address ::1*"])
+    output = json.loads((suite.path / "results" / "benchmark.json").read_text())
+    assert set(output["semgap"]["calibration"]["transports"]) == {"raw", "tcp"}
+    case = next(bench["extra_info"] for bench in output["benchmarks"] if bench["name"].startswith("test_semantic_gap"))
+    assert case["wire_tcp_bytes_received"] >= case["payload_bytes_received"] > 0  # the run itself over IPv6
 
 
-def test_a_reduction_twenty_points_above_the_threshold_is_mostly_supported():
-    rate = supported_rate(THRESHOLD + 0.20, True, seed=2)
-    assert rate >= 0.80, f"SUPPORTED only {rate:.1%} of the time at the threshold + 20 pp"
-
-
-def test_the_old_design_and_method_are_anti_conservative_under_drift():
-    rate = supported_rate(THRESHOLD, False, seed=1)
-    assert rate > ALPHA + 0.02, f"the old method said SUPPORTED {rate:.1%} of the time at the threshold"
-
-
-@pytest.mark.parametrize("interleaved", [True, False])
-def test_simulated_runs_hold_the_default_design(interleaved):
-    candidate, baseline = simulate(np.random.default_rng(0), 0.3, interleaved)
-    shape = (BLOCKS, ROUNDS) if interleaved else (1, BLOCKS * ROUNDS)
-    assert np.shape(candidate) == np.shape(baseline) == shape
-    assert np.median(candidate) < np.median(baseline)
+@pytest.mark.slow
+def test_with_an_external_server_the_calibration_is_skipped_with_the_reason(suite, preset_server):
+    suite.makepyfile(test_calibration=CALIBRATION)
+    result = suite.runpytest_subprocess("--benchmark-only", *QUICK, "-rs", "--semgap-server",
+                                        f"{preset_server.host}:{preset_server.port}")
+    result.assert_outcomes(passed=1, skipped=len(PROBES))
+    result.stdout.fnmatch_lines(["*the calibration peers would have to run there*"])

@@ -1,4 +1,6 @@
 """Wire messages: exact round trips, the semantic cast and compression, and the zlib fallback."""
+import struct
+
 import pytest
 import torch
 
@@ -42,3 +44,64 @@ def test_logits_options_prune_and_cast():
     assert codec.LogitsOptions().apply(logits) is logits
     options = codec.LogitsOptions(True, "float16", True)
     assert codec.LogitsOptions.from_meta(options.to_meta()) == options
+
+
+def test_a_message_built_by_hand_from_the_documented_format_decodes():
+    # flag, "SGM1", 1 tensor, 1 meta entry, header bytes; an int32 [2] named "ids"; meta k=v; pad to 8; data.
+    entries = struct.pack("<BBHQ", codec.DTYPE_CODES[torch.int32], 1, 3, 2) + b"ids" + struct.pack("<HI", 1, 1) + b"kv"
+    header = struct.pack("<4sHHI", b"SGM1", 1, 1, 12 + len(entries)) + entries
+    padding = bytes(-(1 + len(header)) % 8)
+    message = b"\x00" + header + padding + struct.pack("<2i", 7, -1)
+    tensors, meta = codec.decode(message)
+    assert meta == {"k": "v"} and tensors["ids"].tolist() == [7, -1] and tensors["ids"].dtype == torch.int32
+    assert codec.encode({"ids": torch.tensor([7, -1], dtype=torch.int32)}, {"k": "v"}) == message
+
+
+def test_decode_maps_a_writable_buffer_without_copying_and_aligns_every_tensor():
+    message = bytearray(codec.encode({"a": torch.arange(3, dtype=torch.int8), "b": torch.randn(1000), "c": torch.ones(5).half()}))
+    tensors, _ = codec.decode(message)
+    start = torch.frombuffer(message, dtype=torch.uint8).data_ptr()
+    for tensor in tensors.values():
+        offset = tensor.data_ptr() - start
+        assert 0 < offset < len(message) and offset % codec.ALIGN_BYTES == 0
+    message[-1] ^= 0xFF  # the last byte belongs to "c": the decoded tensor sees the change
+    assert not torch.equal(tensors["c"], torch.ones(5).half())
+
+
+def test_a_read_only_message_is_copied_once_and_decodes_without_warnings(recwarn):
+    tensors, _ = codec.decode(codec.encode({"x": torch.arange(4)}))
+    assert tensors["x"].tolist() == [0, 1, 2, 3] and len(recwarn) == 0
+
+
+@pytest.mark.parametrize("damage, error", [
+    (lambda m: m[:-1], "runs past the end"),
+    (lambda m: m + b"\x00", "1 bytes after the last tensor"),
+    (lambda m: m[:1] + b"XXXX" + m[5:], "magic b'XXXX'"),
+    (lambda m: m[:13] + b"\x63" + m[14:], "unknown dtype code 99"),
+    (lambda m: m[:9] + struct.pack("<I", 99) + m[13:], "header says 99 bytes"),
+    (lambda m: m[:20], "truncated or garbled"),
+], ids=["truncated-data", "trailing-bytes", "bad-magic", "bad-dtype", "bad-header-length", "truncated-header"])
+def test_a_malformed_message_is_refused_with_what_is_wrong(damage, error):
+    message = codec.encode({"x": torch.arange(4)}, {"k": "v"})
+    with pytest.raises(codec.MalformedMessage, match=error):
+        codec.decode(damage(message))
+
+
+def test_an_unsupported_dtype_is_refused_when_encoding():
+    with pytest.raises(TypeError, match="complex64, which semgap messages do not carry"):
+        codec.encode({"z": torch.zeros(2, dtype=torch.complex64)})
+
+
+@pytest.mark.parametrize("compressor", ["zstd", "zlib"])
+def test_compression_leaves_the_metadata_readable_so_its_contents_never_change_the_size(compressor, monkeypatch):
+    if compressor == "zlib":
+        monkeypatch.setattr(codec, "zstandard", None)
+    tensors = {"logits": torch.randn(1, 1, 500).half()}
+    sizes = {len(codec.encode(tensors, {"kv_handle": handle, "ms": f"{ms:015.6f}"}, compress=True))
+             for handle, ms in (("0" * 32, 1.0), ("f3a9" * 8, 12.345678), ("9c1e" * 8, 987.654321))}
+    assert len(sizes) == 1
+    message = codec.encode(tensors, {"kv_handle": "f3a9" * 8}, compress=True)
+    assert b"f3a9" * 8 in message  # readable in the header
+    assert torch.equal(codec.decode(message)[0]["logits"], tensors["logits"])
+    with pytest.raises(codec.MalformedMessage, match="truncated or garbled"):
+        codec.decode(message[:-3])

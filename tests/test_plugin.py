@@ -132,12 +132,23 @@ def test_enforce_turns_a_not_supported_hypothesis_into_a_failed_run(suite, enfor
     ("--semgap-model=./no/such/checkpoint", "checkpoint directory './no/such/checkpoint' does not exist"),
     ("--semgap-model=test_semantic_gap.py", "checkpoint path 'test_semantic_gap.py' is a file"),
     ("--semgap-model=results", "--semgap-model results: cannot read its config"),  # a directory without config.json
+    ("--semgap-transport=grpc", "invalid choice: 'grpc' (choose from 'tcp', 'rpc')"),
+    ("--semgap-transport=rpc --semgap-host=::1", "the rpc transport cannot serve on the IPv6 address ::1"),
+    ("--semgap-transport=rpc --semgap-host=10.1.2.3", "PyTorch RPC cannot authenticate its peers"),
+    ("--semgap-secret-file=/no/such/file", "cannot read the secret file /no/such/file"),
 ])
 def test_bad_options_fail_at_once_naming_the_choices(suite, option, message):
     (suite.path / "results").mkdir()
-    result = suite.runpytest_subprocess("--benchmark-only", option)
+    result = suite.runpytest_subprocess("--benchmark-only", *option.split())
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert message in result.stderr.str()
+
+
+def test_a_short_secret_in_the_environment_stops_the_run_at_once(suite, monkeypatch):
+    monkeypatch.setenv("SEMGAP_SECRET", "short")
+    result = suite.runpytest_subprocess("--benchmark-only")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "$SEMGAP_SECRET holds 5 bytes; a secret needs at least 16" in result.stderr.str()
 
 
 def test_under_xdist_benchmarks_are_skipped_with_a_reason_that_names_the_fix(suite):

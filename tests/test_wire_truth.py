@@ -10,23 +10,24 @@ import time
 
 import pytest
 
-from semgap import harness
+from semgap import transport
 from semgap.harness import Case, ExperimentSession, RoundRecord
-from semgap.link import NetnsLink
-from semgap.serverproc import ServerProcess
-from semgap.wire import TcpCounter, delta
+from semgap.modes import MODES, PHASES
+from semgap.link import NetnsLink, cleanup_stale, link_available
+from semgap.serverproc import READY_LINE, ServerProcess
+from semgap.transport import FramingBound, auth
+from semgap.wire import TcpCounter, delta, tcp_counters_available
 
 from .conftest import INNER_CONFTEST, REPO, TEST_MODEL
 from .inner import (QUICK, SMALL, by_case, leftovers, needs_link, needs_tcp, netns_test, run_suite,
                     wait_for_no_leftovers)
 
 ECHO_BYTES = 10_000_000
-# RPC framing per call and direction, measured on loopback and across the veth (TensorPipe's
-# message descriptor plus the pickled (op, bytes) call): for "echo", sent 238 B with an empty
-# request, 254 B from 64 KiB up (pickle's 4-byte length), received 149 / 165 B; the benchmark's ops
-# measured 242-260 B sent and 165 B received.  Asserted: at most 512 B (2x the worst measured), and
-# harness.FRAMING_BYTES_PER_CALL (the bound behind a run's measurement warnings) must cover it.
-FRAMING_BOUND = 512
+TRANSPORTS = tuple(transport.TRANSPORTS)
+# A transport's FramingBound (the bound behind a run's measurement warnings) must cover the framing
+# measured here, and may exceed it by at most this much: a looser bound would hide stray bytes.
+FRAMING_MARGIN_BYTES = 16
+SECRET = auth.new_secret()
 # Smallest header a packet on the veth carries: Ethernet 14 + IPv4 20 + TCP 20 (66 with timestamps).
 MIN_HEADER_BYTES = 54
 
@@ -36,18 +37,38 @@ def pattern(size: int) -> bytes:
     return (bytes(range(256)) * (size // 256 + 1))[:size]
 
 
-# --- 1. echo on loopback ------------------------------------------------------------------------
+# --- 1. framing on loopback ---------------------------------------------------------------------
+
+def sent_framing(connection, counter: TcpCounter, op: str, size: int) -> int:
+    """TCP bytes sent beyond the request's payload by one call of `op` (answered or refused)."""
+    before = counter.snapshot()
+    try:
+        connection.call(op, pattern(size))
+    except transport.ServerError:
+        pass  # the request went out whole: only its framing is measured here
+    moved = delta(before, counter.snapshot())
+    assert moved.sockets_closed == 0, moved
+    return moved.bytes_sent - size
+
 
 @needs_tcp
-def test_loopback_echo_moves_the_payload_plus_a_small_constant_framing(client):
-    rpc = client.inner  # the bare RpcTransport: echo answers the request bytes unchanged
+@pytest.mark.parametrize("transport_name", TRANSPORTS)
+def test_loopback_framing_per_request_is_constant_and_bounded_tightly(request, transport_name):
+    connection = request.getfixturevalue("client" if transport_name == "tcp" else "rpc_client").inner
     counter = TcpCounter("127.0.0.1")
-    assert rpc.call("echo", b"warm-up") == b"warm-up"  # every connection is open before counting
+    assert connection.call("echo", b"warm-up") == b"warm-up"  # every connection is open before counting
+    with pytest.raises(transport.ServerError, match="this server knows") as refusal:
+        connection.call("no-such-op", b"")
+    ops = str(refusal.value).split("this server knows ")[1].split(", ")
+    assert "upload_weights" in ops  # the longest name, the largest framing on both transports
+    # Sent: every op the server knows, with a payload below and above 64 KiB (where pickle's length grows).
+    sent = {(op, size): sent_framing(connection, counter, op, size) for op in ops for size in (0, 100_000)}
+    # Received: the echo of payloads of 0, 1 MB and 10 MB, answered byte for byte.
     overheads, retransmitted = {}, {}
     for size in (0, 1_000_000, ECHO_BYTES):
         payload = pattern(size)
         before = counter.snapshot()
-        answer = rpc.call("echo", payload)
+        answer = connection.call("echo", payload)
         moved = delta(before, counter.snapshot())
         assert answer == payload
         assert moved.sockets_closed == 0, moved
@@ -56,20 +77,23 @@ def test_loopback_echo_moves_the_payload_plus_a_small_constant_framing(client):
     # Loopback reorders a flow whose sender migrates between CPUs, and TCP answers with fast
     # retransmissions (README, "Retransmissions"; CI on two busy cores: 130_966 B, two 64 KiB
     # segments, on the 10 MB echo).  Sent bytes exclude them, so the framing stays exact either way.
-    print(f"loopback framing per echo call (sent, received) by payload size: {overheads}; "
-          f"retransmitted: {retransmitted}")
-    for size, (sent, received) in overheads.items():
-        assert 0 <= sent <= FRAMING_BOUND and 0 <= received <= FRAMING_BOUND, (size, sent, received)
+    print(f"{transport_name} framing per request sent, by op and size: {sent}; per echo (sent, received) by "
+          f"size: {overheads}; retransmitted: {retransmitted}")
     # Framing does not grow with the payload: 1 MB and 10 MB carry exactly the same overhead.
     assert overheads[1_000_000] == overheads[ECHO_BYTES]
-    assert FRAMING_BOUND <= harness.FRAMING_BYTES_PER_CALL
+    worst_sent = max([*sent.values(), *(sent for sent, _ in overheads.values())])
+    worst_received = max(received for _, received in overheads.values())
+    bound = transport.transport_kind(transport_name).framing
+    assert min(sent.values()) >= 0 and min(received for _, received in overheads.values()) >= 0
+    assert worst_sent <= bound.sent_bytes_per_request <= worst_sent + FRAMING_MARGIN_BYTES, worst_sent
+    assert worst_received <= bound.received_bytes_per_request <= worst_received + FRAMING_MARGIN_BYTES, worst_received
 
 
 # --- 2. echo across a namespace -----------------------------------------------------------------
 
 # Runs in a child process (PyTorch RPC can be initialised once per process, and this test process
-# has its `client`): connects to the server in the namespace over the veth, echoes, and reports the
-# client's and the server's TCP counters and the client veth's counters around the echo.
+# may have its `rpc_client`): connects to the server in the namespace over the veth, echoes, and
+# reports the client's and the server's TCP counters and the client veth's counters around the echo.
 ECHO_CHILD = r"""
 import json, sys, time
 from pathlib import Path
@@ -93,7 +117,7 @@ def settled_link():
         last = now
     return last
 
-rpc = transport.RpcTransport(args["host"], args["port"], timeout_s=60)
+rpc = transport.connect(args["transport"], args["host"], args["port"], timeout_s=60, secret=args["secret"].encode())
 client = TcpCounter(args["host"])
 server = TcpCounter(args["client_address"], pid=args["server_pid"], netns=args["namespace"])
 payload = (bytes(range(256)) * (args["size"] // 256 + 1))[: args["size"]]
@@ -113,14 +137,17 @@ print(json.dumps({
 """
 
 
-@pytest.fixture
-def netns_server(tmp_path):
-    """A NetnsLink and a tiny server inside its namespace; both gone afterwards."""
+@pytest.fixture(params=TRANSPORTS)
+def netns_server(request, tmp_path):
+    """A NetnsLink and a tiny server inside its namespace, for each transport; both gone afterwards."""
     link = NetnsLink()
     try:
+        allow = ("--allow-unauthenticated-rpc",) if request.param == "rpc" else ()
         server = ServerProcess.spawn(
-            TEST_MODEL, link.server_address, 29500, tmp_path / "logs", extra_args=("--no-gpu-monitor",),
-            command_prefix=tuple(link.server_command([])), env=link.server_env(), ready_timeout_s=120,
+            TEST_MODEL, link.server_address, 29500, tmp_path / "logs",
+            extra_args=("--no-gpu-monitor", "--transport", request.param, *allow),
+            command_prefix=tuple(link.server_command([])), env={**link.server_env(), auth.SECRET_VARIABLE: SECRET},
+            ready_timeout_s=120,
         )
         try:
             yield link, server
@@ -135,9 +162,10 @@ def netns_server(tmp_path):
 @pytest.mark.slow
 def test_echo_across_the_namespace_tcp_is_payload_and_link_is_tcp_plus_headers(netns_server):
     link, server = netns_server
+    transport_name = server.process.args[server.process.args.index("--transport") + 1]
     args = {"host": link.server_address, "port": server.port, "client_ifname": link.client_ifname,
             "client_address": link.client_address, "server_pid": server.process.pid,
-            "namespace": link.namespace, "size": ECHO_BYTES}
+            "namespace": link.namespace, "size": ECHO_BYTES, "transport": transport_name, "secret": SECRET}
     env = {**os.environ, "PYTHONPATH": str(REPO),
            "TP_SOCKET_IFNAME": link.client_ifname, "GLOO_SOCKET_IFNAME": link.client_ifname}
     child = subprocess.run([sys.executable, "-c", ECHO_CHILD, json.dumps(args)], env=env,
@@ -147,9 +175,10 @@ def test_echo_across_the_namespace_tcp_is_payload_and_link_is_tcp_plus_headers(n
     payload = m["payload"]
     print(f"echo of {payload} B across {link.namespace}: {m}")
     assert m["sockets_closed"] == 0 and m["client_sockets"] >= 1
-    # TCP: the payload plus constant framing, each way; the server's sockets saw the same bytes.
-    assert payload <= m["tcp_sent"] <= payload + FRAMING_BOUND
-    assert payload <= m["tcp_received"] <= payload + FRAMING_BOUND
+    # TCP: the payload plus the transport's framing, each way; the server's sockets saw the same bytes.
+    framing = transport.transport_kind(transport_name).framing
+    assert payload <= m["tcp_sent"] <= payload + framing.sent(1, 0)
+    assert payload <= m["tcp_received"] <= payload + framing.received(1, 0)
     assert (m["server_received"], m["server_sent"]) == (m["tcp_sent"], m["tcp_received"])
     # Retransmissions are rare (the veth keeps flows in order, see test_link's RPS test) but a
     # receiver starved of CPU still draws spurious ones; they are counted in the link bytes below.
@@ -166,18 +195,14 @@ def test_echo_across_the_namespace_tcp_is_payload_and_link_is_tcp_plus_headers(n
 
 # --- 3. bytes are reproducible ------------------------------------------------------------------
 
-# Exact, every round of every run: what the client serialised, how many calls, what its TCP sockets
-# sent, and no socket closed mid-round.
-EXACT_FIELDS = ("payload_bytes_sent", "wire_tcp_bytes_sent", "rpc_round_trips", "tcp_sockets_closed")
-# What the server answers is not quite exact: every response carries its compute time as text
-# ("server_compute_ms": "12.345678") in the safetensors header.  Raw responses change size when that
-# text changes length (10 ms, 100 ms): safetensors pads its header to 8 bytes, so 0 or 8 B.  Compressed
-# ones (semantic) change size with the digits themselves: zstd codes them as literals; measured over
-# 6000 random times, a spread of 5-8 B per message.  Seen in naive-prefill (about 10 ms of compute
-# here): one round received 6434337 B, the others 6434329.  Asserted: the spread of received payload
-# is at most 16 B per call, and TCP received minus payload received (the framing) is exactly the same
-# in every round of every run, so the TCP counters follow the payload byte for byte.
-RESPONSE_JITTER_PER_CALL = 16
+# Exact, every round of every run: what the client serialised and received, how many calls, what
+# its TCP sockets sent, and no socket closed mid-round.  Answers carry their compute time and KV
+# handle as metadata, which changes every round; it keeps its length (the time is fixed width) and
+# stays out of compression (semgap/codec.py), so answers keep their size.  The framing (TCP received
+# minus payload received) is asserted the same in every round of every run too, so the TCP
+# counters follow the payload byte for byte.
+EXACT_FIELDS = ("payload_bytes_sent", "payload_bytes_received", "wire_tcp_bytes_sent", "rpc_round_trips",
+                "tcp_sockets_closed")
 
 
 def assert_link_bytes_bounded(case: str, info: dict) -> None:
@@ -208,12 +233,14 @@ def assert_link_bytes_bounded(case: str, info: dict) -> None:
 
 @needs_tcp
 @pytest.mark.slow
+@pytest.mark.parametrize("transport_name", TRANSPORTS)
 @pytest.mark.parametrize("link", ["loopback", pytest.param("netns", marks=needs_link)])
-def test_bytes_are_identical_round_to_round_and_run_to_run(suite, link):
+def test_bytes_are_identical_round_to_round_and_run_to_run(suite, link, transport_name):
+    framing_bound = transport.transport_kind(transport_name).framing
     runs = []
     for _ in range(2):
-        result, output, pid = run_suite(suite, *QUICK, "--semgap-link", link)
-        result.assert_outcomes(passed=12)
+        result, output, pid = run_suite(suite, *QUICK, "--semgap-link", link, "--semgap-transport", transport_name)
+        result.assert_outcomes(passed=len(MODES) * len(PHASES))
         assert output["semgap"]["warnings"] == []  # TCP within payload .. payload + framing everywhere
         assert wait_for_no_leftovers(pid, suite.path) == []
         runs.append(by_case(output))
@@ -223,8 +250,6 @@ def test_bytes_are_identical_round_to_round_and_run_to_run(suite, link):
             rounds = [run[case][f"{field}_rounds"] for run in runs]
             assert len(rounds[0]) == 3 and None not in rounds[0], (case, field, rounds)
             assert len({value for values in rounds for value in values}) == 1, (case, field, rounds)
-        received = [v for run in runs for v in run[case]["payload_bytes_received_rounds"]]
-        assert max(received) - min(received) <= RESPONSE_JITTER_PER_CALL * info["rpc_round_trips"], (case, received)
         framing = {tcp - payload for run in runs for tcp, payload in
                    zip(run[case]["wire_tcp_bytes_received_rounds"], run[case]["payload_bytes_received_rounds"])}
         assert len(framing) == 1, (case, framing)
@@ -232,7 +257,8 @@ def test_bytes_are_identical_round_to_round_and_run_to_run(suite, link):
             assert info["rpc_round_trips"] > 0 and info["payload_bytes_sent"] > 0
         for direction in ("sent", "received"):
             payload, tcp = info[f"payload_bytes_{direction}"], info[f"wire_tcp_bytes_{direction}"]
-            assert payload <= tcp <= payload + FRAMING_BOUND * info["rpc_round_trips"], (case, direction)
+            bound = getattr(framing_bound, direction)(info["rpc_round_trips"], info["rpc_posts"])
+            assert payload <= tcp <= payload + bound, (case, direction)
         for run in runs:
             for direction in ("sent", "received"):  # both ends are this session's: both are known
                 assert all(isinstance(v, int) and v >= 0 for v in run[case][f"wire_tcp_bytes_retransmitted_{direction}_rounds"])
@@ -244,9 +270,9 @@ def test_bytes_are_identical_round_to_round_and_run_to_run(suite, link):
 
 # --- 4. payload vs TCP discrepancies are reported -----------------------------------------------
 
-def framing_warnings(case: Case, *records: RoundRecord) -> list[str]:
+def framing_warnings(case: Case, *records: RoundRecord, framing: FramingBound = FramingBound(20, 10)) -> list[str]:
     session = ExperimentSession.__new__(ExperimentSession)
-    session.warnings = []
+    session.warnings, session.framing = [], framing
     session.check_framing(case, list(records))
     return session.warnings
 
@@ -257,30 +283,32 @@ def record(sent: int, received: int, tcp_sent: int | None, tcp_received: int | N
 
 
 def test_check_framing_warns_outside_payload_plus_bound_only():
-    bound = harness.FRAMING_BYTES_PER_CALL
     case = Case("semantic", "decode")
     assert framing_warnings(case, record(1000, 5000, 1000, 5000)) == []  # no framing at all: fine
-    assert framing_warnings(case, record(1000, 5000, 1000 + bound, 5000 + bound)) == []  # at the bound
-    assert framing_warnings(case, record(1000, 5000, 1000 + 3 * bound, 5000, calls=3)) == []  # per call
+    assert framing_warnings(case, record(1000, 5000, 1020, 5010)) == []  # at the bound
+    assert framing_warnings(case, record(1000, 5000, 1060, 5000, calls=3)) == []  # per call
     assert framing_warnings(case, record(1000, 5000, None, None)) == []  # no TCP counters: nothing to check
+    # A post sends a request and, unless posts are answered, receives nothing.
+    assert framing_warnings(case, record(1000, 5000, 1040, 5010, calls=1, posts=1)) == []
+    [warning] = framing_warnings(case, record(1000, 5000, 1040, 5020, calls=1, posts=1))
+    assert warning == ("semantic-decode: TCP bytes received 5020 vs payload 5000 exceed the framing bound "
+                       "(10 bytes for 1 calls and 1 posts)")
+    assert framing_warnings(case, record(1000, 5000, 1040, 5020, calls=1, posts=1),
+                            framing=FramingBound(20, 10, posts_answered=True)) == []
 
-    [warning] = framing_warnings(case, record(1000, 5000, 1000, 5000), record(1000, 5000, 1001 + bound, 5000))
-    assert warning.startswith("semantic-decode: TCP bytes sent") and str(1001 + bound) in warning
+    [warning] = framing_warnings(case, record(1000, 5000, 1000, 5000), record(1000, 5000, 1021, 5000))
+    assert warning.startswith("semantic-decode: TCP bytes sent 1021") and "(20 bytes for 1 calls)" in warning
     [warning] = framing_warnings(Case("naive", "prefill", 10**9), record(1000, 5000, 1000, 4999))
     assert warning.startswith("naive-prefill-1gbit: TCP bytes received 4999 vs payload 5000")  # fewer is wrong too
-    [warning] = framing_warnings(case, record(1000, 5000, 1000 + 2 * bound + 1, 5000, calls=2))
-    assert f"({2 * bound} bytes for 2 messages)" in warning
-    # a post is a framed message sent, never answered
-    assert framing_warnings(case, record(1000, 5000, 1000 + 3 * bound, 5000 + bound, calls=1, posts=2)) == []
-    [warning] = framing_warnings(case, record(1000, 5000, 1000 + 3 * bound, 5000 + 2 * bound, calls=1, posts=2))
-    assert warning.startswith("semantic-decode: TCP bytes received")
+    [warning] = framing_warnings(case, record(1000, 5000, 1041, 5000, calls=2))
+    assert "(40 bytes for 2 calls)" in warning
 
 
 @needs_tcp
 @pytest.mark.slow
 def test_a_framing_discrepancy_fails_the_benchmark_and_is_printed_and_saved(suite):
     # No framing allowed at all: every remote round now strays from its payload, and must say so.
-    suite.makeconftest(INNER_CONFTEST + "import semgap.harness\nsemgap.harness.FRAMING_BYTES_PER_CALL = 0\n")
+    suite.makeconftest(INNER_CONFTEST + "import semgap.transport as t\nt.TcpTransport.framing = t.FramingBound(0, 0)\n")
     result, output, _pid = run_suite(suite, *SMALL)
     result.assert_outcomes(failed=1)
     warnings = output["semgap"]["warnings"]
