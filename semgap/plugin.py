@@ -206,7 +206,7 @@ def pytest_benchmark_update_json(config: pytest.Config, benchmarks, output_json:
     record = config.stash[run_key]
     if record.session is not None:
         record.conditions = record.session.conditions()
-    output_json["semgap"] = {**record.semgap_section(), "calibration": calibration.summarize(output_json["benchmarks"])}
+    output_json["semgap"] = _semgap_section(record, output_json)
     if record.output_json is None:  # the --benchmark-json file's, with raw data, comes before the autosave's
         record.output_json = output_json
         config.getoption("benchmark_json").parent.mkdir(parents=True, exist_ok=True)  # pytest-benchmark does not
@@ -235,6 +235,11 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
+def _semgap_section(record: RunRecord, output_json: dict) -> dict:
+    """The JSON's `semgap` section: the run's conditions and status, and its transport calibration."""
+    return {**record.semgap_section(), "calibration": calibration.summarize(output_json["benchmarks"])}
+
+
 def _save_json(config: pytest.Config, record: RunRecord, settings: SemgapConfig) -> None:
     """The run's JSON in its folder, also when pytest-benchmark wrote none (nothing was measured), and
     written again when a signal came after pytest-benchmark wrote it (during teardown)."""
@@ -242,7 +247,7 @@ def _save_json(config: pytest.Config, record: RunRecord, settings: SemgapConfig)
     settings.run_dir.mkdir(parents=True, exist_ok=True)
     if record.output_json is None:
         record.output_json = {"benchmarks": []}
-    section = record.semgap_section()
+    section = _semgap_section(record, record.output_json)
     if record.output_json.get("semgap") != section:
         record.output_json["semgap"] = section
         written.parent.mkdir(parents=True, exist_ok=True)

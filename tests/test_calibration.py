@@ -7,10 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from semgap import calibration, transport, verdicts
+from semgap import calibration, measurements, transport
 from semgap.link import link_available
 
 from .conftest import INNER_CONFTEST, REPO
+from .inner import latest_json
+from .markdown import rows
 
 LINK_OK, LINK_REASON = link_available()
 CALIBRATION = (REPO / "benchmarks" / "test_calibration.py").read_text()
@@ -51,16 +53,18 @@ def test_summarize_reads_ratios_and_ignores_other_benchmarks():
 
 # In the inner session: which calibration peers are alive when the experiment's benchmarks start.
 PEERS_AT_EXPERIMENT = INNER_CONFTEST + r"""
+import os
 import pytest
 from pathlib import Path
 
 @pytest.fixture(autouse=True)
 def record_live_peers(request):
     if "test_semantic_gap" in request.node.name:
-        live = []
+        live = []  # this run's peers: started from this directory (other suites may run in parallel)
         for proc in Path("/proc").glob("[0-9]*"):
             try:
-                if b"semgap.calibration_peer" in (proc / "cmdline").read_bytes().split(b"\0"):
+                if b"semgap.calibration_peer" in (proc / "cmdline").read_bytes().split(b"\0") and \
+                        os.readlink(proc / "cwd") == os.getcwd():
                     live.append(proc.name)
             except OSError:
                 pass
@@ -92,7 +96,7 @@ def test_every_run_calibrates_each_transport_against_raw_tcp(suite, link, transp
     result = suite.runpytest_subprocess("--benchmark-only", *QUICK, "--semgap-link", link,
                                         "--semgap-transport", transport_name, timeout=600)
     result.assert_outcomes(passed=len(PROBES) + 1)
-    output = json.loads((suite.path / "results" / "benchmark.json").read_text())
+    output = latest_json(suite.path)
     found = {bench["param"]: bench["extra_info"] for bench in output["benchmarks"]
              if bench["name"].startswith("test_calibration")}
     assert set(found) == PROBES
@@ -115,10 +119,10 @@ def test_every_run_calibrates_each_transport_against_raw_tcp(suite, link, transp
     section = output["semgap"]["calibration"]
     assert section["link"] == link and set(section["transports"]) == {"raw", *transport.TRANSPORTS}
     assert section["transports"]["tcp"]["small_call_us"] == found["tcp-small"]["median_us"]
-    report = (suite.path / "results" / "report.md").read_text()
-    assert "## Transport calibration" in report
-    assert any(line.startswith("| tcp | calibration peer |") for line in report.splitlines())
-    assert {run.mode for run in verdicts.parse_benchmarks(output)} == {"remote_cache"}  # calibration has no mode
+    report = (suite.path / "results" / "latest" / "report.md").read_text()
+    table = {row["transport"]: row for row in rows(report, "Transport calibration")}
+    assert table["tcp"]["peer"] == "calibration peer" and set(table) == {"raw", *transport.TRANSPORTS}
+    assert {case.mode for case in measurements.read_run(output).cases} == {"remote_cache"}  # calibration has no mode
     # The peers and their connections are gone before the experiment: nothing of theirs in its bytes.
     assert (suite.path / "peers-at-experiment.txt").read_text() == ""
     assert peer_processes(suite.path) == []
@@ -130,7 +134,7 @@ def test_on_ipv6_rpc_is_left_out_and_says_why(suite):
     result = suite.runpytest_subprocess("--benchmark-only", *QUICK, "-rs", "--semgap-host", "::1", timeout=600)
     result.assert_outcomes(passed=len(PROBES) - 2 + 1, skipped=2)
     result.stdout.fnmatch_lines(["*rpc transport cannot serve on the IPv6 address ::1*"])
-    output = json.loads((suite.path / "results" / "benchmark.json").read_text())
+    output = latest_json(suite.path)
     assert set(output["semgap"]["calibration"]["transports"]) == {"raw", "tcp"}
     case = next(bench["extra_info"] for bench in output["benchmarks"] if bench["name"].startswith("test_semantic_gap"))
     assert case["wire_tcp_bytes_received"] >= case["payload_bytes_received"] > 0  # the run itself over IPv6
