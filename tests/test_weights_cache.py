@@ -1,4 +1,8 @@
 """The train-once cache: outside the repository, built once under a lock, published whole or not at all."""
+import subprocess
+import sys
+import time
+
 import pytest
 
 from semgap import weights_cache
@@ -35,15 +39,30 @@ def test_an_entry_is_built_once_then_found(cache):
     assert (first / "weights").read_text() == "complete"
 
 
-def test_a_failed_build_publishes_nothing_and_the_next_build_starts_clean(cache):
+def test_a_failed_build_publishes_nothing(cache):
     def fail_halfway(directory):
-        (directory / "weights").write_text("half")
-        raise RuntimeError("killed while writing")
+        write_weights(directory)
+        raise RuntimeError("failed while writing")
 
-    with pytest.raises(RuntimeError, match="killed while writing"):
+    with pytest.raises(RuntimeError, match="failed while writing"):
         weights_cache.cached_directory("model-a", fail_halfway, print)
     assert sorted(path.name for path in cache.iterdir()) == ["model-a.lock"]  # no entry, no partial directory
-    (cache / "model-a.partial-999999").mkdir()  # what a killed builder leaves behind
+
+
+def test_a_builder_killed_halfway_publishes_nothing_and_the_next_build_starts_clean(cache):
+    code = ("import time; from pathlib import Path; from semgap import weights_cache\n"
+            "def build(directory):\n    (directory / 'weights').write_text('half')\n    time.sleep(600)\n"
+            "weights_cache.cached_directory('model-a', build, print)\n")
+    builder = subprocess.Popen([sys.executable, "-c", code], cwd=REPO)
+    try:
+        deadline = time.monotonic() + 60
+        while not list(cache.glob("*/weights")):
+            assert time.monotonic() < deadline and builder.poll() is None
+            time.sleep(0.1)
+    finally:
+        builder.kill()  # SIGKILL: no cleanup of its own runs
+        builder.wait()
+    assert not (cache / "model-a").exists()
     entry = weights_cache.cached_directory("model-a", write_weights, print)
     assert (entry / "weights").read_text() == "complete"
     assert sorted(path.name for path in cache.iterdir()) == ["model-a", "model-a.lock"]
