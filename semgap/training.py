@@ -26,10 +26,11 @@ from semgap import corpus, weights_cache
 
 BYTE_VOCABULARY = 256
 RESERVED_CONSTANT = 1.0  # the final layer norm's output in the reserved (last) hidden dimension
-PROGRESS_EVERY_S = 15.0
+PROGRESS_EVERY_S = 10.0  # plus at most one step: a line at least every 15 s while a step takes under 5 s
 QUALITY_FILE = "quality.json"
 EVALUATION_BATCH = 4  # windows per forward pass when measuring quality: logits of [4, length, 50257] floats
-CODE_FILES = (Path(__file__), Path(corpus.__file__))  # their source is part of the cache key
+# The source of the code that trains, as imported (edits made while a process runs do not change its key).
+CODE_DIGEST = hashlib.sha256(Path(__file__).read_bytes() + Path(corpus.__file__).read_bytes()).hexdigest()
 
 
 def print_progress(line: str) -> None:
@@ -105,10 +106,9 @@ class TrainedPreset:
         """A digest of everything that determines the weights: config, recipe, seed, corpus, versions, code."""
         import transformers
 
-        code = hashlib.sha256(b"".join(path.read_bytes() for path in CODE_FILES)).hexdigest()
         described = {"model_type": self.model_type, "config": self.config, "recipe": dataclasses.asdict(self.recipe),
                      "seed": self.seed, "corpus": corpus_digest, "torch": torch.__version__,
-                     "transformers": transformers.__version__, "code": code}
+                     "transformers": transformers.__version__, "code": CODE_DIGEST}
         return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
 
     def cache_entry(self, corpus_digest: str) -> str:
@@ -148,7 +148,7 @@ class TrainingRun:
 def train_into(preset: TrainedPreset, text: corpus.Corpus, directory: Path, progress: Callable[[str], None]) -> None:
     """Train, widen and evaluate `preset`; write its checkpoint and quality record into `directory`."""
     recipe = preset.recipe
-    load_at_start = _load_average()
+    load_at_start, build_start = _load_average(), time.monotonic()
     with torch_threads(recipe.threads):
         run = train_byte_model(preset, text.train_bytes, progress)
         model = widen_vocabulary(run.model, preset)
@@ -157,7 +157,7 @@ def train_into(preset: TrainedPreset, text: corpus.Corpus, directory: Path, prog
         model.save_pretrained(directory)
     quality = {
         "preset": preset.name, "seed": preset.seed, "steps": recipe.steps, "recipe": dataclasses.asdict(recipe),
-        "training_s": round(run.training_s, 1), "final_training_loss_bits_per_byte": round(run.final_loss_bits, 4),
+        "training_s": round(run.training_s, 1), "build_s": round(time.monotonic() - build_start, 1), "final_training_loss_bits_per_byte": round(run.final_loss_bits, 4),
         "held_out_bits_per_byte": round(bits_per_byte, 4),
         "unigram_bits_per_byte": round(_unigram_baseline(text.train_bytes, text.held_out_bytes, recipe), 4),
         "held_out_bytes_evaluated": held_out_windows(text.held_out_bytes, recipe)[:, 1:].numel(),
@@ -165,7 +165,7 @@ def train_into(preset: TrainedPreset, text: corpus.Corpus, directory: Path, prog
         "corpus": {"source": text.source, "files": text.file_count, "train_bytes": len(text.train_bytes),
                    "held_out_bytes": len(text.held_out_bytes), "digest": text.digest},
         "cache_key": preset.cache_key(text.digest), "torch": torch.__version__, "python": platform.python_version(),
-        "machine": f"{platform.machine()} {_cpu_model()}", "load_average_at_start": load_at_start,
+        "machine": f"{platform.machine()} {_cpu_model()}", "load_average": {"start": load_at_start, "end": _load_average()},
         "date": time.strftime("%Y-%m-%d"),
     }
     (directory / QUALITY_FILE).write_text(json.dumps(quality, indent=2) + "\n")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers
 
 from semgap import corpus, models, training, weights_cache
 
@@ -140,7 +141,7 @@ def test_greedy_next_byte_beats_every_guess_that_ignores_the_context(trained):
     assert (guesses == targets).float().mean().item() > best_constant_guess
 
 
-def test_cache_key_covers_everything_that_determines_the_weights(monkeypatch, tmp_path):
+def test_cache_key_covers_everything_that_determines_the_weights(monkeypatch):
     preset = models.trained_preset(TRAINED_MODEL)
     digest = corpus.stdlib_corpus().digest
     others = [
@@ -149,14 +150,10 @@ def test_cache_key_covers_everything_that_determines_the_weights(monkeypatch, tm
         dataclasses.replace(preset, recipe=dataclasses.replace(preset.recipe, steps=preset.recipe.steps + 1)).cache_key(digest),
         dataclasses.replace(preset, config={**preset.config, "n_layer": 3}).cache_key(digest),
     ]
-    monkeypatch.setattr(torch, "__version__", "0.0-other")
-    others.append(preset.cache_key(digest))
-    monkeypatch.undo()
-    changed_code = tmp_path / "training.py"
-    changed_code.write_bytes(training.CODE_FILES[0].read_bytes() + b"# a change\n")
-    monkeypatch.setattr(training, "CODE_FILES", (changed_code, *training.CODE_FILES[1:]))
-    others.append(preset.cache_key(digest))
-    monkeypatch.undo()
+    for module, name in ((torch, "__version__"), (transformers, "__version__"), (training, "CODE_DIGEST")):
+        monkeypatch.setattr(module, name, "another version")
+        others.append(preset.cache_key(digest))
+        monkeypatch.undo()
     keys = [preset.cache_key(digest), *others]
     assert len(set(keys)) == len(keys)
 
