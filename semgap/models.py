@@ -85,7 +85,7 @@ def build_model(spec: ModelSpec, progress: Callable[[str], None] = training.prin
     """Build the model of `spec` in eval mode on its device.
 
     A trained preset loads from the cache outside the repository, trained first when absent (minutes;
-    `progress` gets a line at least every 15 s): the same weights on any device, from its seed.
+    `progress` gets a line about every 10 s): the same weights on any device, from its seed.
 
     Presets are initialised on their device itself after seeding torch's generators, so every
     process that builds the same spec on the same kind of device gets bit-identical weights. The CPU

@@ -26,6 +26,7 @@ from semgap import corpus, weights_cache
 
 BYTE_VOCABULARY = 256
 RESERVED_CONSTANT = 1.0  # the final layer norm's output in the reserved (last) hidden dimension
+MINIMUM_BYTE_MARGIN_NATS = 1.0  # far above rounding: bfloat16 logits near 20 are 0.125 apart
 PROGRESS_EVERY_S = 10.0  # plus at most one step: a line at least every 15 s while a step takes under 5 s
 QUALITY_FILE = "quality.json"
 EVALUATION_BATCH = 4  # windows per forward pass when measuring quality: logits of [4, length, 50257] floats
@@ -51,7 +52,7 @@ class TrainingRecipe:
     threads: int  # CPU threads while training: CPU results can depend on how reductions are split
     held_out_bytes: int  # bytes of held-out text the quality is measured on
     tail_noise_std: float  # noise added to each extra vocabulary row (see widen_vocabulary)
-    tail_margin_nats: float  # every extra id scores at least this far below some byte id, for any input
+    tail_gap_nats: float  # how far each extra id's logit sits below that of the byte its row copies
 
     @classmethod
     def from_preset(cls, name: str, entry: dict) -> "TrainingRecipe":
@@ -229,10 +230,12 @@ def reserve_last_dimension(model) -> None:
 def widen_vocabulary(byte_model, preset: TrainedPreset):
     """The trained byte model with the preset's full vocabulary: GPT-2's logits row, greedy tokens still bytes.
 
-    Each extra id's row copies a random byte's row plus small noise, so its logit follows that byte's
-    (a low tail that moves with the context), and is pushed down in the reserved dimension, where the
-    final hidden state is the constant RESERVED_CONSTANT, by just enough that `byte_margin_nats` is the
-    recipe's tail_margin_nats: no extra id can be the argmax, whatever the input.
+    Each extra id's row copies a random byte's row plus small noise, so its logit follows that byte's: a
+    tail that moves with the context. In the reserved dimension, where the final hidden state is the
+    constant RESERVED_CONSTANT and every byte row is 0, the row gets the component that puts its logit
+    tail_gap_nats below its byte's; the gap, not the model, then sets how much probability the tail holds.
+    Raises ValueError unless `byte_margin_nats` stays at least MINIMUM_BYTE_MARGIN_NATS: then no extra
+    id can be the argmax, whatever the input.
     """
     from transformers import AutoModelForCausalLM
 
@@ -242,12 +245,13 @@ def widen_vocabulary(byte_model, preset: TrainedPreset):
     extra = preset.final_config().vocab_size - BYTE_VOCABULARY
     parents = torch.randint(0, BYTE_VOCABULARY, (extra,), generator=generator)
     rows = byte_rows[parents] + torch.randn(extra, byte_rows.shape[1], generator=generator) * recipe.tail_noise_std
-    rows[:, -1] = 0.0
-    # Every byte row is 0 in the reserved dimension, so a component -push there lowers each extra logit
-    # against every byte by exactly RESERVED_CONSTANT * push: the margin grows by that much.
+    rows[:, -1] = -recipe.tail_gap_nats / RESERVED_CONSTANT
     ln_f = byte_model.transformer.ln_f
     margin = _byte_margin_nats(torch.cat([byte_rows, rows]), ln_f.weight, ln_f.bias)
-    rows[:, -1] = -(recipe.tail_margin_nats - margin) / RESERVED_CONSTANT
+    if margin < MINIMUM_BYTE_MARGIN_NATS:
+        raise ValueError(f"preset {preset.name!r}: with tail_noise_std {recipe.tail_noise_std} an extra id can come within "
+                         f"{margin:.2f} nats of every byte (at least {MINIMUM_BYTE_MARGIN_NATS} needed); raise "
+                         f"tail_gap_nats by {MINIMUM_BYTE_MARGIN_NATS - margin:.2f} or lower tail_noise_std")
     model = AutoModelForCausalLM.from_config(preset.final_config(), dtype=torch.float32)
     weights = byte_model.state_dict()
     widened = torch.cat([byte_rows, rows])
