@@ -5,9 +5,11 @@ import json
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Callable
 
 import torch
 
+from semgap import training
 from semgap.runtime import context_length
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
@@ -86,8 +88,11 @@ def _in_local_hf_cache(name: str) -> bool:
         return False
 
 
-def build_model(spec: ModelSpec) -> torch.nn.Module:
+def build_model(spec: ModelSpec, progress: Callable[[str], None] = training.print_progress) -> torch.nn.Module:
     """Build the model of `spec` in eval mode on its device.
+
+    A trained preset loads from the cache outside the repository, trained first when absent (minutes;
+    `progress` gets a line about every 10 s): the same weights on any device, from its seed.
 
     Presets are initialised on their device itself after seeding torch's generators, so every
     process that builds the same spec on the same kind of device gets bit-identical weights. The CPU
@@ -99,7 +104,9 @@ def build_model(spec: ModelSpec) -> torch.nn.Module:
 
     dtype = spec.resolved_dtype()
     device = spec.resolved_device()
-    if spec.name in presets():
+    if spec.name in trained_presets():
+        model = training.load_trained(trained_preset(spec.name, spec.seed), dtype, progress)
+    elif spec.name in presets():
         preset = presets()[spec.name]
         config = config_of(spec.name)
         extra = {"attn_implementation": preset["attn_implementation"]} if preset.get("attn_implementation") else {}
@@ -115,8 +122,23 @@ def build_model(spec: ModelSpec) -> torch.nn.Module:
 def weights_kind(name: str) -> str:
     """Where model `name`'s weights come from, as reports must say: `random`, `trained` or `checkpoint`."""
     if name in presets():
-        return "trained" if "training" in presets()[name] else "random"
+        return "trained" if name in trained_presets() else "random"
     return "checkpoint"
+
+
+def trained_presets() -> list[str]:
+    """The presets trained here (semgap/training.py) rather than initialised at random."""
+    return [name for name, preset in presets().items() if "training" in preset]
+
+
+def trained_preset(name: str, seed: int = 0) -> training.TrainedPreset:
+    return training.TrainedPreset.from_preset(name, presets()[name], seed)
+
+
+def trained_quality(name: str, seed: int = 0) -> dict | None:
+    """The quality stored with trained preset `name`'s weights (held-out bits per byte, unigram baseline,
+    steps, training seconds, corpus digest, cache key); None for other models or before it is trained."""
+    return training.stored_quality(trained_preset(name, seed)) if name in trained_presets() else None
 
 
 def config_of(name: str):

@@ -5,6 +5,8 @@ import sys
 
 import pytest
 
+from semgap.models import presets
+
 from .conftest import INNER_CONFTEST, TEST_MODEL
 from .inner import QUICK, by_case, latest_json, new_run_dirs, run_json
 
@@ -123,7 +125,7 @@ def test_enforce_turns_a_not_supported_hypothesis_into_a_failed_run(suite, enfor
 @pytest.mark.parametrize("option, message", [
     ("--semgap-modes=local,remote", "unknown mode 'remote'; choose from local, naive, remote_cache, semantic, op_sync, op_pipelined"),
     ("--semgap-phases=train", "unknown phase 'train'; choose from prefill, decode"),
-    ("--semgap-model=gpt-5", "unknown model 'gpt-5'; presets: gpt2-mini, gpt2-test, tiny-gpt2, gpt2"),
+    ("--semgap-model=gpt-5", f"unknown model 'gpt-5'; presets: {', '.join(presets())}"),
     ("--semgap-prompt-tokens=1024", f"exceeds the context of {TEST_MODEL} (1024 positions)"),
     ("--semgap-link-rate=1gbit", "add --semgap-link netns"),
     ("--semgap-link-rate=fast", "fast"),
