@@ -63,7 +63,7 @@ def test_an_unreachable_server_is_reported_once_and_every_other_benchmark_skips(
     result = suite.runpytest_subprocess("--benchmark-only", *QUICK, "--semgap-server", f"127.0.0.1:{port}")
     result.assert_outcomes(errors=1, skipped=ALL_CASES - 1)
     assert_said_once(result, f"no semgap server answers at 127.0.0.1:{port}")
-    result.stdout.fnmatch_lines(["*start one with `python -m semgap.server --host 127.0.0.1 --port*"])
+    result.stdout.fnmatch_lines(["*start one with `python -m semgap.server --transport tcp --host 127.0.0.1 --port*"])
     [run_dir] = new_run_dirs(suite.path)  # the failed run has its directory; latest is not moved to it
     output = run_json(run_dir)
     assert output["benchmarks"] == [] and output["semgap"]["run_status"] == "failed"

@@ -233,8 +233,11 @@ def assert_link_bytes_bounded(case: str, info: dict) -> None:
 
 @needs_tcp
 @pytest.mark.slow
-@pytest.mark.parametrize("transport_name", TRANSPORTS)
-@pytest.mark.parametrize("link", ["loopback", pytest.param("netns", marks=needs_link)])
+# Every transport on loopback, and the default one over the veth too (its link bytes are the cross-check).
+@pytest.mark.parametrize("link, transport_name", [
+    *(("loopback", name) for name in TRANSPORTS),
+    pytest.param("netns", transport.DEFAULT_TRANSPORT, marks=needs_link),
+])
 def test_bytes_are_identical_round_to_round_and_run_to_run(suite, link, transport_name):
     framing_bound = transport.transport_kind(transport_name).framing
     runs = []
