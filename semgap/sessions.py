@@ -11,6 +11,8 @@ from semgap import generate, transport
 from semgap.modes.base import Mode, ModeContext
 from semgap.modes.remote_cache import RemoteCacheMode
 from semgap.modes.semantic import SemanticMode
+from semgap.runtime import EAGER_DYNAMIC
+from semgap.wire import TcpBytes
 
 
 class BatchedSemanticMode(SemanticMode):
@@ -21,6 +23,7 @@ class BatchedSemanticMode(SemanticMode):
     """
 
     name = "semantic-batched"
+    fixed_decode_path = EAGER_DYNAMIC  # the batching runtime's caches change batch size: no static cache, no graph
     OPERATIONS: ClassVar[dict[str, str]] = {"prefill": "batch_prefill", "decode": "batch_decode",
                                             "release": "batch_release"}
 
@@ -93,6 +96,7 @@ class ConcurrentRound:
     sessions: list[SessionRound]
     payload: transport.PayloadCounter
     mode_counters: dict[str, float] = field(default_factory=dict)
+    tcp: TcpBytes | None = None  # kernel TCP bytes of every connection of the process, when counted
 
     @property
     def tokens_decoded(self) -> int:
@@ -149,6 +153,10 @@ class ConcurrentSessions:
     @property
     def role(self) -> str:
         return self.mode_class.role
+
+    @property
+    def fixed_decode_path(self) -> str | None:
+        return self.mode_class.fixed_decode_path
 
     def prefill(self) -> None:
         for mode, prompt in zip(self.modes, self.prompts):
