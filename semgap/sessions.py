@@ -169,7 +169,7 @@ class ConcurrentSessions:
         try:
             sessions = list(self.pool.map(lambda index: self._decode(index, steps), range(len(self.modes))))
         finally:
-            self.prefilled = []  # released by their threads, or lost with a failed round
+            self.prefilled = []  # released by their threads
         wall_ms = (time.perf_counter() - start) * 1e3
         payload = transport.PayloadCounter()
         for context, snapshot in zip(self.contexts, before):
@@ -183,8 +183,10 @@ class ConcurrentSessions:
 
     def _decode(self, index: int, steps: int) -> SessionRound:
         (first_token, state), timed = self.prefilled[index], _TimedSteps(self.modes[index])
-        tokens, state = generate.decode_n_tokens(timed, first_token, state, steps)
-        self.modes[index].release(state)
+        try:
+            tokens, state = generate.decode_n_tokens(timed, first_token, state, steps)
+        finally:  # also after a failed step: a batched session left live would hold up every later batch
+            self.modes[index].release(state)
         return SessionRound(tokens, timed.step_ms)
 
     def close(self) -> None:
