@@ -30,7 +30,7 @@ from typing import Callable
 import torch
 
 from semgap import codec
-from semgap.runtime import cache_to_tensors, forward, stopwatch, tensors_to_cache
+from semgap.runtime import StepOutput, cache_to_tensors, forward, stopwatch, tensors_to_cache
 
 DEFAULT_WINDOW_S = 0.05  # how long the first pending step waits for the other live sessions'
 MAX_SESSIONS = 256  # live batched sessions; a prefill beyond this is refused
@@ -91,14 +91,13 @@ class DecodeBatcher:
     def prefill(self, tensors, meta) -> bytes:
         """Run one session's prompt (alone); its cache starts a cohort of one."""
         self.check_weights(meta)
-        with stopwatch(self.device) as timing:
-            step = self.run_exclusive(forward, self.model, tensors["input_ids"].long().to(self.device))
+        step, compute_ms = self.run_exclusive(self._forward, tensors["input_ids"].long().to(self.device))
         handle = uuid.uuid4().hex
         with self.condition:
             if len(self.cohort_of) >= MAX_SESSIONS:
                 raise RuntimeError(f"{MAX_SESSIONS} batched sessions are live already; release some first")
             self.cohort_of[handle] = Cohort([handle], step.cache)
-        return self.respond(step.logits, meta, timing["ms"], kv_handle=handle, batch_size="1")
+        return self.respond(step.logits, meta, compute_ms, kv_handle=handle, batch_size="1")
 
     def decode(self, tensors, meta) -> bytes:
         """One decode step of one session, run in a batch with the other live sessions' steps."""
@@ -154,14 +153,19 @@ class DecodeBatcher:
         by_handle = {step.handle: step for step in group}
         # input_ids: [sessions, 1], in the cohort's row order
         input_ids = torch.stack([by_handle[handle].input_id for handle in cohort.handles]).to(self.device)
-        with stopwatch(self.device) as timing:
-            output = self.run_exclusive(forward, self.model, input_ids, cohort.cache)
+        output, compute_ms = self.run_exclusive(self._forward, input_ids, cohort.cache)
         cohort.cache = output.cache
         for row, handle in enumerate(cohort.handles):
             step = by_handle[handle]
             # Each answer carries its share of the forward, so the sessions' server times add up to it.
             step.logits, step.batch_size, step.compute_ms = output.logits[row:row + 1, -1:], len(group), (
-                timing["ms"] / len(group))
+                compute_ms / len(group))
+
+    def _forward(self, input_ids: torch.Tensor, cache: object | None = None) -> tuple[StepOutput, float]:
+        """One forward and its time (ms), timed where it has the model to itself, not while it waits for it."""
+        with stopwatch(self.device) as timing:
+            step = forward(self.model, input_ids, cache)
+        return step, timing["ms"]
 
     def _cohort_for(self, handles: list[str]) -> Cohort:
         """The cohort holding exactly these sessions, stacking their rows into a new one if none does."""
