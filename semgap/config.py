@@ -49,6 +49,10 @@ def _positive_ints(text: str) -> tuple[int, ...]:
     return tuple(dict.fromkeys(values))  # each length once, in the order given
 
 
+def _session_counts(text: str) -> tuple[int, ...]:
+    return () if text.strip() == "none" else _positive_ints(text)
+
+
 def _non_negative_int(text: str) -> int:
     if not text.isdigit():
         raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
@@ -130,6 +134,11 @@ def add_options(parser: pytest.Parser) -> None:
            help="discarded rounds of each case before its measured rounds in each block. Default: 1")
     option("--semgap-block-seed", metavar="N", type=_non_negative_int, default=0,
            help="seed of the order of the cases inside each block. Default: 0")
+    option("--semgap-batch-sessions", metavar="LIST", type=_session_counts, default=(1, 4, 16),
+           help="concurrent client sessions of the batching benchmark (benchmarks/test_batching.py), a comma list "
+                "(one benchmark per count and flavour), or none to leave it out. Default: 1,4,16")
+    option("--semgap-batch-rounds", metavar="N", type=_positive_int, default=5,
+           help="measured rounds of each batching benchmark, after --semgap-warmup-rounds. Default: 5")
     option("--semgap-semantic", metavar="LIST", type=_semantic, default=SemanticOptions(),
            help="techniques of the semantic mode: prune,cast,compress,narrow-ids or none. Default: all four")
     option("--semgap-server", metavar="HOST:PORT", type=_address, default=None,
@@ -199,6 +208,8 @@ class SemgapConfig:
     alpha: float
     min_agreement: float
     enforce: bool
+    batch_sessions: tuple[int, ...] = (1, 4, 16)  # concurrent sessions per batching benchmark; () leaves them out
+    batch_rounds: int = 5
 
     @classmethod
     def from_pytest(cls, config: pytest.Config) -> "SemgapConfig":
@@ -216,6 +227,7 @@ class SemgapConfig:
             run_dir=get("semgap_results") / rundir.new_run_id(),
             h1=get("semgap_h1"), h2=get("semgap_h2"), alpha=get("semgap_alpha"),
             min_agreement=get("semgap_min_agreement"), enforce=get("semgap_enforce"),
+            batch_sessions=get("semgap_batch_sessions"), batch_rounds=get("semgap_batch_rounds"),
         )
         settings.check()
         return settings

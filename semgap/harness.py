@@ -124,6 +124,7 @@ class ExperimentSession:
         self.tcp_counter = None
         self.server_tcp_counter = None
         self.server_info: dict[str, str] = {}
+        self.server_address: tuple[str, int] | None = None  # host, port: where more connections can go
         self.setup_bytes = transport.PayloadCounter()
         # TCP bytes may exceed payload bytes by the transport's framing per request; outside
         # payload .. payload + this bound a run warns (see transport.FramingBound).
@@ -168,6 +169,7 @@ class ExperimentSession:
         else:
             self.secret = self.secret or auth.new_secret().encode()  # this session is the server's only client
             host, port = self._spawn_server()
+        self.server_address = (host, port)
         self.transport = transport.CountingTransport(transport.connect(
             settings.transport, host, port, timeout_s=settings.rpc_timeout_s, secret=self.secret,
         ))

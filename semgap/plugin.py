@@ -8,6 +8,7 @@ import warnings
 import pytest
 
 from semgap import calibration, interrupts, preflight, report, rundir, verdicts
+from semgap.batchrunner import BatchCase, BatchReference, BatchRunner, batch_cases
 from semgap.config import SemgapConfig, add_options
 from semgap.harness import BlockItem, CaseRunner, ExperimentSession, schedule
 from semgap.modes import MODES
@@ -48,6 +49,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("semgap_case", matrix, ids=[item.id for item in matrix])
     if "semgap_probe" in metafunc.fixturenames:
         metafunc.parametrize("semgap_probe", calibration.probes(), ids=lambda probe: probe.id)
+    if "semgap_batch_case" in metafunc.fixturenames:
+        batching = batch_cases(metafunc.config.stash[settings_key])
+        if not batching:
+            pytest.skip("--semgap-batch-sessions none: the batching benchmark is left out", allow_module_level=True)
+        metafunc.parametrize("semgap_batch_case", batching, ids=[case.id for case in batching])
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -55,7 +61,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     reason = _benchmarking_disabled(config)
     if reason:
         for item in items:
-            if {"semgap_case", "semgap_probe"} & set(getattr(item, "fixturenames", ())):
+            if {"semgap_case", "semgap_probe", "semgap_batch_case"} & set(getattr(item, "fixturenames", ())):
                 item.add_marker(pytest.mark.skip(reason=reason))
 
 
@@ -125,7 +131,28 @@ def _progress_writer(config: pytest.Config):
 
 @pytest.fixture
 def semgap_bench(request: pytest.FixtureRequest, semgap_session: ExperimentSession | None, semgap_case: BlockItem) -> CaseRunner:
-    record, needs_server = request.config.stash[run_key], MODES[semgap_case.case.mode].needs_server
+    _check_session(request, semgap_session, MODES[semgap_case.case.mode].needs_server)
+    return CaseRunner(semgap_session, semgap_case)
+
+
+@pytest.fixture(scope="session")
+def semgap_batch_reference(semgap_session: ExperimentSession | None) -> BatchReference | None:
+    """Every batching session's prompt and local's tokens for it, computed once."""
+    return None if semgap_session is None else BatchReference.compute(semgap_session)
+
+
+@pytest.fixture
+def semgap_batching(request: pytest.FixtureRequest, semgap_session: ExperimentSession | None,
+                    semgap_batch_reference: BatchReference | None, semgap_batch_case: BatchCase) -> BatchRunner:
+    if semgap_session is not None and semgap_session.transport is None:
+        pytest.skip("the batching benchmark needs the server: --semgap-modes names no remote mode")
+    _check_session(request, semgap_session, needs_server=True)
+    return BatchRunner(semgap_session, semgap_batch_case, semgap_batch_reference)
+
+
+def _check_session(request: pytest.FixtureRequest, semgap_session: ExperimentSession | None, needs_server: bool) -> None:
+    """Stop a benchmark at a failure every benchmark would repeat: the first fails saying it, the others skip."""
+    record = request.config.stash[run_key]
     if semgap_session is not None and needs_server and record.session_failure is None:
         try:
             semgap_session.check_server()
@@ -134,7 +161,6 @@ def semgap_bench(request: pytest.FixtureRequest, semgap_session: ExperimentSessi
             record.session_failure = SessionFailure(one_line(error), reported_by=earlier)
     if record.session_failure is not None and (semgap_session is None or needs_server):
         record.session_failure.stop(request.node.name)
-    return CaseRunner(semgap_session, semgap_case)
 
 
 @pytest.fixture(scope="module")

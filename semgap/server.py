@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from semgap import codec, models, runtime, transport
+from semgap.batching import DecodeBatcher
 from semgap.oplevel.server import OpLevelServer
 from semgap.runtime import Engine, cache_to_tensors, compute_ms_text, stopwatch, tensors_to_cache
 from semgap.transport import auth
@@ -49,6 +50,7 @@ class ModelServer:
         self.caches: OrderedDict[str, object] = OrderedDict()
         self.lock = threading.Lock()
         self.oplevel = OpLevelServer(self.engine.model, self._check_weights)
+        self.batcher = DecodeBatcher(self.engine.model, self._exclusive, self._check_weights, self._logits_response)
         self.operations = {
             "hello": self.hello,
             "echo": self.echo,
@@ -60,6 +62,7 @@ class ModelServer:
             "release": self.release,
             "gpu_summary": self.gpu_summary,
             **self.oplevel.operations,
+            **self.batcher.operations,
         }
 
     def handle(self, op: str, request: bytes) -> bytes:
@@ -70,8 +73,9 @@ class ModelServer:
         if op == "sink":  # one way: the request is received whole and dropped
             return b""
         tensors, meta = codec.decode(request)
-        with self.lock:
-            return self._on_engine_thread(self.operations[op], tensors, meta)
+        if op in self.batcher.operations:  # they wait for other sessions' steps, taking the lock only to compute
+            return self.batcher.operations[op](tensors, meta)
+        return self._exclusive(self.operations[op], tensors, meta)
 
     def warm_up(self) -> float:
         """Compile and capture the decode step now (seconds), so no client's round pays for it."""
@@ -80,6 +84,11 @@ class ModelServer:
     def close(self) -> None:
         if self.engine_thread is not None:
             self.engine_thread.shutdown(wait=True)
+
+    def _exclusive(self, function, *args):
+        """Run `function` with the model to itself: one request at a time, on the engine thread if there is one."""
+        with self.lock:
+            return self._on_engine_thread(function, *args)
 
     def _on_engine_thread(self, function, *args):
         if self.engine_thread is None:

@@ -244,6 +244,34 @@ def calibration(output_json: dict) -> list[Section]:
         (Table.from_rows("calibration", "Transport calibration", header, rows, formats),))]
 
 
+def batching(output_json: dict) -> list[Section]:
+    """The batching benchmark (benchmarks/test_batching.py): N sessions decoding at once, served one forward per
+    request (blind) or one batched forward per step of all sessions (semantic); medians over rounds."""
+    infos = [bench["extra_info"] for bench in output_json.get("benchmarks", [])
+             if isinstance(bench.get("extra_info"), dict) and "batching" in bench["extra_info"]]
+    if not infos:
+        return []
+    blind = {(info["model"], info["sessions"]): info["tokens_per_s"] for info in infos if info["role"] == "blind"}
+    header = ("model", "weights", "sessions", "flavour", "tokens/s", "vs blind", "latency ms/token", "p90 ms/token",
+              "payload B/token", "TCP B/token", "mean batch", "agreement", "SM util %", "GPU note")
+    rows = [(info["model"], info["weights"], info["sessions"], info["flavour"], info["tokens_per_s"],
+             info["tokens_per_s"] / blind[key] if (key := (info["model"], info["sessions"])) in blind else None,
+             info["token_latency_ms"], info["token_latency_p90_ms"], info["payload_bytes_per_token"],
+             info["wire_tcp_bytes_per_token"], info["mean_batch_size"], info["token_agreement_with_local"],
+             info.get("gpu_sm_util_mean_pct"), info.get("gpu_monitor_note"))
+            for info in sorted(infos, key=lambda info: (info["model"], info["sessions"], info["role"]))]
+    formats = {"tokens/s": fixed(1), "vs blind": ratio, "latency ms/token": fixed(2), "p90 ms/token": fixed(2),
+               "payload B/token": count, "TCP B/token": count, "mean batch": fixed(2), "agreement": share,
+               "SM util %": fixed(1)}
+    steps = infos[0]["decode_steps"]
+    return [Section("Semantic batching", (
+        f"N client sessions, each on its own connection, decode {steps} tokens each at once. Blind: the server runs "
+        "each request as it comes, one forward each; semantic: it steps every live session in one batched forward. "
+        "tokens/s = all sessions' tokens / the round's wall time; latency is each decode step's, client to client; "
+        "vs blind = tokens/s over blind's at the same N; mean batch = sessions per forward.", ""),
+        (Table.from_rows("batching", "Semantic batching", header, rows, formats, prose=("GPU note",)),))]
+
+
 def failures(rv: RunVerdicts) -> Section:
     rows = [(f.get("name", "-"), (str(f.get("reason", "-")).splitlines() or ["-"])[0][:200]) for f in rv.failures]
     return Section("Failures", (), (Table.from_rows("failures", "Failures", ("benchmark", "reason"), rows,
@@ -295,7 +323,7 @@ def sections(rv: RunVerdicts, output_json: dict) -> list[Section]:
     rounds = frames.rounds(output_json) if rv.summaries else pd.DataFrame(columns=frames.IDENTITY)
     return [design(rv), *verdicts(rv), cross_check(rv), load(rv), cases(rv), *taxes(rv),
             *ablation.sections(rv, rounds), crossovers(rv), rtt_projection(rv), cost_model(rv, output_json, rounds),
-            *calibration(output_json), failures(rv), *notes(rv), *conditions(rv, output_json)]
+            *calibration(output_json), *batching(output_json), failures(rv), *notes(rv), *conditions(rv, output_json)]
 
 
 def caption_context(rv: RunVerdicts) -> str:

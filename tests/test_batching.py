@@ -1,0 +1,199 @@
+"""Semantic batching: concurrent sessions' steps in one forward give every session local's tokens."""
+import argparse
+import json
+import threading
+
+import pytest
+import torch
+
+from semgap import codec, generate, models, transport
+from semgap.batching import DecodeBatcher
+from semgap.config import _session_counts
+from semgap.modes.base import ModeContext
+from semgap.modes.local import LocalMode
+from semgap.modes.remote_cache import RemoteCacheMode
+from semgap.runtime import greedy_token
+from semgap.sessions import ConcurrentSessions, flavour_class, session_prompts
+from semgap.tables import batching
+from .conftest import REPO
+
+STEPS = 5
+SESSIONS = 4
+
+
+@pytest.fixture(scope="module")
+def prompts(preset_model):
+    return session_prompts(models.prompt_ids(32, preset_model.config.vocab_size), SESSIONS)
+
+
+@pytest.fixture(scope="module")
+def local_tokens(preset_model, prompts):
+    local = LocalMode(ModeContext(preset_model))
+    local.setup()
+    return [generate.generate(local, prompt, STEPS)[1:] for prompt in prompts]
+
+
+@pytest.fixture(scope="module")
+def uploaded(preset_model, preset_server, client):
+    """A context whose weights the server holds (one upload), as the benchmark's session has."""
+    context = ModeContext(preset_model, client)
+    RemoteCacheMode(context).setup()
+    return context
+
+
+def test_session_prompts_decode_distinct_tokens(local_tokens):
+    """Each session's tokens differ from every other's, so a session answered from another's cache shows."""
+    assert len({tuple(tokens) for tokens in local_tokens}) == SESSIONS
+
+
+@pytest.mark.parametrize("flavour", ["blind", "semantic"])
+def test_every_concurrent_session_decodes_locals_tokens(flavour, uploaded, preset_server, prompts, local_tokens):
+    connect = lambda: transport.connect("tcp", preset_server.host, preset_server.port, timeout_s=30)
+    sessions = ConcurrentSessions(flavour, prompts, uploaded, connect)
+    try:
+        for _ in range(2):  # the second round finds the server's batching state of the first cleared
+            sessions.prefill()
+            result = sessions.decode_round(STEPS)
+            assert [session.tokens for session in result.sessions] == local_tokens
+            assert result.tokens_decoded == SESSIONS * STEPS
+            assert result.payload.round_trips == SESSIONS * (STEPS + 1)  # the steps and each release
+            figures = result.figures()
+            if flavour == "semantic":  # the sessions really shared forwards
+                assert figures["mean_batch_size"] > 1
+            else:
+                assert figures["mean_batch_size"] is None
+    finally:
+        sessions.close()
+
+
+def _batcher(model, window_s=5.0) -> DecodeBatcher:
+    return DecodeBatcher(model, lambda function, *args: function(*args), lambda meta: None,
+                         lambda logits, meta, ms, **extra: (logits, extra), window_s=window_s)
+
+
+def _prefill(batcher, prompt) -> tuple[int, str]:
+    logits, extra = batcher.prefill({"input_ids": torch.tensor([prompt])}, {})
+    return greedy_token(logits), extra["kv_handle"]
+
+
+def _step_all(batcher, tokens_and_handles) -> list[tuple[torch.Tensor, dict]]:
+    """One decode step of every session, each from its own thread as connections are served."""
+    answers = [None] * len(tokens_and_handles)
+
+    def step(index, token, handle):
+        answers[index] = batcher.decode({"input_ids": torch.tensor([[token]])}, {"kv_handle": handle})
+
+    threads = [threading.Thread(target=step, args=(index, *pair)) for index, pair in enumerate(tokens_and_handles)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    return answers
+
+
+def test_cohort_stays_stacked_while_the_same_sessions_step(preset_model, prompts, local_tokens):
+    batcher = _batcher(preset_model)
+    sessions = [_prefill(batcher, prompt) for prompt in prompts]
+    handles = [handle for _, handle in sessions]
+    decoded: list[list[int]] = [[] for _ in prompts]
+    cohorts = []
+    for _ in range(STEPS):
+        answers = _step_all(batcher, sessions)
+        assert [extra["batch_size"] for _, extra in answers] == [str(SESSIONS)] * SESSIONS
+        cohorts.append(batcher.cohort_of[handles[0]])
+        sessions = [(greedy_token(logits), handle) for (logits, _), handle in zip(answers, handles)]
+        for tokens, (token, _) in zip(decoded, sessions):
+            tokens.append(token)
+    assert decoded == local_tokens
+    assert all(cohort is cohorts[0] for cohort in cohorts[1:])  # stacked once, then reused
+    for handle in handles:
+        batcher.release({}, {"kv_handle": handle})
+    assert batcher.cohort_of == {} and batcher.pending == {}
+
+
+def test_sessions_of_different_lengths_run_in_separate_forwards(preset_model, prompts, local_tokens):
+    batcher = _batcher(preset_model)
+    short = prompts[1][:20]
+    local = LocalMode(ModeContext(preset_model))
+    local.setup()
+    expected = [local_tokens[0][0], generate.generate(local, short, 1)[1]]
+    sessions = [_prefill(batcher, prompts[0]), _prefill(batcher, short)]
+    answers = _step_all(batcher, sessions)
+    assert [greedy_token(logits) for logits, _ in answers] == expected
+    assert [extra["batch_size"] for _, extra in answers] == ["1", "1"]
+
+
+def test_a_session_that_does_not_step_holds_a_batch_only_for_the_window(preset_model, prompts):
+    batcher = _batcher(preset_model, window_s=0.01)
+    stepping, idle = _prefill(batcher, prompts[0]), _prefill(batcher, prompts[1])
+    (_, extra), = _step_all(batcher, [stepping])
+    assert extra["batch_size"] == "1"
+    batcher.release({}, {"kv_handle": idle[1]})
+
+
+def test_batching_refuses_unknown_sessions(preset_model):
+    batcher = _batcher(preset_model)
+    with pytest.raises(KeyError, match="unknown batched session 'nope'"):
+        batcher.decode({"input_ids": torch.tensor([[1]])}, {"kv_handle": "nope"})
+    with pytest.raises(KeyError, match="unknown batched session"):
+        batcher.release({}, {"kv_handle": "nope"})
+
+
+def test_server_answers_batch_operations_and_refuses_stale_sessions(client):
+    with pytest.raises(transport.ServerError, match="unknown batched session"):
+        client.call("batch_decode", codec.encode({"input_ids": torch.tensor([[1]])}, {"kv_handle": "gone"}))
+
+
+def test_unknown_flavour_and_bad_session_counts_are_refused():
+    with pytest.raises(ValueError, match="unknown batching flavour 'fast'; choose from blind, semantic"):
+        flavour_class("fast")
+    assert _session_counts("none") == ()
+    assert _session_counts("1,4,16") == (1, 4, 16)
+    with pytest.raises(argparse.ArgumentTypeError, match="positive whole number"):
+        _session_counts("0")
+
+
+def test_batching_table_compares_each_count_with_blind():
+    def info(flavour, role, sessions, tokens_per_s):
+        return {"extra_info": {
+            "batching": f"{flavour}-{sessions}sessions", "model": "gpt2-test", "weights": "random", "sessions": sessions,
+            "flavour": flavour, "role": role, "tokens_per_s": tokens_per_s, "token_latency_ms": 1.0,
+            "token_latency_p90_ms": 2.0, "payload_bytes_per_token": 10.0, "wire_tcp_bytes_per_token": 12.0,
+            "mean_batch_size": None, "token_agreement_with_local": 1.0, "decode_steps": 5}}
+
+    output = {"benchmarks": [info("blind", "blind", 4, 100.0), info("semantic", "semantic", 4, 250.0),
+                             {"extra_info": {"mode": "local"}}]}
+    (section,) = batching(output)
+    frame = section.tables[0].frame
+    assert list(frame["flavour"]) == ["blind", "semantic"]
+    assert list(frame["vs blind"]) == [1.0, 2.5]
+    assert batching({"benchmarks": [{"extra_info": {"mode": "local"}}]}) == []
+
+
+BATCHING_BENCHMARK = (REPO / "benchmarks" / "test_batching.py").read_text()
+
+
+def test_batching_benchmark_end_to_end(suite):
+    """The suite's batching benchmark: its option, extra_info and report table; `none` leaves it out."""
+    suite.makepyfile(test_batching=BATCHING_BENCHMARK)
+    result = suite.runpytest_subprocess(
+        "test_batching.py", "--benchmark-only", "--semgap-modes=remote_cache", "--semgap-batch-sessions=2",
+        "--semgap-batch-rounds=2", "--semgap-warmup-rounds=0", "--semgap-prompt-tokens=16", "--semgap-decode-steps=3",
+        "--semgap-semantic=prune,compress,narrow-ids",
+    )
+    result.assert_outcomes(passed=2)
+    (run_dir,) = [path for path in (suite.path / "results").iterdir() if path.name != "latest" and path.is_dir()]
+    infos = {bench["extra_info"]["flavour"]: bench["extra_info"]
+             for bench in json.loads((run_dir / "benchmark.json").read_text())["benchmarks"]}
+    assert set(infos) == {"blind", "semantic"}
+    for info in infos.values():
+        assert info["sessions"] == 2 and info["decode_steps"] == 3 and "mode" not in info  # not a verdict case
+        assert info["token_agreement_with_local"] == 1.0 and info["lossless"] is True
+        assert len(info["tokens_per_s_rounds"]) == 2 and info["wire_tcp_bytes_per_token"] >= info["payload_bytes_per_token"]
+        assert info["gpu_sm_util_mean_pct"] is None or info["gpu_monitor_note"] is None
+    assert infos["semantic"]["role"] == "semantic" and infos["semantic"]["mean_batch_size"] > 1
+    assert "## Semantic batching" in (run_dir / "report.md").read_text()
+    assert (run_dir / "tables" / "batching.csv").exists()
+
+    left_out = suite.runpytest_subprocess("test_batching.py", "--benchmark-only", "--semgap-batch-sessions=none", "-rs")
+    left_out.stdout.fnmatch_lines(["*--semgap-batch-sessions none: the batching benchmark is left out*"])
