@@ -106,8 +106,8 @@ def _rates(text: str) -> tuple[int, ...]:
 def add_options(parser: pytest.Parser) -> None:
     group = parser.getgroup("semgap", "semgap: the semantic-gap experiment")
     option = group.addoption
-    option("--semgap-model", metavar="NAME", type=_model, default="gpt2-mini",
-           help=f"model preset ({', '.join(models.presets())}) or a local checkpoint directory. Default: gpt2-mini")
+    option("--semgap-model", metavar="NAME", type=_model, default=models.DEFAULT_MODEL,
+           help=f"model preset ({', '.join(models.presets())}) or a local checkpoint directory. Default: {models.DEFAULT_MODEL}")
     option("--semgap-seed", metavar="N", type=_non_negative_int, default=0, help="seed of a preset's weights. Default: 0")
     option("--semgap-dtype", metavar="DTYPE", default="auto", choices=["auto", *models.DTYPES],
            help="model dtype: auto is the serving dtype, bfloat16 on the CPU and float16 on CUDA. Default: auto")

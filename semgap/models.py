@@ -14,6 +14,7 @@ from semgap.runtime import context_length
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 PRESETS_FILE = FIXTURES / "presets.json"
+DEFAULT_MODEL = "gpt2-mini"  # the experiment's model, when --semgap-model is not given
 PROMPT_FILE = FIXTURES / "prompt.txt"
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}

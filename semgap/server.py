@@ -211,7 +211,8 @@ class ModelServer:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m semgap.server", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="gpt2-mini", help="preset or local checkpoint directory (default: gpt2-mini)")
+    parser.add_argument("--model", default=models.DEFAULT_MODEL,
+                        help=f"preset or local checkpoint directory (default: {models.DEFAULT_MODEL})")
     parser.add_argument("--seed", type=int, default=0, help="seed of a preset's weights (default: 0)")
     parser.add_argument("--dtype", default="auto", help="auto, float32, float16 or bfloat16 (default: auto)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: auto)")
