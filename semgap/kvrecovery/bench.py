@@ -11,10 +11,10 @@ import time
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 
-from semgap import generate, hostload, interrupts, transport
+from semgap import hostload, interrupts, transport
 from semgap.harness import (ExperimentSession, RoundRecord, Snapshot, first_mismatch, per_round_fields, spawn_server,
                             token_info, total)
-from semgap.kvrecovery.strategies import SCENARIOS, STRATEGIES, ResidentSteps, SessionState, make_strategy
+from semgap.kvrecovery.strategies import SCENARIOS, ResidentSteps, begin_session, continue_after, make_strategy
 from semgap.modes import ModeContext
 from semgap.wire import TcpCounter
 
@@ -135,14 +135,8 @@ class RecoveryRunner:
         return self.hosts.session.reference_tokens[start:start + self.after_steps]
 
     def _setup(self):
-        prompt, source = self.hosts.session.prompt, self.source.steps
-        first, handle = generate.prefill(source, prompt)
-        tokens, handle = generate.decode_n_tokens(source, first, handle, self.before_steps)
-        fed = [first, *tokens]
-        self.state = SessionState(handle, [*prompt, *fed[:-1]], fed[-1])
-        if self.strategy.syncs_prompt:  # when the session began, the target received the prompt's cache
-            _, self.state.synced_handle = generate.prefill(self.target.steps, prompt)
-            self.state.synced_positions = len(prompt)
+        self.state = begin_session(self.source.steps, self.target.steps, self.hosts.session.prompt,
+                                   self.before_steps, self.strategy.syncs_prompt)
         self.before = [host.snapshot() for host in self._hosts()]
         return (), {}
 
@@ -155,10 +149,7 @@ class RecoveryRunner:
         after = [host.snapshot() for host in self._hosts()]
         self.rounds.append(total([self.hosts.session.record(b, a) for b, a in zip(self.before, after)]))
         self.recovery_ms.append(self.round_ms)
-        tokens, handle = generate.decode_n_tokens(self.target.steps, self.state.next_token, self.recovered,
-                                                  self.after_steps)
-        self.target.steps.release(handle)
-        self.tokens.append(tokens)
+        self.tokens.append(continue_after(self.target.steps, self.state, self.recovered, self.after_steps))
 
     def _hosts(self) -> list[Host]:
         return [self.source] if self.target is self.source else [self.source, self.target]

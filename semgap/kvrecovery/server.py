@@ -25,10 +25,11 @@ class KvRecoveryServer:
         """
         handle, since = meta.get("kv_handle", ""), _count(meta, "since")
         cache = self.server.cache(handle)
-        rows = {name: tensor[:, :, since:] for name, tensor in self.server.engine.cache_tensors(cache).items()}
-        positions = next(iter(rows.values())).shape[2] + since if rows else 0
+        whole = self.server.engine.cache_tensors(cache)
+        positions = next(iter(whole.values())).shape[2]
         if since > positions:
             raise ValueError(f"kv_export since={since} is past the cache's {positions} positions")
+        rows = {name: tensor[:, :, since:] for name, tensor in whole.items()}
         response = codec.encode(rows, {"positions": str(positions)}, compress=meta.get("compress") == "1")
         if meta.get("release") == "1":
             self.server.engine.release(self.server.take(handle))

@@ -13,6 +13,7 @@ from typing import ClassVar
 
 import torch
 
+from semgap import generate
 from semgap.codec import LogitsOptions
 from semgap.modes.remote_cache import RemoteCacheMode
 
@@ -38,6 +39,29 @@ class SessionState:
     next_token: int  # sampled from the last logits, not yet fed
     synced_handle: str = ""  # a cache on the target of the first `synced_positions` ids (strategies that sync)
     synced_positions: int = 0
+
+
+def begin_session(source: ResidentSteps, target: ResidentSteps, prompt: list[int], decode_steps: int,
+                  syncs_prompt: bool) -> SessionState:
+    """Prefill `prompt` on the source and decode `decode_steps` tokens there: the session whose cache must move.
+
+    With `syncs_prompt`, the target received the prompt's cache when the session began (a replicated prefix).
+    """
+    first, handle = generate.prefill(source, prompt)
+    tokens, handle = generate.decode_n_tokens(source, first, handle, decode_steps)
+    fed = [first, *tokens]
+    state = SessionState(handle, [*prompt, *fed[:-1]], fed[-1])
+    if syncs_prompt:
+        _, state.synced_handle = generate.prefill(target, prompt)
+        state.synced_positions = len(prompt)
+    return state
+
+
+def continue_after(target: ResidentSteps, state: SessionState, recovered_handle: str, decode_steps: int) -> list[int]:
+    """Decode `decode_steps` tokens on the target from the recovered cache, then release it; the tokens."""
+    tokens, handle = generate.decode_n_tokens(target, state.next_token, recovered_handle, decode_steps)
+    target.release(handle)
+    return tokens
 
 
 class Strategy(ABC):
