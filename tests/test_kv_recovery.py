@@ -8,9 +8,8 @@ from semgap.kvrecovery.strategies import ResidentSteps, begin_session, continue_
 from semgap.measurements import read_run
 from semgap.modes import ModeContext
 from semgap.modes.local import LocalMode
-from semgap.serverproc import ServerProcess, free_port
 
-from .conftest import INNER_CONFTEST, REPO, TEST_MODEL
+from .conftest import INNER_CONFTEST, REPO, TEST_MODEL, spawned_server
 from .inner import SMALL, leftovers, netns_test, run_suite
 from .markdown import rows
 
@@ -21,10 +20,8 @@ KV_BENCHMARK = (REPO / "benchmarks" / "test_kv_recovery.py").read_text()
 
 @pytest.fixture(scope="module")
 def second_server(tmp_path_factory):
-    server = ServerProcess.spawn(TEST_MODEL, "127.0.0.1", free_port(), tmp_path_factory.mktemp("logs"),
-                                 extra_args=("--no-gpu-monitor",), ready_timeout_s=120)
-    yield server
-    server.stop()
+    with spawned_server(tmp_path_factory) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
