@@ -1,8 +1,9 @@
 """The KV-recovery benchmarks' moving parts: a second server for migration, and one case's measured rounds.
 
 A round is one recovery: its setup (untimed) prefills the prompt on the run's server and decodes
-the first half of the run's decode steps; the measured part moves the cache as the strategy does;
-its teardown (untimed) decodes the second half on the target and checks the tokens against `local`'s.
+the run's decode steps but the last half (rounded down, at least one); the measured part moves the
+cache as the strategy does; its teardown (untimed) decodes that last half on the target, whose
+tokens are checked against `local`'s.
 Bytes come from the same snapshots as the main benchmark's, added up over both servers' connections.
 """
 from __future__ import annotations
@@ -56,7 +57,7 @@ class RecoveryHosts:
     def __init__(self, session: ExperimentSession):
         self.session = session
         self.resources = ExitStack()
-        self.first = Host(self._steps(session.context), session.tcp_counter, session.link)
+        self.first = Host(self._steps(session.context), session.tcp_counter, session.link) if session.transport else None
         self.second: Host | None = None
 
     def unavailable(self, scenario: str) -> str:
