@@ -114,7 +114,7 @@ class RecoveryRunner:
     tokens: list[list[int]] = field(default_factory=list)
 
     def run(self, benchmark) -> None:
-        session, settings = self.hosts.session, self.hosts.session.settings
+        settings = self.hosts.session.settings
         self.strategy = make_strategy(self.case.strategy)
         self.source, self.target = self.hosts.first, self.hosts.target(self.case.scenario)
         self.after_steps = max(1, settings.max_decode_steps // 2)
