@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from semgap import codec, generate, models, tables, transport
+from semgap import codec, generate, models, runtime, tables, transport
 from semgap.kvrecovery.bench import recovery_cases
 from semgap.kvrecovery.strategies import ResidentSteps, begin_session, continue_after, make_strategy
 from semgap.measurements import read_run
@@ -150,3 +150,16 @@ def test_the_suite_measures_recovery_on_two_hosts_and_removes_both_also_when_a_s
     assert strategies["kv_since_sync"]["bytes saving"].startswith("+9")
     assert leftovers(pid, suite.path) == []
 
+
+
+def test_a_static_cache_exports_only_its_filled_positions_and_converts_to_an_equal_dynamic_one(preset_model, prompt):
+    """The GPU's static path: a recovery must ship the filled positions, not the cache's empty tail."""
+    static, dynamic = (runtime.Engine(preset_model, path, max_cache_len=64) for path in (runtime.STATIC, runtime.EAGER_DYNAMIC))
+    static_cache, dynamic_cache = static.prefill(prompt).cache, dynamic.prefill(prompt).cache
+    exported, expected = static.cache_tensors(static_cache), runtime.cache_to_tensors(dynamic_cache)
+    assert {name: t.shape[2] for name, t in exported.items()} == {name: PROMPT_TOKENS for name in expected}
+    for name in expected:
+        torch.testing.assert_close(exported[name], expected[name])
+    converted = static.to_dynamic(static_cache)
+    assert converted is not static_cache and runtime.cache_to_tensors(converted)["k.0"].shape[2] == PROMPT_TOKENS
+    assert static.to_dynamic(dynamic_cache) is dynamic_cache  # a dynamic cache is already one
