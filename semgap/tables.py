@@ -265,12 +265,14 @@ def kv_recovery(output_json: dict) -> list[Section]:
     rows = []
     for info in infos:
         baseline, recovered_bytes = blind.get(info["scenario"]), bytes_per_round(info)
-        rows.append((info["scenario"], info["mode"], info["role"], info["lossless"], info.get("cached_positions"),
+        rows.append((info.get("model"), info.get("weights"), info["scenario"], info["mode"], info["role"],
+                     info["lossless"], info.get("cached_positions"),
                      recovered_bytes, info["rpc_round_trips"], info["recovery_ms"], info["server_compute_ms"],
                      saving(recovered_bytes, baseline, bytes_per_round),
                      saving(info["recovery_ms"], baseline, lambda other: other["recovery_ms"]),
                      info["token_agreement_with_local"]))
-    header = ("scenario", "strategy", "role", "lossless", "cached positions", f"{level} B/recovery", "round trips",
+    header = ("model", "weights", "scenario", "strategy", "role", "lossless", "cached positions", f"{level} B/recovery",
+              "round trips",
               "recovery ms", "server ms", "bytes saving", "latency saving", "token agreement")
     formats = {f"{level} B/recovery": count, "round trips": fixed(0), "recovery ms": fixed(2), "server ms": fixed(2),
                "bytes saving": pct, "latency saving": pct, "token agreement": fixed(3)}

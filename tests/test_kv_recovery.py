@@ -105,6 +105,7 @@ def test_bad_recovery_requests_are_clear_errors_and_the_server_keeps_serving(cli
 
 def kv_benchmark(scenario, strategy, role, sent, received, recovery_ms):
     info = {"scenario": scenario, "mode": strategy, "role": role, "lossless": True, "cached_positions": 133,
+            "model": "gpt2-test", "weights": "random",
             "rpc_round_trips": 2, "recovery_ms": recovery_ms, "server_compute_ms": 0.5,
             "token_agreement_with_local": 1.0, "wire_tcp_bytes_sent": None,
             "payload_bytes_sent_rounds": sent, "payload_bytes_received_rounds": received}
@@ -120,6 +121,7 @@ def test_the_kv_table_shows_each_strategys_saving_against_the_blind_one_and_verd
     assert table.loc["recompute", "payload B/recovery"] == 100
     assert table.loc["recompute", "bytes saving"] == pytest.approx(0.9)
     assert table.loc["recompute", "latency saving"] == pytest.approx(-1.5)
+    assert set(table["weights"]) == {"random"}  # figures on random weights say so
     assert read_run(output_json).cases == []  # not a mode x phase case: no verdict judges it
     assert tables.kv_recovery({"benchmarks": []}) == []
 

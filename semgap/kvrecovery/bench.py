@@ -12,7 +12,7 @@ import time
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 
-from semgap import hostload, interrupts, transport
+from semgap import hostload, interrupts, models, transport
 from semgap.harness import (ExperimentSession, RoundRecord, Snapshot, first_mismatch, per_round_fields, spawn_server,
                             token_info, total)
 from semgap.kvrecovery.strategies import SCENARIOS, ResidentSteps, begin_session, continue_after, make_strategy
@@ -160,6 +160,7 @@ class RecoveryRunner:
         info: dict = {
             "scenario": self.case.scenario, "mode": self.case.strategy, "case": self.case.id,
             "role": self.strategy.role, "lossless": self.strategy.lossless, "model": settings.model,
+            "weights": models.weights_kind(settings.model),
             "link": settings.link, "prompt_tokens": settings.prompt_tokens,
             "cached_positions": settings.prompt_tokens + self.before_steps,
             "decode_steps_before": self.before_steps, "decode_steps_after": self.after_steps,
