@@ -2,6 +2,7 @@
 import pytest
 
 from semgap.kvrecovery.bench import RecoveryHosts, RecoveryRunner, recovery_cases
+from semgap.plugin import settings_key
 
 
 @pytest.fixture(scope="module")
@@ -16,7 +17,12 @@ def semgap_kv_hosts(semgap_session):
         hosts.close()
 
 
-@pytest.mark.parametrize("semgap_kv_case", recovery_cases(), ids=lambda case: case.id)
+def pytest_generate_tests(metafunc):
+    if "semgap_kv_case" in metafunc.fixturenames:
+        cases = recovery_cases(metafunc.config.stash[settings_key].link_rates_bps)
+        metafunc.parametrize("semgap_kv_case", cases, ids=[case.id for case in cases])
+
+
 def test_kv_recovery(benchmark, semgap_kv_hosts, semgap_kv_case):
     """One strategy's recoveries: bytes per level and direction, recovery_ms and the tokens after, in extra_info.
 

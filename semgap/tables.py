@@ -247,7 +247,7 @@ def calibration(output_json: dict) -> list[Section]:
 
 def kv_recovery(output_json: dict) -> list[Section]:
     """KV recovery (benchmarks/test_kv_recovery.py): each strategy's bytes and latency per recovery, and its
-    saving against the blind strategy of its scenario (1 - strategy / blind: positive = cheaper)."""
+    saving against the blind strategy of its scenario and link rate (1 - strategy / blind: positive = cheaper)."""
     infos = [bench["extra_info"] for bench in output_json.get("benchmarks", [])
              if isinstance(bench.get("extra_info"), dict) and "scenario" in bench["extra_info"]]
     if not infos:
@@ -261,17 +261,21 @@ def kv_recovery(output_json: dict) -> list[Section]:
     def saving(value: float, blind: dict | None, of) -> float | None:
         return None if blind is None or not of(blind) else 1 - value / of(blind)
 
-    blind = {info["scenario"]: info for info in infos if info.get("role") == "blind"}
+    def where(info: dict) -> tuple:
+        return info["scenario"], info.get("link_rate")
+
+    blind = {where(info): info for info in infos if info.get("role") == "blind"}
     rows = []
     for info in infos:
-        baseline, recovered_bytes = blind.get(info["scenario"]), bytes_per_round(info)
-        rows.append((info.get("model"), info.get("weights"), info["scenario"], info["mode"], info["role"],
-                     info["lossless"], info.get("cached_positions"),
-                     recovered_bytes, info["rpc_round_trips"], info["recovery_ms"], info["server_compute_ms"],
+        baseline, recovered_bytes = blind.get(where(info)), bytes_per_round(info)
+        rows.append((info.get("model"), info.get("weights"), info["scenario"], info.get("link_rate"), info["mode"],
+                     info["role"], info["lossless"], info.get("cached_positions"), recovered_bytes,
+                     info["rpc_round_trips"], info["recovery_ms"], info["server_compute_ms"],
                      saving(recovered_bytes, baseline, bytes_per_round),
                      saving(info["recovery_ms"], baseline, lambda other: other["recovery_ms"]),
                      info["token_agreement_with_local"]))
-    header = ("model", "weights", "scenario", "strategy", "role", "lossless", "cached positions", f"{level} B/recovery",
+    header = ("model", "weights", "scenario", "rate", "strategy", "role", "lossless", "cached positions",
+              f"{level} B/recovery",
               "round trips",
               "recovery ms", "server ms", "bytes saving", "latency saving", "token agreement")
     formats = {f"{level} B/recovery": count, "round trips": fixed(0), "recovery ms": fixed(2), "server ms": fixed(2),
@@ -281,7 +285,7 @@ def kv_recovery(output_json: dict) -> list[Section]:
         f"One recovery per round: the cache of a session's prompt and first decode steps is evicted and restored, "
         f"or moves to a second server. Bytes: {level} level, sent + received over both servers' connections, median "
         "over rounds; recovery ms: the median round, until the target holds the cache again. Savings are against "
-        "the blind strategy (full_cache) of the same scenario. Token agreement: the tokens decoded after the "
+        "the blind strategy (full_cache) of the same scenario and link rate. Token agreement: the tokens decoded after the "
         "recovery against local's.", ""),
         (Table.from_rows("kv_recovery", title, header, rows, formats),))]
 

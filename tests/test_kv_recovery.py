@@ -103,6 +103,12 @@ def test_bad_recovery_requests_are_clear_errors_and_the_server_keeps_serving(cli
     steps.release(handle)  # still held: no failed request consumed it
 
 
+def test_a_rate_sweep_measures_every_recovery_case_at_each_rate():
+    cases = recovery_cases((100_000_000, 1_000_000_000))
+    assert len(cases) == 2 * len(recovery_cases())
+    assert [case.id for case in cases][:2] == ["eviction-full_cache-100mbit", "eviction-recompute-100mbit"]
+    assert cases[-1].id == "migration-kv_since_sync-1gbit"
+
 def kv_benchmark(scenario, strategy, role, sent, received, recovery_ms):
     info = {"scenario": scenario, "mode": strategy, "role": role, "lossless": True, "cached_positions": 133,
             "model": "gpt2-test", "weights": "random",

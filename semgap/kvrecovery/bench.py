@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from semgap import hostload, interrupts, models, transport
 from semgap.harness import (ExperimentSession, RoundRecord, Snapshot, first_mismatch, per_round_fields, spawn_server,
                             token_info, total)
+from semgap.link import format_rate
 from semgap.kvrecovery.strategies import SCENARIOS, ResidentSteps, begin_session, continue_after, make_strategy
 from semgap.modes import ModeContext
 from semgap.wire import TcpCounter
@@ -24,18 +25,22 @@ SECOND_SERVER_NETNS_PORT = 29501  # its own namespace; another port than the fir
 
 @dataclass(frozen=True)
 class RecoveryCase:
-    """One KV-recovery benchmark: a scenario and a strategy that applies to it."""
+    """One KV-recovery benchmark: a scenario, a strategy that applies to it, and in rate sweeps a link rate."""
 
     scenario: str
     strategy: str
+    link_rate_bps: int | None = None
 
     @property
     def id(self) -> str:
-        return f"{self.scenario}-{self.strategy}"
+        rate = f"-{format_rate(self.link_rate_bps)}" if self.link_rate_bps else ""
+        return f"{self.scenario}-{self.strategy}{rate}"
 
 
-def recovery_cases() -> list[RecoveryCase]:
-    return [RecoveryCase(scenario, strategy) for scenario, strategies in SCENARIOS.items() for strategy in strategies]
+def recovery_cases(link_rates_bps: tuple[int, ...] = ()) -> list[RecoveryCase]:
+    """Every scenario x strategy, at each of `--semgap-link-rate`'s rates (unshaped without any)."""
+    return [RecoveryCase(scenario, strategy, rate) for rate in link_rates_bps or (None,)
+            for scenario, strategies in SCENARIOS.items() for strategy in strategies]
 
 
 @dataclass
@@ -117,9 +122,13 @@ class RecoveryRunner:
         settings = self.hosts.session.settings
         self.strategy = make_strategy(self.case.strategy)
         self.source, self.target = self.hosts.first, self.hosts.target(self.case.scenario)
+        for host in self._hosts():  # every veth the recovery crosses runs at the case's rate
+            if host.link is not None and host.link.rate_bps != self.case.link_rate_bps:
+                host.link.set_rate(self.case.link_rate_bps)
         self.after_steps = max(1, settings.max_decode_steps // 2)
         self.before_steps = settings.max_decode_steps - self.after_steps
-        benchmark.group = f"kv recovery: {self.case.scenario}"
+        rate = format_rate(self.case.link_rate_bps) if self.case.link_rate_bps else None
+        benchmark.group = f"kv recovery: {self.case.scenario}" + (f" at {rate}" if rate else "")
         rounds = settings.rounds * settings.blocks  # as many measured rounds as a case of the main matrix
         benchmark.pedantic(self._recover, setup=self._setup, teardown=self._teardown,
                            rounds=rounds, warmup_rounds=settings.warmup_rounds)
@@ -161,7 +170,8 @@ class RecoveryRunner:
             "scenario": self.case.scenario, "mode": self.case.strategy, "case": self.case.id,
             "role": self.strategy.role, "lossless": self.strategy.lossless, "model": settings.model,
             "weights": models.weights_kind(settings.model),
-            "link": settings.link, "prompt_tokens": settings.prompt_tokens,
+            "link": settings.link, "link_rate": format_rate(self.case.link_rate_bps) if self.case.link_rate_bps else None,
+            "link_rate_bps": self.case.link_rate_bps, "prompt_tokens": settings.prompt_tokens,
             "cached_positions": settings.prompt_tokens + self.before_steps,
             "decode_steps_before": self.before_steps, "decode_steps_after": self.after_steps,
         }
