@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass, field
 from semgap import hostload, interrupts, models, transport
 from semgap.harness import (ExperimentSession, RoundRecord, Snapshot, first_mismatch, per_round_fields, spawn_server,
                             token_info, total)
-from semgap.link import format_rate
 from semgap.kvrecovery.strategies import SCENARIOS, ResidentSteps, begin_session, continue_after, make_strategy
+from semgap.link import format_rate
 from semgap.modes import ModeContext
 from semgap.wire import TcpCounter
 
