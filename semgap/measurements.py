@@ -307,13 +307,13 @@ def is_case_benchmark(extra: Any) -> bool:
     scenario (those benchmarks, benchmarks/test_kv_recovery.py, have a report table of their own)."""
     return isinstance(extra, dict) and "mode" in extra and "scenario" not in extra
 
+
 def read_run(output_json: Any) -> Run:
     """Semgap's cases (benchmarks with ``extra_info.mode``), each with its blocks, in JSON order.
 
     Raises :class:`InvalidBenchmarkJSON` when the structure is not readable.
     Benchmarks without ``extra_info.mode`` (not semgap's) or with ``extra_info.scenario`` (KV recovery,
-    reported apart) are ignored. A second
-    benchmark for the same (case, block) is ignored with a note.
+    reported apart) are ignored. A second benchmark for the same (case, block) is ignored with a note.
     """
     notes: list[str] = []
     if not isinstance(output_json, dict):
