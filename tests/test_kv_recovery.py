@@ -143,7 +143,8 @@ def test_the_suite_measures_recovery_on_two_hosts_and_removes_both_also_when_a_s
         "strategies.RecomputeSinceSync.recover = broken\n"))
     result, output, pid = run_suite(suite, *SMALL, "--semgap-link", "netns", "--semgap-decode-steps", "4")
     result.assert_outcomes(passed=6, failed=1)
-    result.stdout.fnmatch_lines(["*RuntimeError: broken on purpose*", "FAILED *test_kv_recovery[[]migration-recompute_since_sync[]]*"])
+    result.stdout.fnmatch_lines(["*RuntimeError: broken on purpose*",
+                                 "FAILED *test_kv_recovery[[]migration-recompute_since_sync[]]*"])
     kv = {b["extra_info"]["case"]: b["extra_info"] for b in output["benchmarks"] if "scenario" in b["extra_info"]}
     assert sorted(kv) == ["eviction-full_cache", "eviction-recompute", "migration-full_cache",
                           "migration-kv_since_sync", "migration-recompute"]
@@ -162,7 +163,8 @@ def test_the_suite_measures_recovery_on_two_hosts_and_removes_both_also_when_a_s
 
 def test_a_static_cache_exports_only_its_filled_positions_and_converts_to_an_equal_dynamic_one(preset_model, prompt):
     """The GPU's static path: a recovery must ship the filled positions, not the cache's empty tail."""
-    static, dynamic = (runtime.Engine(preset_model, path, max_cache_len=64) for path in (runtime.STATIC, runtime.EAGER_DYNAMIC))
+    static, dynamic = (runtime.Engine(preset_model, path, max_cache_len=64)
+                       for path in (runtime.STATIC, runtime.EAGER_DYNAMIC))
     static_cache, dynamic_cache = static.prefill(prompt).cache, dynamic.prefill(prompt).cache
     exported, expected = static.cache_tensors(static_cache), runtime.cache_to_tensors(dynamic_cache)
     assert {name: t.shape[2] for name, t in exported.items()} == {name: PROMPT_TOKENS for name in expected}
