@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 
 from semgap import generate, hostload, models, transport
 from semgap.config import SemgapConfig
-from semgap.harness import ExperimentSession, _per_round_fields
+from semgap.harness import ExperimentSession, per_round_fields
 from semgap.modes.local import LocalMode
 from semgap.sessions import FLAVOURS, ConcurrentRound, ConcurrentSessions, session_prompts
 from semgap.wire import delta
@@ -105,5 +105,5 @@ class BatchRunner:
             "prompt_tokens": settings.prompt_tokens, "decode_steps": settings.max_decode_steps, "link": settings.link,
             "semantic": str(settings.semantic) if sessions.role == "semantic" else None,
             "token_agreement_with_local": agreement,
-            **_per_round_fields(figures),
+            **per_round_fields(figures),
         }

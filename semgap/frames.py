@@ -24,7 +24,7 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from semgap.measurements import case_of, read_run, semgap_section
+from semgap.measurements import case_of, is_case_benchmark, read_run, semgap_section
 
 IDENTITY = ("benchmark", "case", "mode", "label", "role", "lossless", "techniques", "model", "weights", "phase",
             "decode_steps", "link", "link_rate", "link_rate_bps", "block", "position_in_block", "round", "latency_ms")
@@ -79,7 +79,7 @@ def rounds(output_json: dict) -> pd.DataFrame:
     read_run(output_json)  # the same validation, and the same errors, as the report's
     meta = semgap_section(output_json)
     rows = [row for bench in output_json["benchmarks"]
-            if isinstance(bench.get("extra_info"), dict) and "mode" in bench["extra_info"]
+            if is_case_benchmark(bench.get("extra_info"))
             for row in _benchmark_rows(bench, meta)]
     frame = pd.DataFrame(rows)
     for column in (*IDENTITY, *MEASURES):

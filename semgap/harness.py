@@ -7,8 +7,8 @@ import os
 import random
 import statistics
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, field
-from typing import Callable
+from dataclasses import asdict, dataclass, field, fields
+from typing import Callable, Sequence
 
 import torch
 import transformers
@@ -109,6 +109,16 @@ class RoundRecord:
     # the server retransmitted, known only for a server this session spawned.
     wire_tcp_bytes_retransmitted_sent: int | None = None
     wire_tcp_bytes_retransmitted_received: int | None = None
+
+
+def total(records: Sequence[RoundRecord]) -> RoundRecord:
+    """One round's records over several connections (one per server) added up; a level none measured stays None."""
+    def add(values: list) -> float | int | None:
+        present = [value for value in values if value is not None]
+        return sum(present) if present else None
+
+    return RoundRecord(**{item.name: add([getattr(record, item.name) for record in records])
+                          for item in fields(RoundRecord)})
 
 
 class ExperimentSession:
@@ -220,27 +230,11 @@ class ExperimentSession:
         return self.context.decode_path
 
     def _spawn_server(self) -> tuple[str, int]:
-        settings = self.settings
-        log_dir = settings.run_dir / "logs"
-        prefix: tuple[str, ...] = ()
-        env: dict[str, str] = {}
-        extra_args = settings.server_args()
-        host = settings.host
-        if settings.link == "netns":
-            cleanup_stale()
-            self.link = self.resources.enter_context(NetnsLink(rate_bps=None))
-            prefix, env, host = tuple(self.link.server_command([])), self.link.server_env(), self.link.server_address
+        spawned = spawn_server(self.settings, self.secret, self.resources, self.progress)
+        self.link, self.server = spawned.link, spawned.server
+        if self.link is not None:
             self._set_client_interface(self.link.client_ifname)
-            if settings.transport == "rpc":  # only this host reaches the namespace, as with loopback
-                extra_args += ("--allow-unauthenticated-rpc",)
-        env[auth.SECRET_VARIABLE] = self.secret.decode()
-        port = free_port(host) if settings.link == "loopback" else 29500
-        self.server = ServerProcess.spawn(
-            settings.model, host, port, log_dir, extra_args=extra_args, command_prefix=prefix, env=env,
-            ready_timeout_s=settings.server_start_timeout_s, progress=self.progress,
-        )
-        self.resources.callback(self.server.stop)
-        return host, port
+        return spawned.host, spawned.port
 
     def _set_client_interface(self, ifname: str) -> None:
         # TensorPipe and Gloo choose the interface they announce from these variables; restored at close.
@@ -387,6 +381,43 @@ class ExperimentSession:
         }
 
 
+@dataclass
+class SpawnedServer:
+    """A server process this session started, and the netns link it sits behind (None on loopback)."""
+
+    server: ServerProcess
+    host: str
+    port: int
+    link: NetnsLink | None
+
+
+def spawn_server(settings: SemgapConfig, secret: bytes, resources: ExitStack,
+                 progress: Callable[[str], None] = lambda line: None, netns_port: int = 29500) -> SpawnedServer:
+    """Start a server of the run's model on the run's link; `resources` stops it (and removes its link) at close.
+
+    With `--semgap-link netns` every call builds its own namespace and veth: each server is its own host.
+    """
+    log_dir = settings.run_dir / "logs"
+    prefix: tuple[str, ...] = ()
+    env: dict[str, str] = {}
+    extra_args = settings.server_args()
+    host, link = settings.host, None
+    if settings.link == "netns":
+        cleanup_stale()
+        link = resources.enter_context(NetnsLink(rate_bps=None))
+        prefix, env, host = tuple(link.server_command([])), link.server_env(), link.server_address
+        if settings.transport == "rpc":  # only this host reaches the namespace, as with loopback
+            extra_args += ("--allow-unauthenticated-rpc",)
+    env[auth.SECRET_VARIABLE] = secret.decode()
+    port = free_port(host) if settings.link == "loopback" else netns_port
+    server = ServerProcess.spawn(
+        settings.model, host, port, log_dir, extra_args=extra_args, command_prefix=prefix, env=env,
+        ready_timeout_s=settings.server_start_timeout_s, progress=progress,
+    )
+    resources.callback(server.stop)
+    return SpawnedServer(server, host, port, link)
+
+
 def _resident(mode: type) -> bool:
     """Whether the mode keeps weights and KV cache on the server (and so shares the one upload)."""
     return mode.needs_server and not mode.ships_cache
@@ -416,7 +447,7 @@ def _tcp_delta(before, after):
     return delta(before, after)
 
 
-def _per_round_fields(rounds: list[dict[str, float | None]]) -> dict:
+def per_round_fields(rounds: list[dict[str, float | None]]) -> dict:
     """`name` (the median over rounds) and `name_rounds` (every round) for each field of the rounds."""
     fields: dict = {}
     for name in dict.fromkeys(name for record in rounds for name in record):
@@ -466,7 +497,7 @@ class CaseRunner:
         measured = self.rounds[window]
         framing_warning = self.session.check_framing(case, measured)
         benchmark.extra_info.update(self.extra_info(measured, self.tokens[window]))
-        benchmark.extra_info.update(_per_round_fields(self.counter_rounds[window]))
+        benchmark.extra_info.update(per_round_fields(self.counter_rounds[window]))
         benchmark.extra_info.update(self.session.gpu_summary(case.mode, gpu_mark))
         benchmark.extra_info.update(
             load_avg_1m=hostload.load_avg_1m(), cpu_steal_pct=hostload.steal_pct(cpu_before, cpu_after),
@@ -474,7 +505,7 @@ class CaseRunner:
         )
         # The measurements are in the JSON by now; what follows fails the benchmark, it does not hide it.
         if self.mode.lossless:
-            mismatch = _first_mismatch(self._expected_tokens(), self.tokens[window])
+            mismatch = first_mismatch(self._expected_tokens(), self.tokens[window])
             assert mismatch is None, f"{case.id}: the lossless mode {case.mode} generated other tokens than local: {mismatch}"
         assert framing_warning is None, framing_warning
 
@@ -517,7 +548,7 @@ class CaseRunner:
             "link": settings.link, "link_rate": format_rate(case.link_rate_bps) if case.link_rate_bps else None,
             "link_rate_bps": case.link_rate_bps, "semantic": str(settings.semantic) if case.mode == "semantic" else None,
         }
-        info.update(_per_round_fields([asdict(record) for record in measured]))
+        info.update(per_round_fields([asdict(record) for record in measured]))
         info["wire_levels"] = ["payload"] + [
             level for level in ("tcp", "link") if info[f"wire_{level}_bytes_sent"] is not None
         ]
@@ -525,22 +556,24 @@ class CaseRunner:
         info["fast_path"] = session.decode_path(case.mode)
         info["setup_bytes_sent"] = session.setup_bytes.bytes_sent if resident else 0
         info["setup_bytes_received"] = session.setup_bytes.bytes_received if resident else 0
-        info.update(self._token_info(tokens))
+        info.update(token_info(self._expected_tokens(), tokens))
         return info
 
-    def _token_info(self, rounds: list[list[int]]) -> dict:
-        """The last measured round's tokens, and their agreement with local's, position by position."""
-        expected, tokens = self._expected_tokens(), rounds[-1]
-        agreement = sum(a == b for a, b in zip(tokens, expected)) / len(expected)
-        return {
-            "token_ids": tokens,
-            "tokens_sha256": hashlib.sha256(json.dumps(tokens).encode()).hexdigest(),
-            "tokens_same_every_round": all(round_tokens == tokens for round_tokens in rounds),
-            "token_agreement_with_local": agreement,
-        }
 
 
-def _first_mismatch(expected: list[int], rounds: list[list[int]]) -> str | None:
+def token_info(expected: list[int], rounds: list[list[int]]) -> dict:
+    """The last measured round's tokens, and their agreement with local's (`expected`), position by position."""
+    tokens = rounds[-1]
+    agreement = sum(a == b for a, b in zip(tokens, expected)) / len(expected)
+    return {
+        "token_ids": tokens,
+        "tokens_sha256": hashlib.sha256(json.dumps(tokens).encode()).hexdigest(),
+        "tokens_same_every_round": all(round_tokens == tokens for round_tokens in rounds),
+        "token_agreement_with_local": agreement,
+    }
+
+
+def first_mismatch(expected: list[int], rounds: list[list[int]]) -> str | None:
     """Where the first round that differs from `expected` first differs, in words, or None."""
     for index, tokens in enumerate(rounds):
         if tokens == expected:

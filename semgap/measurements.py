@@ -302,12 +302,18 @@ def case_of(extra: dict, meta: dict, name: str) -> CaseRecord:
     )
 
 
+def is_case_benchmark(extra: Any) -> bool:
+    """Whether a benchmark's extra_info is a case of the mode x phase matrix: it names a mode and no KV-recovery
+    scenario (those benchmarks, benchmarks/test_kv_recovery.py, have a report table of their own)."""
+    return isinstance(extra, dict) and "mode" in extra and "scenario" not in extra
+
+
 def read_run(output_json: Any) -> Run:
     """Semgap's cases (benchmarks with ``extra_info.mode``), each with its blocks, in JSON order.
 
     Raises :class:`InvalidBenchmarkJSON` when the structure is not readable.
-    Benchmarks without ``extra_info.mode`` are ignored (not semgap's). A second
-    benchmark for the same (case, block) is ignored with a note.
+    Benchmarks without ``extra_info.mode`` (not semgap's) or with ``extra_info.scenario`` (KV recovery,
+    reported apart) are ignored. A second benchmark for the same (case, block) is ignored with a note.
     """
     notes: list[str] = []
     if not isinstance(output_json, dict):
@@ -323,7 +329,7 @@ def read_run(output_json: Any) -> Run:
             raise InvalidBenchmarkJSON(f"benchmarks[{i}] is not an object")
         name = str(bench.get("name", f"benchmarks[{i}]"))
         extra = bench.get("extra_info") or {}
-        if not isinstance(extra, dict) or "mode" not in extra:
+        if not is_case_benchmark(extra):
             continue
         if "phase" not in extra:
             raise InvalidBenchmarkJSON(f"benchmark {name!r}: extra_info has 'mode' but no 'phase'")

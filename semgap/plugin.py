@@ -61,7 +61,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     reason = _benchmarking_disabled(config)
     if reason:
         for item in items:
-            if {"semgap_case", "semgap_probe", "semgap_batch_case"} & set(getattr(item, "fixturenames", ())):
+            if {"semgap_case", "semgap_probe", "semgap_batch_case", "semgap_kv_case"} & set(getattr(item, "fixturenames", ())):
                 item.add_marker(pytest.mark.skip(reason=reason))
 
 

@@ -222,7 +222,8 @@ class Engine:
             return forward(self.model, input_ids, cache, weights)
         if slot.filled_positions + input_ids.shape[1] > self.max_cache_len:
             self.stats.dynamic_fallbacks += 1
-            return forward(self.model, input_ids, self._to_dynamic(cache, slot.filled_positions))
+            # The static cache is full: go on with a dynamic copy of its filled part (correct, only slower).
+            return forward(self.model, input_ids, self.to_dynamic(cache))
         logits = self._step(input_ids, cache)
         slot.filled_positions += input_ids.shape[1]
         return StepOutput(logits=logits, cache=cache)
@@ -295,11 +296,21 @@ class Engine:
 
         return step
 
-    def _to_dynamic(self, static_cache: object, filled: int) -> object:
-        # The static cache is full: go on with a dynamic copy of its filled part (correct, only slower).
-        dynamic = tensors_to_cache({
-            f"{kind}.{index}": getattr(layer, name)[:, :, :filled].clone()
-            for index, layer in enumerate(static_cache.layers) for kind, name in (("k", "keys"), ("v", "values"))
-        })
-        self.release(static_cache)
+    def cache_tensors(self, cache: object) -> dict[str, torch.Tensor]:
+        """A cache's filled positions as `cache_to_tensors` names them: a static cache's empty tail is left out.
+
+        The tensors of a static cache are views of it: copy them before the cache is released or reused.
+        """
+        slot = self._in_use.get(id(cache))
+        if slot is None:
+            return cache_to_tensors(cache)
+        return {f"{kind}.{index}": getattr(layer, name)[:, :, :slot.filled_positions]
+                for index, layer in enumerate(cache.layers) for kind, name in (("k", "keys"), ("v", "values"))}
+
+    def to_dynamic(self, cache: object) -> object:
+        """A dynamic cache holding what `cache` holds; a static cache is copied and handed back to the pool."""
+        if id(cache) not in self._in_use:
+            return cache
+        dynamic = tensors_to_cache({name: tensor.clone() for name, tensor in self.cache_tensors(cache).items()})
+        self.release(cache)
         return dynamic

@@ -19,6 +19,7 @@ import torch
 
 from semgap import codec, models, runtime, transport
 from semgap.batching import DecodeBatcher
+from semgap.kvrecovery.server import KvRecoveryServer
 from semgap.oplevel.server import OpLevelServer
 from semgap.runtime import Engine, cache_to_tensors, compute_ms_text, stopwatch, tensors_to_cache
 from semgap.transport import auth
@@ -49,8 +50,8 @@ class ModelServer:
         self.weights_handle = "server-built"  # the preset's own weights until a client uploads
         self.caches: OrderedDict[str, object] = OrderedDict()
         self.lock = threading.Lock()
-        self.oplevel = OpLevelServer(self.engine.model, self._check_weights)
-        self.batcher = DecodeBatcher(self.engine.model, self._exclusive, self._check_weights, self._logits_response)
+        self.oplevel = OpLevelServer(self.engine.model, self.check_weights)
+        self.batcher = DecodeBatcher(self.engine.model, self._exclusive, self.check_weights, self._logits_response)
         self.operations = {
             "hello": self.hello,
             "echo": self.echo,
@@ -63,6 +64,7 @@ class ModelServer:
             "gpu_summary": self.gpu_summary,
             **self.oplevel.operations,
             **self.batcher.operations,
+            **KvRecoveryServer(self).operations,
         }
 
     def handle(self, op: str, request: bytes) -> bytes:
@@ -148,25 +150,20 @@ class ModelServer:
         return codec.encode(response, {"server_compute_ms": compute_ms_text(timing["ms"])})
 
     def prefill(self, tensors, meta) -> bytes:
-        self._check_weights(meta)
+        self.check_weights(meta)
         with stopwatch(self.engine.device) as timing:
             step = self.engine.prefill(tensors["input_ids"])
-        handle = uuid.uuid4().hex
-        self.caches[handle] = step.cache
-        while len(self.caches) > MAX_CACHES:
-            self.engine.release(self.caches.popitem(last=False)[1])
-        return self._logits_response(step.logits, meta, timing["ms"], kv_handle=handle)
+        return self._logits_response(step.logits, meta, timing["ms"], kv_handle=self.keep(step.cache))
 
     def decode(self, tensors, meta) -> bytes:
-        cache = self._cache(meta.get("kv_handle", ""))
+        cache = self.cache(meta.get("kv_handle", ""))
         with stopwatch(self.engine.device) as timing:
             step = self.engine.decode_one_token(tensors["input_ids"], cache)
         self.caches[meta["kv_handle"]] = step.cache
         return self._logits_response(step.logits, meta, timing["ms"])
 
     def release(self, tensors, meta) -> bytes:
-        self._cache(meta.get("kv_handle", ""))
-        self.engine.release(self.caches.pop(meta["kv_handle"]))
+        self.engine.release(self.take(meta.get("kv_handle", "")))
         return codec.encode({})
 
     def gpu_summary(self, tensors, meta) -> bytes:
@@ -178,7 +175,7 @@ class ModelServer:
         summary = self.monitor.summary(int(meta["since"]))
         return codec.encode({}, {"summary": json.dumps(summary.to_dict()), "mark": str(self.monitor.mark())})
 
-    def _check_weights(self, meta: dict[str, str]) -> None:
+    def check_weights(self, meta: dict[str, str]) -> None:
         if meta.get("weights_handle") != self.weights_handle:
             raise KeyError(
                 f"weights handle {meta.get('weights_handle')!r} is not the server's current one; "
@@ -195,10 +192,24 @@ class ModelServer:
                 f"{len(missing)} missing {missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}"
             )
 
-    def _cache(self, handle: str) -> object:
+    def cache(self, handle: str) -> object:
+        """The cache of `handle`; a KeyError says why there is none."""
         if handle not in self.caches:
             raise KeyError(f"unknown KV handle {handle!r}: it was released, evicted or the server restarted")
         return self.caches[handle]
+
+    def take(self, handle: str) -> object:
+        """The cache of `handle`, out of the store: the caller releases it to the engine or keeps it anew."""
+        self.cache(handle)
+        return self.caches.pop(handle)
+
+    def keep(self, cache: object) -> str:
+        """Store a cache under a new handle; caches beyond MAX_CACHES are released oldest first."""
+        handle = uuid.uuid4().hex
+        self.caches[handle] = cache
+        while len(self.caches) > MAX_CACHES:
+            self.engine.release(self.caches.popitem(last=False)[1])
+        return handle
 
     def _logits_response(self, logits: torch.Tensor, meta: dict[str, str], compute_ms: float, **extra: str) -> bytes:
         options = codec.LogitsOptions.from_meta(meta)

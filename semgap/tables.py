@@ -8,7 +8,8 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from semgap import ablation, costmodel, frames
+from semgap import ablation, costmodel, frames, stats
+from semgap.measurements import LEVEL_PREFIX
 from semgap.plots import format_bps
 from semgap.render import Section, Table, count, fixed, general, pct, percent, ratio, share
 from semgap.verdicts import LOSSY, PAYLOAD_ONLY_NOTE, RunVerdicts, Verdict
@@ -272,6 +273,51 @@ def batching(output_json: dict) -> list[Section]:
         (Table.from_rows("batching", "Semantic batching", header, rows, formats, prose=("GPU note",)),))]
 
 
+def kv_recovery(output_json: dict) -> list[Section]:
+    """KV recovery (benchmarks/test_kv_recovery.py): each strategy's bytes and latency per recovery, and its
+    saving against the blind strategy of its scenario and link rate (1 - strategy / blind: positive = cheaper)."""
+    infos = [bench["extra_info"] for bench in output_json.get("benchmarks", [])
+             if isinstance(bench.get("extra_info"), dict) and "scenario" in bench["extra_info"]]
+    if not infos:
+        return []
+    level = "tcp" if all(info.get("wire_tcp_bytes_sent") is not None for info in infos) else "payload"
+
+    def bytes_per_round(info: dict) -> float:  # the median over rounds of sent + received
+        sent, received = (info[f"{LEVEL_PREFIX[level]}_{direction}_rounds"] for direction in ("sent", "received"))
+        return stats.median([a + b for a, b in zip(sent, received)])
+
+    def saving(value: float, blind: dict | None, of) -> float | None:
+        return None if blind is None or not of(blind) else 1 - value / of(blind)
+
+    def where(info: dict) -> tuple:
+        return info["scenario"], info.get("link_rate")
+
+    blind = {where(info): info for info in infos if info.get("role") == "blind"}
+    rows = []
+    for info in infos:
+        baseline, recovered_bytes = blind.get(where(info)), bytes_per_round(info)
+        rows.append((info.get("model"), info.get("weights"), info["scenario"], info.get("link_rate"), info["mode"],
+                     info["role"], info["lossless"], info.get("cached_positions"), recovered_bytes,
+                     info["rpc_round_trips"], info["recovery_ms"], info["server_compute_ms"],
+                     saving(recovered_bytes, baseline, bytes_per_round),
+                     saving(info["recovery_ms"], baseline, lambda other: other["recovery_ms"]),
+                     info["token_agreement_with_local"]))
+    header = ("model", "weights", "scenario", "rate", "strategy", "role", "lossless", "cached positions",
+              f"{level} B/recovery",
+              "round trips",
+              "recovery ms", "server ms", "bytes saving", "latency saving", "token agreement")
+    formats = {f"{level} B/recovery": count, "round trips": fixed(0), "recovery ms": fixed(2), "server ms": fixed(2),
+               "bytes saving": pct, "latency saving": pct, "token agreement": fixed(3)}
+    title = "KV recovery: eviction and migration"
+    return [Section(title, (
+        f"One recovery per round: the cache of a session's prompt and first decode steps is evicted and restored, "
+        f"or moves to a second server. Bytes: {level} level, sent + received over both servers' connections, median "
+        "over rounds; recovery ms: the median round, until the target holds the cache again. Savings are against "
+        "the blind strategy (full_cache) of the same scenario and link rate. Token agreement: the tokens decoded after the "
+        "recovery against local's.", ""),
+        (Table.from_rows("kv_recovery", title, header, rows, formats),))]
+
+
 def failures(rv: RunVerdicts) -> Section:
     rows = [(f.get("name", "-"), (str(f.get("reason", "-")).splitlines() or ["-"])[0][:200]) for f in rv.failures]
     return Section("Failures", (), (Table.from_rows("failures", "Failures", ("benchmark", "reason"), rows,
@@ -323,7 +369,7 @@ def sections(rv: RunVerdicts, output_json: dict) -> list[Section]:
     rounds = frames.rounds(output_json) if rv.summaries else pd.DataFrame(columns=frames.IDENTITY)
     return [design(rv), *verdicts(rv), cross_check(rv), load(rv), cases(rv), *taxes(rv),
             *ablation.sections(rv, rounds), crossovers(rv), rtt_projection(rv), cost_model(rv, output_json, rounds),
-            *calibration(output_json), *batching(output_json), failures(rv), *notes(rv), *conditions(rv, output_json)]
+            *calibration(output_json), *batching(output_json), *kv_recovery(output_json), failures(rv), *notes(rv), *conditions(rv, output_json)]
 
 
 def caption_context(rv: RunVerdicts) -> str:

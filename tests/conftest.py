@@ -1,5 +1,6 @@
 """Shared fixtures of the library's tests: one small server and one client connection per test process."""
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -24,20 +25,27 @@ def preset_model():
     return models.build_model(models.ModelSpec(TEST_MODEL))
 
 
+@contextmanager
+def spawned_server(tmp_path_factory, *extra_args: str):
+    """A server of TEST_MODEL on loopback, without a GPU monitor, stopped at the end of the block."""
+    server = ServerProcess.spawn(TEST_MODEL, "127.0.0.1", free_port(), tmp_path_factory.mktemp("logs"),
+                                 extra_args=("--no-gpu-monitor", *extra_args), ready_timeout_s=120)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture(scope="session")
 def preset_server(tmp_path_factory):
-    server = ServerProcess.spawn(TEST_MODEL, "127.0.0.1", free_port(), tmp_path_factory.mktemp("logs"),
-                                 extra_args=("--no-gpu-monitor",), ready_timeout_s=120)
-    yield server
-    server.stop()
+    with spawned_server(tmp_path_factory) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")
 def rpc_server(tmp_path_factory):
-    server = ServerProcess.spawn(TEST_MODEL, "127.0.0.1", free_port(), tmp_path_factory.mktemp("logs"),
-                                 extra_args=("--no-gpu-monitor", "--transport", "rpc"), ready_timeout_s=120)
-    yield server
-    server.stop()
+    with spawned_server(tmp_path_factory, "--transport", "rpc") as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,1 @@
+"""KV-cache recovery under eviction and migration: strategies (client), operations (server), benchmark runner."""
