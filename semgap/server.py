@@ -8,6 +8,7 @@ import argparse
 import json
 import signal
 import sys
+import secrets
 import threading
 import uuid
 from collections import OrderedDict
@@ -20,6 +21,7 @@ import torch
 from semgap import codec, models, runtime, transport
 from semgap.oplevel.server import OpLevelServer
 from semgap.runtime import Engine, cache_to_tensors, compute_ms_text, stopwatch, tensors_to_cache
+from semgap.techniques.serving import SemanticSessions
 from semgap.transport import auth
 
 MAX_CACHES = 64  # caches a crashed client never released are evicted oldest first beyond this
@@ -47,6 +49,7 @@ class ModelServer:
         self.monitor = monitor
         self.weights_handle = "server-built"  # the preset's own weights until a client uploads
         self.caches: OrderedDict[str, object] = OrderedDict()
+        self.semantic = SemanticSessions()  # the caches whose prefill named techniques, and what it named
         self.lock = threading.Lock()
         self.oplevel = OpLevelServer(self.engine.model, self._check_weights)
         self.operations = {
@@ -142,23 +145,33 @@ class ModelServer:
         self._check_weights(meta)
         with stopwatch(self.engine.device) as timing:
             step = self.engine.prefill(tensors["input_ids"])
-        handle = uuid.uuid4().hex
+        # 64 random bits: a semantic decode request carries the handle, and its whole request fits in 64 B.
+        handle = secrets.token_hex(8)
         self.caches[handle] = step.cache
         while len(self.caches) > MAX_CACHES:
-            self.engine.release(self.caches.popitem(last=False)[1])
-        return self._logits_response(step.logits, meta, timing["ms"], kv_handle=handle)
+            evicted, cache = self.caches.popitem(last=False)
+            self.engine.release(cache)
+            self.semantic.forget(evicted)
+        self.semantic.open(handle, meta, tensors["input_ids"])
+        if handle in self.semantic:
+            return self.semantic.respond(handle, step.logits, timing["ms"], prefill=True)
+        return self._logits_response(step.logits, timing["ms"], kv_handle=handle)
 
     def decode(self, tensors, meta) -> bytes:
-        cache = self._cache(meta.get("kv_handle", ""))
+        handle = meta.get("kv_handle", "")
+        cache = self._cache(handle)
+        tensors = self.semantic.decode_request(handle, tensors, meta)
         with stopwatch(self.engine.device) as timing:
             step = self.engine.decode_one_token(tensors["input_ids"], cache)
-        self.caches[meta["kv_handle"]] = step.cache
-        return self._logits_response(step.logits, meta, timing["ms"])
+        self.caches[handle] = step.cache
+        if handle in self.semantic:
+            return self.semantic.respond(handle, step.logits, timing["ms"], prefill=False)
+        return self._logits_response(step.logits, timing["ms"])
 
     def release(self, tensors, meta) -> bytes:
         self._cache(meta.get("kv_handle", ""))
         self.engine.release(self.caches.pop(meta["kv_handle"]))
-        return codec.encode({})
+        return codec.encode({}, self.semantic.close(meta["kv_handle"]))
 
     def gpu_summary(self, tensors, meta) -> bytes:
         """The GPU monitor's figures since a mark the client set earlier (`mark` in meta), as JSON."""
@@ -191,13 +204,9 @@ class ModelServer:
             raise KeyError(f"unknown KV handle {handle!r}: it was released, evicted or the server restarted")
         return self.caches[handle]
 
-    def _logits_response(self, logits: torch.Tensor, meta: dict[str, str], compute_ms: float, **extra: str) -> bytes:
-        options = codec.LogitsOptions.from_meta(meta)
-        return codec.encode(
-            {"logits": options.apply(logits)},
-            {"server_compute_ms": compute_ms_text(compute_ms), **extra},
-            compress=options.compress,
-        )
+    def _logits_response(self, logits: torch.Tensor, compute_ms: float, **extra: str) -> bytes:
+        """A blind session's answer: every logit the model produced, as it produced them."""
+        return codec.encode({"logits": logits}, {"server_compute_ms": compute_ms_text(compute_ms), **extra})
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
