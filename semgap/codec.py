@@ -24,6 +24,7 @@ from __future__ import annotations
 import struct
 import time
 import zlib
+
 import torch
 
 try:

@@ -48,10 +48,9 @@ class SemanticMode(RemoteCacheMode):
         tensors, meta = self.call(op, request.tensors, request.meta, request.zstd_level)
         start = time.perf_counter()
         response = self.techniques.decode_response(Message(tensors, meta))
-        token = token_of(response)
-        output = token if token is not None else last_row(response.tensors["logits"])
         counter.decode_ms += (time.perf_counter() - start) * 1e3
-        return output, meta
+        token = token_of(response)
+        return (token if token is not None else last_row(response.tensors["logits"])), meta
 
     def received(self, response: bytes, meta: dict[str, str]) -> None:
         self.totals["server_codec_ms"] += float(meta.get("server_codec_ms", 0.0))
