@@ -143,16 +143,20 @@ class ModelServer:
 
     def prefill(self, tensors, meta) -> bytes:
         self._check_weights(meta)
-        with stopwatch(self.engine.device) as timing:
-            step = self.engine.prefill(tensors["input_ids"])
         # 64 random bits: a semantic decode request carries the handle, and its whole request fits in 64 B.
         handle = secrets.token_hex(8)
+        self.semantic.open(handle, meta, tensors["input_ids"])  # a bad `techniques` field fails before any compute
+        try:
+            with stopwatch(self.engine.device) as timing:
+                step = self.engine.prefill(tensors["input_ids"])
+        except BaseException:
+            self.semantic.forget(handle)
+            raise
         self.caches[handle] = step.cache
         while len(self.caches) > MAX_CACHES:
             evicted, cache = self.caches.popitem(last=False)
             self.engine.release(cache)
             self.semantic.forget(evicted)
-        self.semantic.open(handle, meta, tensors["input_ids"])
         if handle in self.semantic:
             return self.semantic.respond(handle, step.logits, timing["ms"], prefill=True)
         return self._logits_response(step.logits, timing["ms"], kv_handle=handle)

@@ -181,3 +181,12 @@ def test_lossy_sets_report_their_logit_error_and_lossless_ones_zero(context, pro
     before = mode.counters()
     mode.release(generate.decode_n_tokens(mode, token, state, STEPS, position=len(prompt))[1])
     assert mode.round_figures(before, mode.counters())["max_abs_logit_error"] is None  # no logits came back
+
+
+def test_a_bad_technique_field_is_refused_by_the_server_naming_the_choices(context, prompt):
+    mode = make_mode("semantic", context)
+    mode.setup()
+    with pytest.raises(Exception, match="unknown semantic technique 'gzip'; choose from prune"):
+        mode.call("prefill", {"input_ids": torch.tensor([prompt])},
+                  {"weights_handle": mode.weights_handle, "techniques": "prune,gzip"})
+    assert generate.generate(mode, prompt, 1)  # the connection and server carry on
