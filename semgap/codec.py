@@ -1,4 +1,4 @@
-"""Tensor messages on the wire: named tensors plus string metadata, optionally cast and compressed.
+"""Tensor messages on the wire: named tensors plus string metadata, optionally zstd-compressed at a level.
 
 Format (all integers little-endian; no pickle, nothing is evaluated):
 
