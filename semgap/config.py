@@ -250,6 +250,8 @@ class SemgapConfig:
 
     def check(self) -> None:
         """Reject contradictory settings before anything starts."""
+        if self.ablation != "off" and "semantic" not in self.modes:
+            raise pytest.UsageError("--semgap-ablation measures variants of the semantic mode; add semantic to --semgap-modes")
         if self.link_rates_bps and self.link != "netns":
             raise pytest.UsageError("--semgap-link-rate shapes the veth of --semgap-link netns; add --semgap-link netns")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
@@ -302,7 +304,7 @@ class SemgapConfig:
     @property
     def ablation_sets(self) -> list[TechniqueSet]:
         """The semantic variants measured beside the headline set (none without --semgap-ablation)."""
-        if self.ablation == "off" or "semantic" not in self.modes:
+        if self.ablation == "off":
             return []
         return ablation_sets(self.semantic, ablation_chain(self.ablation, self.semantic))
 

@@ -165,6 +165,7 @@ def test_enforce_turns_a_not_supported_hypothesis_into_a_failed_run(suite, enfor
                                      "int8, compress, narrow-ids or none"),
     ("--semgap-ablation=prune,zip", "unknown semantic technique 'zip'"),
     ("--semgap-sampler=beam", "unknown sampler 'beam'; choose from greedy, top-k, top-p"),
+    ("--semgap-ablation=all --semgap-modes=local", "add semantic to --semgap-modes"),
 ])
 def test_bad_options_fail_at_once_naming_the_choices(suite, option, message):
     (suite.path / "results").mkdir()
