@@ -31,6 +31,7 @@ import torch
 
 from semgap import codec
 from semgap.runtime import StepOutput, cache_to_tensors, forward, stopwatch, tensors_to_cache
+from semgap.techniques.serving import SemanticSessions
 
 DEFAULT_WINDOW_S = 0.05  # how long the first pending step waits for the other live sessions'
 MAX_SESSIONS = 256  # live batched sessions; a prefill beyond this is refused
@@ -71,12 +72,13 @@ class DecodeBatcher:
     """The batching runtime's state: which cohort holds each session, and the steps waiting to run."""
 
     def __init__(self, model: torch.nn.Module, run_exclusive: Callable, check_weights: Callable[[dict], None],
-                 respond: Callable[..., bytes], window_s: float = DEFAULT_WINDOW_S):
+                 semantic: SemanticSessions, blind_respond: Callable[..., bytes], window_s: float = DEFAULT_WINDOW_S):
         self.model = model
         self.device = next(model.parameters()).device
         self.run_exclusive = run_exclusive  # runs a function with the server's model to itself
         self.check_weights = check_weights
-        self.respond = respond  # (logits, meta, compute_ms, **extra) -> the response, as the server's other steps
+        self.semantic = semantic  # the server's semantic sessions: a batched session answers through its techniques
+        self.blind_respond = blind_respond  # (logits, compute_ms, **extra) -> every logit, for a session without techniques
         self.window_s = window_s
         self.cohort_of: dict[str, Cohort] = {}
         self.pending: dict[str, PendingStep] = {}
@@ -91,17 +93,23 @@ class DecodeBatcher:
     def prefill(self, tensors, meta) -> bytes:
         """Run one session's prompt (alone); its cache starts a cohort of one."""
         self.check_weights(meta)
-        step, compute_ms = self.run_exclusive(self._forward, tensors["input_ids"].long().to(self.device))
         handle = uuid.uuid4().hex
+        self.semantic.open(handle, meta, tensors["input_ids"])  # a bad `techniques` field fails before any compute
+        try:
+            step, compute_ms = self.run_exclusive(self._forward, tensors["input_ids"].long().to(self.device))
+        except BaseException:
+            self.semantic.forget(handle)
+            raise
         with self.condition:
             if len(self.cohort_of) >= MAX_SESSIONS:
                 raise RuntimeError(f"{MAX_SESSIONS} batched sessions are live already; release some first")
             self.cohort_of[handle] = Cohort([handle], step.cache)
-        return self.respond(step.logits, meta, compute_ms, kv_handle=handle, batch_size="1")
+        return self._respond(handle, step.logits, compute_ms, prefill=True, batch_size="1")
 
     def decode(self, tensors, meta) -> bytes:
         """One decode step of one session, run in a batch with the other live sessions' steps."""
         handle = meta.get("kv_handle", "")
+        tensors = self.semantic.decode_request(handle, tensors, meta)
         step = PendingStep(handle, tensors["input_ids"].reshape(-1)[-1:].long(), time.perf_counter())
         with self.condition:
             self._check_handle(handle)
@@ -117,7 +125,7 @@ class DecodeBatcher:
                     self.condition.wait(self.window_s - waited_s)
         if step.error is not None:
             raise step.error
-        return self.respond(step.logits, meta, step.compute_ms, batch_size=str(step.batch_size))
+        return self._respond(handle, step.logits, step.compute_ms, prefill=False, batch_size=str(step.batch_size))
 
     def release(self, tensors, meta) -> bytes:
         handle = meta.get("kv_handle", "")
@@ -128,7 +136,13 @@ class DecodeBatcher:
             cohort = self.cohort_of.pop(handle)
             cohort.live.discard(handle)
             self.condition.notify_all()  # one fewer live session: a waiting batch may be complete now
-        return codec.encode({})
+        return codec.encode({}, self.semantic.close(handle))
+
+    def _respond(self, handle: str, logits: torch.Tensor, compute_ms: float, prefill: bool, **extra: str) -> bytes:
+        """A step's answer: through the session's techniques, or every logit for a session without any."""
+        if handle in self.semantic:
+            return self.semantic.respond(handle, logits, compute_ms, prefill, **extra)
+        return self.blind_respond(logits, compute_ms, **({"kv_handle": handle} if prefill else {}), **extra)
 
     def _check_handle(self, handle: str) -> None:
         if handle not in self.cohort_of:

@@ -1,4 +1,4 @@
-"""Tensor messages on the wire: named tensors plus string metadata, optionally cast and compressed.
+"""Tensor messages on the wire: named tensors plus string metadata, optionally zstd-compressed at a level.
 
 Format (all integers little-endian; no pickle, nothing is evaluated):
 
@@ -22,8 +22,8 @@ encode and decode here, 24 us with safetensors.
 from __future__ import annotations
 
 import struct
+import time
 import zlib
-from dataclasses import dataclass
 
 import torch
 
@@ -60,8 +60,31 @@ def compressor_name() -> str:
     return "zstd" if zstandard is not None else "zlib"
 
 
-def encode(tensors: dict[str, torch.Tensor], meta: dict[str, str] | None = None, compress: bool = False) -> bytes:
-    """Serialise CPU copies of `tensors` and the strings of `meta` into one message (format above)."""
+def encode(tensors: dict[str, torch.Tensor], meta: dict[str, str] | None = None, compress: bool = False,
+           level: int = ZSTD_LEVEL, stamp: tuple[str, float] | None = None) -> bytes:
+    """Serialise CPU copies of `tensors` and the strings of `meta` into one message (format above).
+
+    `compress` zstd-compresses the tensor data at `level` (zlib at ZLIB_LEVEL without zstandard).
+    `stamp` = (key, start): metadata `key` holds the milliseconds from `start` (a perf_counter reading)
+    to the end of this encoding, written into the finished message (fixed width, see `milliseconds_text`).
+    """
+    if stamp is None:
+        return _encode(tensors, meta, compress, level)
+    key, start = stamp
+    placeholder = milliseconds_text(0.0)
+    message = bytearray(_encode(tensors, {**(meta or {}), key: placeholder}, compress, level))
+    entry = key.encode() + placeholder.encode()
+    position = message.index(entry) + len(key)  # in the header, which compression leaves alone
+    message[position:position + len(placeholder)] = milliseconds_text((time.perf_counter() - start) * 1e3).encode()
+    return bytes(message)
+
+
+def milliseconds_text(milliseconds: float) -> str:
+    """A duration for metadata, fixed width so a message's size never depends on it."""
+    return f"{milliseconds:015.6f}"
+
+
+def _encode(tensors: dict[str, torch.Tensor], meta: dict[str, str] | None, compress: bool, level: int) -> bytes:
     cpu = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
     meta = meta or {}
     entries = [_tensor_entry(name, tensor) for name, tensor in cpu.items()]
@@ -77,7 +100,7 @@ def encode(tensors: dict[str, torch.Tensor], meta: dict[str, str] | None = None,
     if not compress:
         return b"".join([RAW, *header, *data])  # one copy of the tensors' bytes, none more
     if zstandard is not None:
-        return b"".join([ZSTD, *header, zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(b"".join(data))])
+        return b"".join([ZSTD, *header, zstandard.ZstdCompressor(level=level).compress(b"".join(data))])
     return b"".join([ZLIB, *header, zlib.compress(b"".join(data), ZLIB_LEVEL)])
 
 
@@ -95,6 +118,15 @@ def decode(message: bytes | bytearray | memoryview) -> tuple[dict[str, torch.Ten
         return _parse(view)
     except (struct.error, UnicodeDecodeError, zlib.error, *_ZSTD_ERRORS) as error:
         raise MalformedMessage(f"truncated or garbled semgap message: {error}") from None
+
+
+def compression(message: bytes | bytearray | memoryview) -> tuple[int, int] | None:
+    """(tensor data bytes before, after) compression of a zstd message, read from its frame; else None."""
+    view = memoryview(message).cast("B")
+    if bytes(view[:1]) != ZSTD or zstandard is None:
+        return None
+    data = view[1 + _BODY_HEADER.unpack_from(view, 1)[3]:]
+    return zstandard.frame_content_size(data), len(data)
 
 
 def _decompressed(view: memoryview, flag: bytes) -> memoryview:
@@ -174,25 +206,3 @@ def _product(shape: tuple[int, ...]) -> int:
     for size in shape:
         count *= size
     return count
-
-
-@dataclass(frozen=True)
-class LogitsOptions:
-    """How the server returns logits: which positions, in which dtype, compressed or not."""
-
-    last_position_only: bool = False  # prune: the client reads only the last position's row
-    cast: str = ""  # "" keeps the model's dtype; "float16" is the semantic cast
-    compress: bool = False
-
-    def to_meta(self) -> dict[str, str]:
-        return {"last_position_only": str(int(self.last_position_only)), "cast": self.cast, "compress": str(int(self.compress))}
-
-    @classmethod
-    def from_meta(cls, meta: dict[str, str]) -> "LogitsOptions":
-        return cls(meta.get("last_position_only") == "1", meta.get("cast", ""), meta.get("compress") == "1")
-
-    def apply(self, logits: torch.Tensor) -> torch.Tensor:
-        # logits: [batch, seq, vocab] -> [batch, 1, vocab] when pruned
-        if self.last_position_only:
-            logits = logits[:, -1:, :]
-        return logits.to(getattr(torch, self.cast)) if self.cast else logits

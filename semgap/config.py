@@ -12,8 +12,10 @@ import torch
 from semgap import models, rundir, transport
 from semgap.argtypes import fraction as _fraction
 from semgap.argtypes import share as _share
-from semgap.modes import MODES, PHASES, SemanticOptions
+from semgap.modes import MODES, PHASES
 from semgap.runtime import FAST_PATH_SETTINGS
+from semgap.sampling import Sampler
+from semgap.techniques import TECHNIQUES, TechniqueSet, ablation_chain, ablation_sets
 from semgap.transport import auth
 
 LINKS = ("loopback", "netns")
@@ -79,11 +81,24 @@ def _address(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def _semantic(text: str) -> SemanticOptions:
-    try:
-        return SemanticOptions.parse(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
+def _parsed_by(parse):
+    """An argparse type from a parser that raises ValueError with the message a user should read."""
+    def parse_option(text: str):
+        try:
+            return parse(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    return parse_option
+
+
+def _ablation(text: str) -> str:
+    if text.strip() not in ("off", "all"):
+        ablation_chain(text, TechniqueSet())  # names and settings checked now; "all" takes the headline's later
+    return text.strip()
+
+
+DEFAULT_SEMANTIC = "prune,token-only,narrow-ids"
 
 
 def _secret_file(text: str) -> Path:
@@ -139,8 +154,18 @@ def add_options(parser: pytest.Parser) -> None:
                 "(one benchmark per count and flavour), or none to leave it out. Default: 1,4,16")
     option("--semgap-batch-rounds", metavar="N", type=_positive_int, default=5,
            help="measured rounds of each batching benchmark, after --semgap-warmup-rounds. Default: 5")
-    option("--semgap-semantic", metavar="LIST", type=_semantic, default=SemanticOptions(),
-           help="techniques of the semantic mode: prune,cast,compress,narrow-ids or none. Default: all four")
+    option("--semgap-semantic", metavar="LIST", type=_parsed_by(TechniqueSet.parse),
+           default=TechniqueSet.parse(DEFAULT_SEMANTIC),
+           help=f"the headline technique set of the semantic mode, the one H1 and H2 judge: a comma list of "
+                f"{', '.join(TECHNIQUES)} (settings as cast=bfloat16, int8, compress=LEVEL, logprobs=K), or none. "
+                f"Default: {DEFAULT_SEMANTIC}")
+    option("--semgap-ablation", metavar="LIST", type=_parsed_by(_ablation), default="off",
+           help="add ablation variants of the semantic mode as cases of the same blocks: no technique, each "
+                "listed technique alone, and each cumulative combination in the order listed; all = "
+                "prune,cast,int8,compress,narrow-ids,token-only,logprobs with the headline's settings. Default: off")
+    option("--semgap-sampler", metavar="SPEC", type=_parsed_by(Sampler.parse), default=Sampler(),
+           help="how every mode picks tokens, local and the server's token-only alike: greedy, top-k=K or "
+                "top-p=P, then ,seed=N for the seeded draws. Default: greedy")
     option("--semgap-server", metavar="HOST:PORT", type=_address, default=None,
            help="use the semgap server already running there; nothing is spawned. Default: spawn one")
     option("--semgap-host", metavar="ADDRESS", default="127.0.0.1",
@@ -192,7 +217,9 @@ class SemgapConfig:
     rounds: int  # measured rounds per case and block
     warmup_rounds: int  # per case and block
     block_seed: int
-    semantic: SemanticOptions
+    semantic: TechniqueSet  # the headline set
+    ablation: str  # --semgap-ablation as given: off, all or a list
+    sampler: Sampler
     server: tuple[str, int] | None
     host: str
     link: str
@@ -220,7 +247,8 @@ class SemgapConfig:
             modes=get("semgap_modes"), phases=get("semgap_phases"), prompt_tokens=get("semgap_prompt_tokens"),
             decode_steps=get("semgap_decode_steps"), blocks=get("semgap_blocks"), rounds=get("semgap_rounds"),
             warmup_rounds=get("semgap_warmup_rounds"), block_seed=get("semgap_block_seed"),
-            semantic=get("semgap_semantic"), server=get("semgap_server"), host=get("semgap_host"), link=get("semgap_link"),
+            semantic=get("semgap_semantic"), ablation=get("semgap_ablation"), sampler=get("semgap_sampler"),
+            server=get("semgap_server"), host=get("semgap_host"), link=get("semgap_link"),
             link_rates_bps=get("semgap_link_rate"), transport=get("semgap_transport"),
             secret_file=get("semgap_secret_file"), rpc_timeout_s=get("semgap_rpc_timeout"),
             server_start_timeout_s=get("semgap_server_start_timeout"), results_dir=get("semgap_results"),
@@ -234,6 +262,8 @@ class SemgapConfig:
 
     def check(self) -> None:
         """Reject contradictory settings before anything starts."""
+        if self.ablation != "off" and "semantic" not in self.modes:
+            raise pytest.UsageError("--semgap-ablation measures variants of the semantic mode; add semantic to --semgap-modes")
         if self.link_rates_bps and self.link != "netns":
             raise pytest.UsageError("--semgap-link-rate shapes the veth of --semgap-link netns; add --semgap-link netns")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
@@ -282,6 +312,13 @@ class SemgapConfig:
     def max_cache_len(self) -> int:
         """Positions a static KV cache needs: the prompt plus every decoded token."""
         return self.prompt_tokens + self.max_decode_steps
+
+    @property
+    def ablation_sets(self) -> list[TechniqueSet]:
+        """The semantic variants measured beside the headline set (none without --semgap-ablation)."""
+        if self.ablation == "off":
+            return []
+        return ablation_sets(self.semantic, ablation_chain(self.ablation, self.semantic))
 
     @property
     def max_decode_steps(self) -> int:

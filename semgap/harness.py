@@ -1,6 +1,7 @@
 """The experiment's moving parts for one pytest session: link, server, connection, and per-round records."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -20,25 +21,34 @@ from semgap.modes import MODES, ModeContext, make_mode
 from semgap.modes.local import LocalMode
 from semgap.monitor import GpuMonitor, GpuSummary, unavailable_summary
 from semgap.serverproc import ServerProcess, free_port
+from semgap.techniques import TechniqueSet
 from semgap.transport import auth
 from semgap.wire import TcpBytes, TcpCounter, delta, tcp_counters_available
 
 
 @dataclass(frozen=True)
 class Case:
-    """One case of the matrix: a mode, a phase, and in sweeps a decode length and a link rate."""
+    """One case of the matrix: a mode, a phase, and in sweeps a decode length and a link rate; for an
+    ablation variant of the semantic mode, its technique set (None: the mode as configured)."""
 
     mode: str
     phase: str
     link_rate_bps: int | None = None
     decode_steps: int = 0  # tokens per decode round; 0 for prefill
     steps_in_id: bool = False  # a decode-length sweep names the length in the id
+    techniques: TechniqueSet | None = None
 
     @property
     def id(self) -> str:
         steps = f"-{self.decode_steps}steps" if self.steps_in_id else ""
         rate = f"-{format_rate(self.link_rate_bps)}" if self.link_rate_bps else ""
-        return f"{self.mode}-{self.phase}{steps}{rate}"
+        variant = "" if self.techniques is None else "+" + self.techniques.spec.replace(",", "+")
+        return f"{self.mode}{variant}-{self.phase}{steps}{rate}"
+
+    @property
+    def label(self) -> str:
+        """The row the report shows: the mode, or `semantic:<techniques>` for an ablation variant."""
+        return self.mode if self.techniques is None else f"{self.mode}:{self.techniques}"
 
 
 @dataclass(frozen=True)
@@ -58,9 +68,10 @@ class BlockItem:
 def cases(settings: SemgapConfig) -> list[Case]:
     sweep = len(settings.decode_steps) > 1
     lengths = {"prefill": (0,), "decode": settings.decode_steps}
-    return [Case(mode, phase, rate, steps, sweep and phase == "decode")
+    variants = {"semantic": (None, *settings.ablation_sets)}
+    return [Case(mode, phase, rate, steps, sweep and phase == "decode", techniques)
             for rate in settings.link_rates_bps or (None,) for mode in settings.modes
-            for phase in settings.phases for steps in lengths[phase]]
+            for techniques in variants.get(mode, (None,)) for phase in settings.phases for steps in lengths[phase]]
 
 
 def schedule(settings: SemgapConfig) -> list[BlockItem]:
@@ -151,7 +162,7 @@ class ExperimentSession:
             self.model = models.build_model(settings.spec)
             self.prompt = models.prompt_ids(settings.prompt_tokens, self.model.config.vocab_size)
             self.context = ModeContext(
-                self.model, semantic=settings.semantic, max_cache_len=settings.max_cache_len,
+                self.model, semantic=settings.semantic, sampler=settings.sampler, max_cache_len=settings.max_cache_len,
                 upload_timeout_s=settings.server_start_timeout_s,
                 decode_path=runtime.resolve_decode_path(settings.fast_path, next(self.model.parameters()).device),
             )
@@ -243,21 +254,23 @@ class ExperimentSession:
             os.environ[name] = ifname
             self.resources.callback(_restore_env, name, previous)
 
-    def mode(self, name: str):
-        """The session's ready mode `name`, set up once; the first resident mode uploads the weights,
-        counted as setup bytes."""
+    def mode(self, name: str, techniques: TechniqueSet | None = None):
+        """The session's ready mode `name` (with `techniques` instead of the headline set, for an ablation
+        variant), set up once; the first resident mode uploads the weights, counted as setup bytes."""
         if MODES[name].needs_server:
             self.check_server()
-        if name not in self.modes:
+        key = (name, techniques)
+        if key not in self.modes:
             before = self.context.counter.snapshot()
-            mode = make_mode(name, self.context)
+            context = self.context if techniques is None else dataclasses.replace(self.context, semantic=techniques)
+            mode = make_mode(name, context)
             mode.setup()
             self.resources.callback(mode.close)  # after its last round, before the connection closes
             uploaded = self.context.counter.since(before)
             if uploaded.bytes_sent:
                 self.setup_bytes = uploaded
-            self.modes[name] = mode
-        return self.modes[name]
+            self.modes[key] = mode
+        return self.modes[key]
 
     def check_server(self) -> None:
         if self.transport is None:
@@ -357,6 +370,9 @@ class ExperimentSession:
             "transport": settings.transport,
             "framing_bound": asdict(self.framing),
             "semantic": str(settings.semantic),
+            "semantic_spec": settings.semantic.spec,
+            "ablation": [str(variant) for variant in settings.ablation_sets],
+            "sampler": str(settings.sampler),
             "compressor": self.server_info.get("compressor", ""),
             "blocks": settings.blocks,
             "rounds_per_block": settings.rounds,
@@ -483,7 +499,7 @@ class CaseRunner:
         settings, case = self.session.settings, self.case
         self.session.set_link_rate(case.link_rate_bps)
         benchmark.group = case.phase + (f" at {format_rate(case.link_rate_bps)}" if case.link_rate_bps else "")
-        self.mode = self.session.mode(case.mode)
+        self.mode = self.session.mode(case.mode, case.techniques)
         gpu_mark = self.session.gpu_mark(case.mode)
         cpu_before = hostload.CpuTimes.read()
         target = self._prefill_round if case.phase == "prefill" else self._decode_round
@@ -524,13 +540,14 @@ class CaseRunner:
 
     def _decode_round(self, prefilled):
         first_token, state = prefilled
-        self.round_tokens, state = generate.decode_n_tokens(self.mode, first_token, state, self.case.decode_steps)
+        self.round_tokens, state = generate.decode_n_tokens(self.mode, first_token, state, self.case.decode_steps,
+                                                            position=len(self.session.prompt))
         self.mode.release(state)
 
     def _teardown(self, _):
         self.rounds.append(self.session.record(self.before, self.session.snapshot()))
         counters = self.mode.counters()
-        self.counter_rounds.append({name: value - self.counters_before.get(name, 0) for name, value in counters.items()})
+        self.counter_rounds.append(self.mode.round_figures(self.counters_before, counters))
         self.tokens.append(self.round_tokens)
 
     def _expected_tokens(self) -> list[int]:
@@ -546,8 +563,11 @@ class CaseRunner:
             "device": session.device(case.mode),
             "prompt_tokens": settings.prompt_tokens, "decode_steps": case.decode_steps,
             "link": settings.link, "link_rate": format_rate(case.link_rate_bps) if case.link_rate_bps else None,
-            "link_rate_bps": case.link_rate_bps, "semantic": str(settings.semantic) if case.mode == "semantic" else None,
+            "link_rate_bps": case.link_rate_bps, "label": case.label, "sampler": str(settings.sampler),
         }
+        if self.mode.role == "semantic":
+            info.update(techniques=str(self.mode.context.semantic), technique_spec=self.mode.context.semantic.spec,
+                        zstd_level=self.mode.zstd_level)
         info.update(per_round_fields([asdict(record) for record in measured]))
         info["wire_levels"] = ["payload"] + [
             level for level in ("tcp", "link") if info[f"wire_{level}_bytes_sent"] is not None

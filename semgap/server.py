@@ -8,6 +8,7 @@ import argparse
 import json
 import signal
 import sys
+import secrets
 import threading
 import uuid
 from collections import OrderedDict
@@ -22,6 +23,7 @@ from semgap.batching import DecodeBatcher
 from semgap.kvrecovery.server import KvRecoveryServer
 from semgap.oplevel.server import OpLevelServer
 from semgap.runtime import Engine, cache_to_tensors, compute_ms_text, stopwatch, tensors_to_cache
+from semgap.techniques.serving import SemanticSessions
 from semgap.transport import auth
 
 MAX_CACHES = 64  # caches a crashed client never released are evicted oldest first beyond this
@@ -49,9 +51,11 @@ class ModelServer:
         self.monitor = monitor
         self.weights_handle = "server-built"  # the preset's own weights until a client uploads
         self.caches: OrderedDict[str, object] = OrderedDict()
+        self.semantic = SemanticSessions()  # the caches whose prefill named techniques, and what it named
         self.lock = threading.Lock()
         self.oplevel = OpLevelServer(self.engine.model, self.check_weights)
-        self.batcher = DecodeBatcher(self.engine.model, self._exclusive, self.check_weights, self._logits_response)
+        self.batcher = DecodeBatcher(self.engine.model, self._exclusive, self.check_weights, self.semantic,
+                                     self._logits_response)
         self.operations = {
             "hello": self.hello,
             "echo": self.echo,
@@ -151,20 +155,37 @@ class ModelServer:
 
     def prefill(self, tensors, meta) -> bytes:
         self.check_weights(meta)
-        with stopwatch(self.engine.device) as timing:
-            step = self.engine.prefill(tensors["input_ids"])
-        return self._logits_response(step.logits, meta, timing["ms"], kv_handle=self.keep(step.cache))
+        # 64 random bits: a semantic decode request carries the handle, and its whole request fits in 64 B.
+        handle = secrets.token_hex(8)
+        self.semantic.open(handle, meta, tensors["input_ids"])  # a bad `techniques` field fails before any compute
+        try:
+            with stopwatch(self.engine.device) as timing:
+                step = self.engine.prefill(tensors["input_ids"])
+        except BaseException:
+            self.semantic.forget(handle)
+            raise
+        self.keep(step.cache, handle)
+        if handle in self.semantic:
+            return self.semantic.respond(handle, step.logits, timing["ms"], prefill=True)
+        return self._logits_response(step.logits, timing["ms"], kv_handle=handle)
 
     def decode(self, tensors, meta) -> bytes:
-        cache = self.cache(meta.get("kv_handle", ""))
+        handle = meta.get("kv_handle", "")
+        cache = self.cache(handle)
+        tensors = self.semantic.decode_request(handle, tensors, meta)
         with stopwatch(self.engine.device) as timing:
             step = self.engine.decode_one_token(tensors["input_ids"], cache)
-        self.caches[meta["kv_handle"]] = step.cache
-        return self._logits_response(step.logits, meta, timing["ms"])
+        self.caches[handle] = step.cache
+        if handle in self.semantic:
+            return self.semantic.respond(handle, step.logits, timing["ms"], prefill=False)
+        return self._logits_response(step.logits, timing["ms"])
 
     def release(self, tensors, meta) -> bytes:
-        self.engine.release(self.take(meta.get("kv_handle", "")))
-        return codec.encode({})
+        handle = meta.get("kv_handle", "")
+        self.cache(handle)  # an unknown handle says why
+        summary = self.semantic.close(handle)  # the decode steps' figures, before the session is gone
+        self.engine.release(self.take(handle))
+        return codec.encode({}, summary)
 
     def gpu_summary(self, tensors, meta) -> bytes:
         """The GPU monitor's figures since a mark the client set earlier (`mark` in meta), as JSON."""
@@ -199,25 +220,24 @@ class ModelServer:
         return self.caches[handle]
 
     def take(self, handle: str) -> object:
-        """The cache of `handle`, out of the store: the caller releases it to the engine or keeps it anew."""
+        """The cache of `handle`, out of the store (its semantic session too): the caller releases it or keeps it anew."""
         self.cache(handle)
+        self.semantic.forget(handle)
         return self.caches.pop(handle)
 
-    def keep(self, cache: object) -> str:
-        """Store a cache under a new handle; caches beyond MAX_CACHES are released oldest first."""
-        handle = uuid.uuid4().hex
+    def keep(self, cache: object, handle: str | None = None) -> str:
+        """Store a cache under `handle` (a new one by default); caches beyond MAX_CACHES are released oldest first."""
+        handle = handle or secrets.token_hex(8)
         self.caches[handle] = cache
         while len(self.caches) > MAX_CACHES:
-            self.engine.release(self.caches.popitem(last=False)[1])
+            evicted, oldest = self.caches.popitem(last=False)
+            self.engine.release(oldest)
+            self.semantic.forget(evicted)
         return handle
 
-    def _logits_response(self, logits: torch.Tensor, meta: dict[str, str], compute_ms: float, **extra: str) -> bytes:
-        options = codec.LogitsOptions.from_meta(meta)
-        return codec.encode(
-            {"logits": options.apply(logits)},
-            {"server_compute_ms": compute_ms_text(compute_ms), **extra},
-            compress=options.compress,
-        )
+    def _logits_response(self, logits: torch.Tensor, compute_ms: float, **extra: str) -> bytes:
+        """A blind session's answer: every logit the model produced, as it produced them."""
+        return codec.encode({"logits": logits}, {"server_compute_ms": compute_ms_text(compute_ms), **extra})
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -32,15 +32,15 @@ class BatchedSemanticMode(SemanticMode):
         self.batched_steps = 0
         self.batch_size_sum = 0
 
-    def call(self, op, tensors, meta=None, compress=False, timeout_s=None):
-        response, response_meta = super().call(self.OPERATIONS.get(op, op), tensors, meta, compress, timeout_s)
+    def call(self, op, tensors, meta=None, zstd_level=None, timeout_s=None):
+        response, response_meta = super().call(self.OPERATIONS.get(op, op), tensors, meta, zstd_level, timeout_s)
         if op == "decode":
             self.batched_steps += 1
             self.batch_size_sum += int(response_meta["batch_size"])
         return response, response_meta
 
     def counters(self) -> dict[str, float]:
-        return {"batched_steps": self.batched_steps, "batch_size_sum": self.batch_size_sum}
+        return {**super().counters(), "batched_steps": self.batched_steps, "batch_size_sum": self.batch_size_sum}
 
 
 # How the server runs N sessions' decode steps: the blind runtime one forward per request, as it

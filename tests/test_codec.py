@@ -1,5 +1,6 @@
 """Wire messages: exact round trips, the semantic cast and compression, and the zlib fallback."""
 import struct
+import time
 
 import pytest
 import torch
@@ -36,14 +37,21 @@ def test_a_foreign_message_is_rejected():
         codec.decode(b"\x07garbage")
 
 
-def test_logits_options_prune_and_cast():
-    logits = torch.randn(1, 5, 11)  # [batch, seq, vocab]
-    pruned = codec.LogitsOptions(last_position_only=True, cast="float16").apply(logits)
-    assert pruned.shape == (1, 1, 11) and pruned.dtype == torch.float16
-    assert torch.allclose(pruned.float(), logits[:, -1:], atol=1e-2)
-    assert codec.LogitsOptions().apply(logits) is logits
-    options = codec.LogitsOptions(True, "float16", True)
-    assert codec.LogitsOptions.from_meta(options.to_meta()) == options
+def test_compress_takes_a_level_and_reports_sizes_before_and_after():
+    data = {"logits": torch.arange(20_000, dtype=torch.float32) % 7}
+    fast, small = codec.encode(data, compress=True, level=1), codec.encode(data, compress=True, level=19)
+    assert len(small) < len(fast) and torch.equal(codec.decode(small)[0]["logits"], data["logits"])
+    before, after = codec.compression(small)
+    assert before >= 80_000 and after == len(small) - (len(codec.encode(data)) - before)
+    assert codec.compression(codec.encode(data)) is None
+
+
+def test_a_stamp_writes_the_encoding_time_into_the_finished_message():
+    start = time.perf_counter() - 0.5  # half a second before: the stamp reads at least 500 ms
+    message = codec.encode({"x": torch.ones(3)}, {"a": "b"}, compress=True, stamp=("server_codec_ms", start))
+    tensors, meta = codec.decode(message)
+    assert 500 <= float(meta["server_codec_ms"]) < 600 and meta["a"] == "b" and tensors["x"].tolist() == [1, 1, 1]
+    assert len(message) == len(codec.encode({"x": torch.ones(3)}, {"a": "b", "server_codec_ms": "0" * 15}, compress=True))
 
 
 def test_a_message_built_by_hand_from_the_documented_format_decodes():

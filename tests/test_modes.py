@@ -4,7 +4,8 @@ import dataclasses
 import pytest
 
 from semgap import generate, models, runtime
-from semgap.modes import MODES, ModeContext, SemanticOptions, make_mode
+from semgap.modes import MODES, ModeContext, make_mode
+from semgap.techniques import TechniqueSet
 
 STEPS = 5
 
@@ -16,21 +17,21 @@ def prompt(preset_model):
 
 @pytest.fixture(scope="module")
 def context(preset_model, client):
-    context = ModeContext(preset_model, client, SemanticOptions.parse("prune,compress,narrow-ids"))
+    context = ModeContext(preset_model, client, TechniqueSet.parse("prune,compress,narrow-ids"))
     make_mode("remote_cache", context).setup()  # one upload; contexts derived below share its handle
     return context
 
 
 def run(name, context, prompt, semantic=None):
     if semantic is not None:
-        context = dataclasses.replace(context, semantic=SemanticOptions.parse(semantic))
+        context = dataclasses.replace(context, semantic=TechniqueSet.parse(semantic))
     mode = make_mode(name, context)
     mode.setup()
     before = context.counter.snapshot()
     first, state = generate.prefill(mode, prompt)
     prefill = context.counter.since(before)
     before = context.counter.snapshot()
-    tokens, state = generate.decode_n_tokens(mode, first, state, STEPS)
+    tokens, state = generate.decode_n_tokens(mode, first, state, STEPS, position=len(prompt))
     decode = context.counter.since(before)
     mode.release(state)
     return [first, *tokens], prefill, decode
@@ -39,14 +40,6 @@ def run(name, context, prompt, semantic=None):
 def test_unknown_mode_names_the_choices(context):
     with pytest.raises(ValueError, match="unknown mode 'remote'; choose from local, naive, remote_cache, semantic, op_sync, op_pipelined"):
         make_mode("remote", context)
-
-
-def test_semantic_options_parse_and_reject_unknown_techniques():
-    assert str(SemanticOptions.parse("cast,prune")) == "prune,cast"
-    assert SemanticOptions.parse("none") == SemanticOptions(False, False, False, False)
-    assert SemanticOptions.parse("prune,compress").lossless
-    with pytest.raises(ValueError, match="unknown semantic technique 'gzip'"):
-        SemanticOptions.parse("prune,gzip")
 
 
 def test_lossless_modes_generate_the_tokens_of_local(context, prompt):

@@ -32,8 +32,7 @@ def test_a_run_writes_bytes_tokens_verdicts_report_plots_and_logs_into_its_own_d
         else:
             assert info["payload_bytes_sent"] > 0 and info["payload_bytes_received"] > 0
             assert info["wire_tcp_bytes_received"] >= info["payload_bytes_received"]
-        if info["mode"] != "semantic":  # the cast is on by default in semantic, so only it may differ
-            assert info["token_agreement_with_local"] == 1.0, case
+        assert info["token_agreement_with_local"] == 1.0, case  # the default technique set is lossless
     for phase in ("prefill", "decode"):
         blind, semantic = cases[f"remote_cache-{phase}"], cases[f"semantic-{phase}"]
         assert semantic["wire_tcp_bytes_received"] < blind["wire_tcp_bytes_received"]
@@ -108,6 +107,30 @@ def test_a_lossless_mode_with_other_tokens_than_local_fails_its_benchmark_and_ke
     assert by_case(latest_json(suite.path))["remote_cache-decode"]["token_agreement_with_local"] < 1.0
 
 
+def test_an_ablation_measures_each_technique_set_as_a_case_of_the_same_blocks(suite):
+    result = suite.runpytest_subprocess("--benchmark-only", *QUICK, "--semgap-modes", "remote_cache,semantic",
+                                        "--semgap-phases", "decode", "--semgap-semantic", "prune,token-only",
+                                        "--semgap-ablation", "int8,compress=9", "--semgap-sampler", "top-k=5,seed=2")
+    result.assert_outcomes(passed=6)
+    output = latest_json(suite.path)
+    cases = by_case(output)
+    assert set(cases) == {"remote_cache-decode", "semantic-decode", "semantic+none-decode", "semantic+int8-decode",
+                          "semantic+compress=9-decode", "semantic+int8+compress=9-decode"}
+    assert output["semgap"]["ablation"] == ["none", "int8", "compress", "int8,compress"]
+    assert output["semgap"]["sampler"] == "top-k=5,seed=2"
+    headline, int8, compress = (cases[f"semantic{v}-decode"] for v in ("", "+int8", "+compress=9"))
+    assert (headline["label"], headline["techniques"], headline["lossless"]) == ("semantic", "prune,token-only", True)
+    assert (int8["label"], int8["techniques"], int8["lossless"]) == ("semantic:int8", "int8", False)
+    assert headline["max_abs_logit_error"] is None and 0 < int8["max_abs_logit_error"] < 0.1
+    assert (compress["zstd_level"], headline["zstd_level"]) == (9, None) and compress["compression_ratio"] > 1
+    assert compress["max_abs_logit_error"] == 0 and headline["server_codec_ms"] > 0
+    assert headline["token_agreement_with_local"] == compress["token_agreement_with_local"] == 1.0
+    # Three token-only steps and the release, against three steps of a whole logits row.
+    assert headline["payload_bytes_received"] < 0.01 * cases["remote_cache-decode"]["payload_bytes_received"]
+    ablation = (suite.path / "results" / "latest" / "tables" / "ablation.csv").read_text()
+    assert all(label in ablation for label in ("semantic:none", "semantic:int8", "semantic:int8,compress"))
+
+
 @pytest.mark.parametrize("enforce, exit_code", [(False, 0), (True, 1)])
 def test_enforce_turns_a_not_supported_hypothesis_into_a_failed_run(suite, enforce, exit_code):
     # No semantic technique at all: semantic moves as many bytes as remote_cache, so H1 cannot hold.
@@ -138,6 +161,11 @@ def test_enforce_turns_a_not_supported_hypothesis_into_a_failed_run(suite, enfor
     ("--semgap-transport=rpc --semgap-host=::1", "the rpc transport cannot serve on the IPv6 address ::1"),
     ("--semgap-transport=rpc --semgap-host=10.1.2.3", "PyTorch RPC cannot authenticate its peers"),
     ("--semgap-secret-file=/no/such/file", "cannot read the secret file /no/such/file"),
+    ("--semgap-semantic=prune,gzip", "unknown semantic technique 'gzip'; choose from prune, token-only, logprobs, cast, "
+                                     "int8, compress, narrow-ids or none"),
+    ("--semgap-ablation=prune,zip", "unknown semantic technique 'zip'"),
+    ("--semgap-sampler=beam", "unknown sampler 'beam'; choose from greedy, top-k, top-p"),
+    ("--semgap-ablation=all --semgap-modes=local", "add semantic to --semgap-modes"),
 ])
 def test_bad_options_fail_at_once_naming_the_choices(suite, option, message):
     (suite.path / "results").mkdir()

@@ -14,20 +14,17 @@ from typing import ClassVar
 import torch
 
 from semgap import generate
-from semgap.codec import LogitsOptions
 from semgap.modes.remote_cache import RemoteCacheMode
 
 
 class ResidentSteps(RemoteCacheMode):
-    """The decode steps around a recovery, on one server: remote_cache's residency, only the last logits row back.
+    """The decode steps around a recovery, on one server: remote_cache's residency and its whole logits back.
 
-    Lossless (no cast), so the tokens after a recovery can be compared with `local`'s exactly.
+    Lossless, so the tokens after a recovery can be compared with `local`'s exactly. Its steps are the
+    round's untimed setup and teardown: only the recovery between them is measured.
     """
 
     name = "resident_steps"
-
-    def logits_options(self) -> LogitsOptions:
-        return LogitsOptions(last_position_only=True)
 
 
 @dataclass

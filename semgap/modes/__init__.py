@@ -1,7 +1,7 @@
 """The execution modes, by name: a new mode is a new module plus one line here."""
 from __future__ import annotations
 
-from semgap.modes.base import Mode, ModeContext, SemanticOptions
+from semgap.modes.base import Mode, ModeContext
 from semgap.modes.local import LocalMode
 from semgap.modes.naive import NaiveMode
 from semgap.modes.op_pipelined import OpPipelinedMode
@@ -26,4 +26,4 @@ def make_mode(name: str, context: ModeContext) -> Mode:
     return MODES[name](context)
 
 
-__all__ = ["MODES", "PHASES", "Mode", "ModeContext", "SemanticOptions", "make_mode"]
+__all__ = ["MODES", "PHASES", "Mode", "ModeContext", "make_mode"]

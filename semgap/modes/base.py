@@ -11,6 +11,8 @@ import torch
 from semgap import codec
 from semgap.models import weights_of
 from semgap.runtime import EAGER_DYNAMIC, Engine
+from semgap.sampling import GREEDY, Sampler
+from semgap.techniques import TechniqueSet
 from semgap.transport import CountingTransport, PayloadCounter
 
 
@@ -20,7 +22,8 @@ class ModeContext:
 
     model: torch.nn.Module
     transport: CountingTransport | None = None
-    semantic: "SemanticOptions" = field(default_factory=lambda: SemanticOptions())
+    semantic: TechniqueSet = field(default_factory=TechniqueSet)  # what the semantic mode applies
+    sampler: Sampler = GREEDY  # how every mode's generation picks tokens (semgap.sampling)
     decode_path: str = EAGER_DYNAMIC  # how the client's own Engine decodes (semgap.runtime.DECODE_PATHS)
     max_cache_len: int | None = None  # positions of its static caches; None: the model's context
     engine: Engine | None = field(default=None, repr=False)
@@ -46,48 +49,12 @@ class ModeContext:
 
 _NO_TRAFFIC = PayloadCounter()
 
-TECHNIQUES = ("prune", "cast", "compress", "narrow-ids")
-
-
-@dataclass(frozen=True)
-class SemanticOptions:
-    """Which semantic techniques the `semantic` mode applies (each a switch, all on by default).
-
-    prune: only the last position's logits come back (the client reads no other row);
-    cast: logits come back as float16 (lossy: an argmax between near-equal logits can flip);
-    compress: messages are zstd-compressed (zlib where zstandard is not installed);
-    narrow-ids: token ids travel as int32 rather than int64.
-    """
-
-    prune: bool = True
-    cast: bool = True
-    compress: bool = True
-    narrow_ids: bool = True
-
-    @classmethod
-    def parse(cls, text: str) -> "SemanticOptions":
-        names = [name.strip() for name in text.split(",") if name.strip()]
-        if names == ["none"]:
-            names = []
-        unknown = [name for name in names if name not in TECHNIQUES]
-        if unknown:
-            raise ValueError(f"unknown semantic technique {unknown[0]!r}; choose from {', '.join(TECHNIQUES)} or none")
-        return cls(*(technique in names for technique in TECHNIQUES))
-
-    def __str__(self) -> str:
-        switches = (self.prune, self.cast, self.compress, self.narrow_ids)
-        return ",".join(name for name, on in zip(TECHNIQUES, switches) if on) or "none"
-
-    @property
-    def lossless(self) -> bool:
-        return not self.cast
-
-
 class Mode(ABC):
     """One way of running inference: `prefill` a prompt, then `decode_one_token` at a time.
 
-    Both return the last position's logits ([vocab], float32 on the CPU) and the state the next
-    step needs; `release` frees that state. `setup` runs once per session, before any round.
+    Both return the last position's logits ([vocab], float32 on the CPU), or the token id itself where
+    the server chose it, and the state the next step needs; `release` frees that state. `setup` runs
+    once per session, before any round.
     """
 
     name: ClassVar[str]
@@ -119,6 +86,10 @@ class Mode(ABC):
         """Whether the mode must generate exactly `local`'s tokens (a lossy one only records its agreement)."""
         return True
 
+    def round_figures(self, before: dict[str, float], after: dict[str, float]) -> dict[str, float | None]:
+        """One round's figures for extra_info from `counters()` before and after it: by default their deltas."""
+        return {name: value - before.get(name, 0) for name, value in after.items()}
+
     def counters(self) -> dict[str, float]:
         """Cumulative counts of what the mode did beyond payload bytes (ops forwarded, flushes, ...).
 
@@ -138,23 +109,28 @@ class Mode(ABC):
         return self.context.weights_handle
 
     def call(self, op: str, tensors: dict[str, torch.Tensor], meta: dict[str, str] | None = None,
-             compress: bool = False, timeout_s: float | None = None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-        """Encode, send, receive and decode one request, timing both codec ends and adding up server time."""
+             zstd_level: int | None = None, timeout_s: float | None = None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        """Encode (zstd at `zstd_level`, raw for None), send, receive and decode one request, timing both
+        codec ends and adding up server time."""
         counter = self.context.counter
-        response = self.context.transport.call(op, self._encode(tensors, meta, compress), timeout_s)
+        response = self.context.transport.call(op, self._encode(tensors, meta, zstd_level), timeout_s)
         start = time.perf_counter()
         tensors, meta = codec.decode(response)
         counter.decode_ms += (time.perf_counter() - start) * 1e3
         counter.server_compute_ms += float(meta.get("server_compute_ms", 0.0))
+        self.received(response, meta)
         return tensors, meta
+
+    def received(self, response: bytes, meta: dict[str, str]) -> None:
+        """Hook: a mode that reads more figures from its responses than server compute time."""
 
     def post(self, op: str, tensors: dict[str, torch.Tensor], meta: dict[str, str] | None = None) -> None:
         """Encode and send one request without waiting; the server's time for it comes with a later response."""
         self.context.transport.post(op, self._encode(tensors, meta))
 
-    def _encode(self, tensors: dict[str, torch.Tensor], meta: dict[str, str] | None, compress: bool = False) -> bytes:
+    def _encode(self, tensors: dict[str, torch.Tensor], meta: dict[str, str] | None, zstd_level: int | None = None) -> bytes:
         start = time.perf_counter()
-        request = codec.encode(tensors, meta, compress=compress)
+        request = codec.encode(tensors, meta, compress=zstd_level is not None, level=zstd_level or codec.ZSTD_LEVEL)
         self.context.counter.encode_ms += (time.perf_counter() - start) * 1e3
         return request
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import torch
 
-from semgap.codec import LogitsOptions
 from semgap.modes.base import Mode, last_row
 
 
@@ -14,23 +13,15 @@ class RemoteCacheMode(Mode):
     name = "remote_cache"
     role = "blind"
 
-    def logits_options(self) -> LogitsOptions:
-        return LogitsOptions()
-
-    def ids(self, token_ids: list[int]) -> torch.Tensor:
-        return torch.tensor([token_ids], dtype=torch.long)  # [batch=1, seq]
-
     def setup(self) -> None:
         self.weights_handle = self.resident_weights()
 
     def prefill(self, token_ids):
-        meta = {"weights_handle": self.weights_handle, **self.logits_options().to_meta()}
-        response, meta = self.call("prefill", {"input_ids": self.ids(token_ids)}, meta)
+        response, meta = self.call("prefill", {"input_ids": torch.tensor([token_ids])}, {"weights_handle": self.weights_handle})
         return last_row(response["logits"]), meta["kv_handle"]
 
     def decode_one_token(self, token_id, state):
-        meta = {"kv_handle": state, **self.logits_options().to_meta()}
-        response, _ = self.call("decode", {"input_ids": self.ids([token_id])}, meta)
+        response, _ = self.call("decode", {"input_ids": torch.tensor([[token_id]])}, {"kv_handle": state})
         return last_row(response["logits"]), state
 
     def release(self, state) -> None:
