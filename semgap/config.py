@@ -189,9 +189,9 @@ def add_options(parser: pytest.Parser) -> None:
            help="each run writes its JSON, report, verdicts, plots and server logs into DIR/<run id>/; "
                 "DIR/latest points at the newest run that measured something. Default: results")
     option("--semgap-h1", metavar="FRACTION", type=_fraction, default=0.30,
-           help="H1: the byte reduction semantic must reach against remote_cache. Default: 0.30")
+           help="H1: the byte reduction semantic must reach against every blind baseline (the headline: the strongest). Default: 0.30")
     option("--semgap-h2", metavar="FRACTION", type=_fraction, default=0.15,
-           help="H2: the latency reduction semantic must reach against remote_cache. Default: 0.15")
+           help="H2: the latency reduction semantic must reach against every blind baseline (the headline: the strongest). Default: 0.15")
     option("--semgap-alpha", metavar="FRACTION", type=_fraction, default=0.05,
            help="significance level of the latency test. Default: 0.05")
     option("--semgap-min-agreement", metavar="FRACTION", type=_share, default=1.0,

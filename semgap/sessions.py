@@ -71,6 +71,7 @@ class _TimedSteps:
 
     def __init__(self, mode: Mode):
         self.mode = mode
+        self.context = mode.context  # generate reads the sampler from it
         self.step_ms: list[float] = []
 
     def decode_one_token(self, token_id, state):
@@ -184,7 +185,8 @@ class ConcurrentSessions:
     def _decode(self, index: int, steps: int) -> SessionRound:
         (first_token, state), timed = self.prefilled[index], _TimedSteps(self.modes[index])
         try:
-            tokens, state = generate.decode_n_tokens(timed, first_token, state, steps)
+            tokens, state = generate.decode_n_tokens(timed, first_token, state, steps,
+                                                   position=len(self.prompts[index]))
         finally:  # also after a failed step: a batched session left live would hold up every later batch
             self.modes[index].release(state)
         return SessionRound(tokens, timed.step_ms)

@@ -8,6 +8,7 @@ import torch
 
 from semgap import codec, generate, models, transport
 from semgap.batching import DecodeBatcher
+from semgap.techniques.serving import SemanticSessions
 from semgap.config import _session_counts
 from semgap.modes.base import ModeContext
 from semgap.modes.local import LocalMode
@@ -67,8 +68,9 @@ def test_every_concurrent_session_decodes_locals_tokens(flavour, uploaded, prese
 
 
 def _batcher(model, window_s=5.0) -> DecodeBatcher:
-    return DecodeBatcher(model, lambda function, *args: function(*args), lambda meta: None,
-                         lambda logits, meta, ms, **extra: (logits, extra), window_s=window_s)
+    # No techniques named: every session is blind, answered with its logits and the batch's extra fields.
+    return DecodeBatcher(model, lambda function, *args: function(*args), lambda meta: None, SemanticSessions(),
+                         lambda logits, ms, **extra: (logits, extra), window_s=window_s)
 
 
 def _prefill(batcher, prompt) -> tuple[int, str]:

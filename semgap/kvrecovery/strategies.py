@@ -13,7 +13,7 @@ from typing import ClassVar
 
 import torch
 
-from semgap import generate
+from semgap import codec, generate
 from semgap.modes.remote_cache import RemoteCacheMode
 
 
@@ -45,7 +45,7 @@ def begin_session(source: ResidentSteps, target: ResidentSteps, prompt: list[int
     With `syncs_prompt`, the target received the prompt's cache when the session began (a replicated prefix).
     """
     first, handle = generate.prefill(source, prompt)
-    tokens, handle = generate.decode_n_tokens(source, first, handle, decode_steps)
+    tokens, handle = generate.decode_n_tokens(source, first, handle, decode_steps, position=len(prompt))
     fed = [first, *tokens]
     state = SessionState(handle, [*prompt, *fed[:-1]], fed[-1])
     if syncs_prompt:
@@ -56,7 +56,8 @@ def begin_session(source: ResidentSteps, target: ResidentSteps, prompt: list[int
 
 def continue_after(target: ResidentSteps, state: SessionState, recovered_handle: str, decode_steps: int) -> list[int]:
     """Decode `decode_steps` tokens on the target from the recovered cache, then release it; the tokens."""
-    tokens, handle = generate.decode_n_tokens(target, state.next_token, recovered_handle, decode_steps)
+    tokens, handle = generate.decode_n_tokens(target, state.next_token, recovered_handle, decode_steps,
+                                              position=len(state.cached_ids))
     target.release(handle)
     return tokens
 
@@ -121,7 +122,7 @@ class KvSinceSync(Strategy):
         rows, _ = source.call("kv_export", {}, {"kv_handle": state.kv_handle, "release": "1", "compress": "1",
                                                 "since": str(state.synced_positions)})
         _, meta = target.call("kv_import", rows, {"weights_handle": target.weights_handle,
-                                                  "base_handle": state.synced_handle}, compress=True)
+                                                  "base_handle": state.synced_handle}, zstd_level=codec.ZSTD_LEVEL)
         return meta["kv_handle"]
 
 
