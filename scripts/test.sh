@@ -3,4 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec .venv/bin/python -m pytest tests -n auto "$@"
+# worksteal: an idle worker takes queued tests from a busy one, so no long test is left to run alone at the end.
+exec .venv/bin/python -m pytest tests -n auto --dist worksteal "$@"
