@@ -94,16 +94,13 @@ class DecodeBatcher:
         """Run one session's prompt (alone); its cache starts a cohort of one."""
         self.check_weights(meta)
         handle = uuid.uuid4().hex
-        self.semantic.open(handle, meta, tensors["input_ids"])  # a bad `techniques` field fails before any compute
-        try:
+        # a bad `techniques` field fails before any compute; a refused session leaves none behind
+        with self.semantic.opening(handle, meta, tensors["input_ids"]):
             step, compute_ms = self.run_exclusive(self._forward, tensors["input_ids"].long().to(self.device))
-        except BaseException:
-            self.semantic.forget(handle)
-            raise
-        with self.condition:
-            if len(self.cohort_of) >= MAX_SESSIONS:
-                raise RuntimeError(f"{MAX_SESSIONS} batched sessions are live already; release some first")
-            self.cohort_of[handle] = Cohort([handle], step.cache)
+            with self.condition:
+                if len(self.cohort_of) >= MAX_SESSIONS:
+                    raise RuntimeError(f"{MAX_SESSIONS} batched sessions are live already; release some first")
+                self.cohort_of[handle] = Cohort([handle], step.cache)
         return self._respond(handle, step.logits, compute_ms, prefill=True, batch_size="1")
 
     def decode(self, tensors, meta) -> bytes:

@@ -157,13 +157,9 @@ class ModelServer:
         self.check_weights(meta)
         # 64 random bits: a semantic decode request carries the handle, and its whole request fits in 64 B.
         handle = secrets.token_hex(8)
-        self.semantic.open(handle, meta, tensors["input_ids"])  # a bad `techniques` field fails before any compute
-        try:
-            with stopwatch(self.engine.device) as timing:
-                step = self.engine.prefill(tensors["input_ids"])
-        except BaseException:
-            self.semantic.forget(handle)
-            raise
+        # a bad `techniques` field fails before any compute
+        with self.semantic.opening(handle, meta, tensors["input_ids"]), stopwatch(self.engine.device) as timing:
+            step = self.engine.prefill(tensors["input_ids"])
         self.keep(step.cache, handle)
         if handle in self.semantic:
             return self.semantic.respond(handle, step.logits, timing["ms"], prefill=True)
@@ -182,8 +178,7 @@ class ModelServer:
 
     def release(self, tensors, meta) -> bytes:
         handle = meta.get("kv_handle", "")
-        self.cache(handle)  # an unknown handle says why
-        summary = self.semantic.close(handle)  # the decode steps' figures, before the session is gone
+        summary = self.semantic.close(handle)  # the decode steps' figures, before take() forgets the session
         self.engine.release(self.take(handle))
         return codec.encode({}, summary)
 

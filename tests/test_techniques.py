@@ -10,6 +10,7 @@ from semgap.harness import cases
 from semgap.modes import ModeContext, make_mode
 from semgap.sampling import Sampler
 from semgap.techniques import TECHNIQUES, Message, Step, TechniqueSet, ablation_chain, ablation_sets, token_of
+from semgap.techniques.serving import TECHNIQUES_FIELD, SemanticSessions
 
 STEPS = 4
 SAMPLERS = [Sampler(), Sampler.parse("top-k=20,seed=3"), Sampler.parse("top-p=0.9,seed=1")]
@@ -190,3 +191,13 @@ def test_a_bad_technique_field_is_refused_by_the_server_naming_the_choices(conte
         mode.call("prefill", {"input_ids": torch.tensor([prompt])},
                   {"weights_handle": mode.weights_handle, "techniques": "prune,gzip"})
     assert generate.generate(mode, prompt, 1)  # the connection and server carry on
+
+
+def test_a_prefill_that_fails_leaves_no_semantic_session():
+    sessions = SemanticSessions()
+    with sessions.opening("kept", {TECHNIQUES_FIELD: "token-only"}, torch.zeros(1, 3, dtype=torch.long)):
+        pass  # the prefill ran: the session stays for its decode steps
+    with pytest.raises(RuntimeError, match="forward failed"):
+        with sessions.opening("failed", {TECHNIQUES_FIELD: "token-only"}, torch.zeros(1, 3, dtype=torch.long)):
+            raise RuntimeError("forward failed")
+    assert "kept" in sessions and "failed" not in sessions

@@ -8,7 +8,9 @@ with the release. A prefill's own figures come with its response.
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 
@@ -51,6 +53,16 @@ class SemanticSessions:
         if TECHNIQUES_FIELD in meta:
             self.sessions[handle] = Session(TechniqueSet.parse(meta[TECHNIQUES_FIELD]),
                                             Sampler.parse(meta.get(SAMPLER_FIELD, "greedy")), input_ids.shape[-1])
+
+    @contextmanager
+    def opening(self, handle: str, meta: dict[str, str], input_ids: torch.Tensor) -> Iterator[None]:
+        """Open the session (see `open`) for the prefill run inside; a prefill that fails leaves no session behind."""
+        self.open(handle, meta, input_ids)
+        try:
+            yield
+        except BaseException:
+            self.forget(handle)
+            raise
 
     def decode_request(self, handle: str, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> dict[str, torch.Tensor]:
         """The request's tensors as the session's techniques restore them (a blind session's as they came)."""
