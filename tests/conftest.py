@@ -16,6 +16,7 @@ TEST_MODEL = "gpt2-test"
 
 REPO = Path(__file__).resolve().parent.parent
 BENCHMARK = (REPO / "benchmarks" / "test_semantic_gap.py").read_text()
+CALIBRATION = (REPO / "benchmarks" / "test_calibration.py").read_text()
 # Inner sessions write their pid, so tests can tell their namespaces and servers from others'.
 INNER_CONFTEST = 'import os\npytest_plugins = ["semgap.plugin"]\nopen("inner.pid", "w").write(str(os.getpid()))\n'
 

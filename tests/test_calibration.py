@@ -1,7 +1,6 @@
 """The transport calibration: its benchmarks in a real run, its JSON section and report table, and its peers gone after."""
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -10,12 +9,11 @@ import pytest
 from semgap import calibration, measurements, transport
 from semgap.link import link_available
 
-from .conftest import INNER_CONFTEST, REPO
+from .conftest import CALIBRATION, INNER_CONFTEST
 from .inner import latest_json
 from .markdown import rows
 
-LINK_OK, LINK_REASON = link_available()
-CALIBRATION = (REPO / "benchmarks" / "test_calibration.py").read_text()
+LINK_OK, _ = link_available()
 QUICK = ("--semgap-rounds", "2", "--semgap-warmup-rounds", "1", "--semgap-prompt-tokens", "16",
          "--semgap-decode-steps", "2", "--semgap-modes", "remote_cache", "--semgap-phases", "decode",
          "-p", "no:cacheprovider")
@@ -86,10 +84,9 @@ def peer_processes(cwd: Path) -> list[int]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("link, transport_name", [
-    ("loopback", "tcp"), ("loopback", "rpc"),
-    pytest.param("netns", "tcp", marks=[pytest.mark.netns, pytest.mark.skipif(not LINK_OK, reason=LINK_REASON)]),
-])
+# tcp over the veth where a namespace can be built (else on loopback), rpc on loopback (it refuses any
+# other address); test_on_ipv6_rpc_is_left_out_and_says_why calibrates tcp on loopback.
+@pytest.mark.parametrize("link, transport_name", [("netns" if LINK_OK else "loopback", "tcp"), ("loopback", "rpc")])
 def test_every_run_calibrates_each_transport_against_raw_tcp(suite, link, transport_name):
     suite.makepyfile(test_calibration=CALIBRATION)
     suite.makeconftest(PEERS_AT_EXPERIMENT)
@@ -140,10 +137,4 @@ def test_on_ipv6_rpc_is_left_out_and_says_why(suite):
     assert case["wire_tcp_bytes_received"] >= case["payload_bytes_received"] > 0  # the run itself over IPv6
 
 
-@pytest.mark.slow
-def test_with_an_external_server_the_calibration_is_skipped_with_the_reason(suite, preset_server):
-    suite.makepyfile(test_calibration=CALIBRATION)
-    result = suite.runpytest_subprocess("--benchmark-only", *QUICK, "-rs", "--semgap-server",
-                                        f"{preset_server.host}:{preset_server.port}")
-    result.assert_outcomes(passed=1, skipped=len(PROBES))
-    result.stdout.fnmatch_lines(["*the calibration peers would have to run there*"])
+# With an external server the calibration skips: tests/test_plugin.py::test_the_suite_runs_twice_against_one_external_server.

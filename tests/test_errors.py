@@ -1,8 +1,5 @@
 """Errors fit on a screen: a failure every benchmark would repeat is said once, in one line naming the fix,
 and a command line that cannot measure stops before anything is built, saying what to type instead."""
-import subprocess
-import sys
-
 import pytest
 
 from semgap.modes import MODES, PHASES
@@ -87,12 +84,13 @@ def test_a_server_that_does_not_start_in_time_is_one_line_with_its_log(suite):
 
 
 def test_xdist_with_benchmark_only_names_the_fix_and_the_fix_works(suite):
-    result = suite.runpytest_subprocess("-n", "2", "--benchmark-only", *QUICK)
+    # Both refused at configure or only collected: in this process, as nothing is spawned.
+    result = suite.runpytest_inprocess("-n", "2", "--benchmark-only", *QUICK)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert "--benchmark-only cannot run under pytest-xdist (-n 2)" in result.stderr.str()
     assert "drop -n, or add -n 0 after it" in result.stderr.str()
     # pytest-benchmark's own refusal comes at start-up too, so collecting shows the fix gets past both.
-    fixed = suite.runpytest_subprocess("-n", "2", "-n", "0", "--benchmark-only", *QUICK, "--collect-only", "-q")
+    fixed = suite.runpytest_inprocess("-n", "2", "-n", "0", "--benchmark-only", *QUICK, "--collect-only", "-q")
     assert fixed.ret == pytest.ExitCode.OK, fixed.stderr.str()
     fixed.stdout.fnmatch_lines([f"{ALL_CASES} tests collected*"])
 
@@ -113,15 +111,17 @@ def test_histograms_without_pygal_are_refused_before_the_run_with_the_fix(suite)
         in result.stderr.str()
 
 
-def test_a_path_option_as_a_separate_word_that_would_move_the_rootdir_stops_the_run(tmp_path):
-    def collect(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *args],
-                              cwd=REPO, capture_output=True, text=True, timeout=120)
+def test_a_path_option_as_a_separate_word_that_would_move_the_rootdir_stops_the_run(pytester, monkeypatch, tmp_path,
+                                                                                     outside_xdist):
+    monkeypatch.chdir(REPO)  # the checkout, with its pytest.ini; collecting only, so in this process
+
+    def collect(*args: str) -> pytest.RunResult:
+        return pytester.runpytest_inprocess("--collect-only", "-q", "-p", "no:cacheprovider", *args)
 
     trapped = collect("--benchmark-storage", str(tmp_path))
-    assert trapped.returncode == pytest.ExitCode.USAGE_ERROR, trapped.stdout[-2000:]
-    assert f"(--benchmark-storage {tmp_path})" in trapped.stderr
-    assert "write path options with '='" in trapped.stderr
+    assert trapped.ret == pytest.ExitCode.USAGE_ERROR, trapped.stdout.str()[-2000:]
+    assert f"(--benchmark-storage {tmp_path})" in trapped.stderr.str()
+    assert "write path options with '='" in trapped.stderr.str()
     written = collect(f"--benchmark-storage={tmp_path}")  # the same option with '=': pytest.ini is read
-    assert written.returncode == 0, written.stderr
-    assert "tests/" not in written.stdout and "benchmarks/test_semantic_gap.py" in written.stdout
+    assert written.ret == pytest.ExitCode.OK, written.stderr.str()
+    assert "tests/" not in written.stdout.str() and "benchmarks/test_semantic_gap.py" in written.stdout.str()

@@ -33,6 +33,9 @@ def test_cpu_dry_run_writes_every_sessions_results_and_prints_the_table_last(tmp
     assert {path for (mode, _), path in paths.items() if mode != "naive"} == {"static+compile"}
     assert paths[("naive", "decode")] == "eager-dynamic"
     assert resident["semgap"]["decode_path_server"] == "static+compile"
+    # The second session repeats the flow eagerly (--cpu compiles once): no path of it compiled.
+    second = json.loads((tmp_path / "2-tiny-gpt2" / "latest" / "benchmark.json").read_text())
+    assert {b["extra_info"]["fast_path"] for b in second["benchmarks"]} == {"eager-dynamic"}
 
     lines = result.stdout.strip().splitlines()
     header = next(index for index, line in enumerate(lines) if line.startswith("model "))

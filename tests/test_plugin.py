@@ -5,9 +5,10 @@ import sys
 
 import pytest
 
+from semgap import calibration
 from semgap.models import presets
 
-from .conftest import INNER_CONFTEST, TEST_MODEL
+from .conftest import CALIBRATION, INNER_CONFTEST, TEST_MODEL
 from .inner import QUICK, by_case, latest_json, new_run_dirs, run_json
 
 pytestmark = pytest.mark.slow
@@ -61,17 +62,18 @@ def test_a_run_writes_bytes_tokens_verdicts_report_plots_and_logs_into_its_own_d
 
 
 def test_blocks_interleave_every_case_in_a_seeded_order(suite):
-    result = suite.runpytest_subprocess("--benchmark-only", *QUICK, "--semgap-modes", "local,remote_cache",
-                                        "--semgap-blocks", "3", "--semgap-rounds", "1", "--semgap-warmup-rounds", "0",
-                                        "--collect-only", "-q")
+    # Collection only, so in this process: no model, server or run directory is made.
+    result = suite.runpytest_inprocess("--benchmark-only", *QUICK, "--semgap-modes", "local,remote_cache",
+                                       "--semgap-blocks", "3", "--semgap-rounds", "1", "--semgap-warmup-rounds", "0",
+                                       "--collect-only", "-q")
     ids = [line.split("[", 1)[1].rstrip("]") for line in result.outlines if "::test_semantic_gap[" in line]
     blocks = [ids[index:index + 4] for index in range(0, 12, 4)]
     assert len(ids) == 12 and all(len({name.rsplit("-", 1)[1] for name in block}) == 1 for block in blocks)
     assert all(sorted(name.rsplit("-", 1)[0] for name in block) == sorted(
         f"{mode}-{phase}" for mode in ("local", "remote_cache") for phase in ("prefill", "decode")) for block in blocks)
     assert len({tuple(name.rsplit("-", 1)[0] for name in block) for block in blocks}) > 1  # shuffled per block
-    again = suite.runpytest_subprocess("--benchmark-only", *QUICK, "--semgap-modes", "local,remote_cache",
-                                       "--semgap-blocks", "3", "--collect-only", "-q")
+    again = suite.runpytest_inprocess("--benchmark-only", *QUICK, "--semgap-modes", "local,remote_cache",
+                                      "--semgap-blocks", "3", "--collect-only", "-q")
     assert [line for line in again.outlines if "::test_" in line] == [
         line for line in result.outlines if "::test_" in line]  # the same seed, the same order
 
@@ -169,14 +171,16 @@ def test_enforce_turns_a_not_supported_hypothesis_into_a_failed_run(suite, enfor
 ])
 def test_bad_options_fail_at_once_naming_the_choices(suite, option, message):
     (suite.path / "results").mkdir()
-    result = suite.runpytest_subprocess("--benchmark-only", *option.split())
+    # In this process: configure fails before any fixture, so nothing outlives the run, and the
+    # seconds a fresh interpreter spends importing torch are spared (23 cases).
+    result = suite.runpytest_inprocess("--benchmark-only", *option.split())
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert message in result.stderr.str()
 
 
 def test_a_short_secret_in_the_environment_stops_the_run_at_once(suite, monkeypatch):
     monkeypatch.setenv("SEMGAP_SECRET", "short")
-    result = suite.runpytest_subprocess("--benchmark-only")
+    result = suite.runpytest_inprocess("--benchmark-only")  # refused at configure: nothing to spawn
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert "$SEMGAP_SECRET holds 5 bytes; a secret needs at least 16" in result.stderr.str()
 
@@ -190,11 +194,13 @@ def test_under_xdist_benchmarks_are_skipped_with_a_reason_that_names_the_fix(sui
 
 
 def test_the_suite_runs_twice_against_one_external_server(suite, preset_server):
+    suite.makepyfile(test_calibration=CALIBRATION)  # which skips: its peers would have to run on the server's host
     address = f"{preset_server.host}:{preset_server.port}"
     for _ in range(2):
-        result = suite.runpytest_subprocess("--benchmark-only", *QUICK, "--semgap-server", address,
+        result = suite.runpytest_subprocess("--benchmark-only", "-rs", *QUICK, "--semgap-server", address,
                                             "--semgap-modes", "remote_cache,semantic")
-        result.assert_outcomes(passed=4)
+        result.assert_outcomes(passed=4, skipped=len(calibration.probes()))
+        result.stdout.fnmatch_lines(["*the calibration peers would have to run there*"])
         for info in by_case(latest_json(suite.path)).values():
             # The client's sockets are its own; another process's server is not read.
             assert all(isinstance(v, int) for v in info["wire_tcp_bytes_retransmitted_sent_rounds"])

@@ -26,21 +26,28 @@ def checkout(tmp_path):
     return tmp_path
 
 
+def calls(checkout, module: str) -> int:
+    """How many times setup.sh ran `python -m MODULE` so far."""
+    path = checkout / "pip-calls"
+    return sum(line.startswith(f"-m {module} ") for line in path.read_text().splitlines()) if path.exists() else 0
+
+
 def setup(checkout) -> tuple[int, int]:
     """Run setup.sh; (its exit code, pip calls so far)."""
     result = subprocess.run(["bash", "scripts/setup.sh"], cwd=checkout, capture_output=True, text=True, timeout=60)
-    calls = checkout / "pip-calls"
-    return result.returncode, len(calls.read_text().splitlines()) if calls.exists() else 0
+    return result.returncode, calls(checkout, "pip")
 
 
 def test_pip_runs_once_per_change_of_requirements_and_again_after_a_failed_install(checkout):
     assert setup(checkout) == (0, 1)  # the first install
-    assert "-m pip install" in (checkout / "pip-calls").read_text()
+    assert "-m pip install --quiet --no-compile" in (checkout / "pip-calls").read_text()
+    assert calls(checkout, "compileall") == 1  # byte-compiled after pip, on every core
     assert setup(checkout) == (0, 1)  # nothing changed: no pip
     with open(checkout / "requirements.txt", "a") as requirements:
         requirements.write("tqdm>=4\n")
     (checkout / "pip-fails").touch()
     assert setup(checkout) == (1, 2)  # changed, and pip failed
+    assert calls(checkout, "compileall") == 1  # nothing to compile after a failed install
     (checkout / "pip-fails").unlink()
     assert setup(checkout) == (0, 3)  # a failed install leaves no stamp: pip runs again
     assert setup(checkout) == (0, 3)

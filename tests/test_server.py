@@ -5,7 +5,7 @@ import time
 import pytest
 import torch
 
-from semgap import codec, models, server, serverproc, transport
+from semgap import codec, models, serverproc, transport
 from semgap.serverproc import ServerProcess, ServerStartError, free_port
 
 from .conftest import TEST_MODEL

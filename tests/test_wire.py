@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from semgap.wire import TcpBytes, TcpCounter, delta, tcp_counters_available
+from semgap.wire import TcpCounter, delta, tcp_counters_available
 
 PAYLOAD_BYTES = 10 * 1000 * 1000
 CHUNK_BYTES = 1 << 16

@@ -13,13 +13,13 @@ import pytest
 from semgap import transport
 from semgap.harness import Case, ExperimentSession, RoundRecord
 from semgap.modes import MODES, PHASES
-from semgap.link import NetnsLink, cleanup_stale, link_available
-from semgap.serverproc import READY_LINE, ServerProcess
+from semgap.link import NetnsLink
+from semgap.serverproc import ServerProcess
 from semgap.transport import FramingBound, auth
-from semgap.wire import TcpCounter, delta, tcp_counters_available
+from semgap.wire import TcpCounter, delta
 
 from .conftest import INNER_CONFTEST, REPO, TEST_MODEL
-from .inner import (QUICK, SMALL, by_case, leftovers, needs_link, needs_tcp, netns_test, run_suite,
+from .inner import (LINK_OK, QUICK, SMALL, by_case, leftovers, needs_tcp, netns_test, run_suite,
                     wait_for_no_leftovers)
 
 ECHO_BYTES = 10_000_000
@@ -195,14 +195,18 @@ def test_echo_across_the_namespace_tcp_is_payload_and_link_is_tcp_plus_headers(n
 
 # --- 3. bytes are reproducible ------------------------------------------------------------------
 
-# Exact, every round of every run: what the client serialised and received, how many calls, what
-# its TCP sockets sent, and no socket closed mid-round.  Answers carry their compute time and KV
-# handle as metadata, which changes every round; it keeps its length (the time is fixed width) and
-# stays out of compression (semgap/codec.py), so answers keep their size.  The framing (TCP received
-# minus payload received) is asserted the same in every round of every run too, so the TCP
-# counters follow the payload byte for byte.
-EXACT_FIELDS = ("payload_bytes_sent", "payload_bytes_received", "wire_tcp_bytes_sent", "rpc_round_trips",
-                "tcp_sockets_closed")
+# Three runs of the quick suite: the default transport on loopback and over the veth (its link bytes
+# are the cross-check; loopback again where no namespace can be built), then the other transports on
+# loopback.  Exact, every round of every run: what the client serialised and received, how many
+# calls, and no socket closed mid-round (none of which depends on the transport or the link); what
+# its TCP sockets sent (the same in every run of one transport).  Answers carry their compute time
+# and KV handle as metadata, which changes every round; it keeps its length (the time is fixed
+# width) and stays out of compression (semgap/codec.py), so answers keep their size.  The framing
+# (TCP received minus payload received) is asserted the same in every round of every run of a
+# transport too, so the TCP counters follow the payload byte for byte.
+RUNS = (("loopback", transport.DEFAULT_TRANSPORT), ("netns" if LINK_OK else "loopback", transport.DEFAULT_TRANSPORT),
+        *(("loopback", name) for name in TRANSPORTS if name != transport.DEFAULT_TRANSPORT))
+PAYLOAD_FIELDS = ("payload_bytes_sent", "payload_bytes_received", "rpc_round_trips", "tcp_sockets_closed")
 
 
 def assert_link_bytes_bounded(case: str, info: dict) -> None:
@@ -233,42 +237,47 @@ def assert_link_bytes_bounded(case: str, info: dict) -> None:
 
 @needs_tcp
 @pytest.mark.slow
-# Every transport on loopback, and the default one over the veth too (its link bytes are the cross-check).
-@pytest.mark.parametrize("link, transport_name", [
-    *(("loopback", name) for name in TRANSPORTS),
-    pytest.param("netns", transport.DEFAULT_TRANSPORT, marks=needs_link),
-])
-def test_bytes_are_identical_round_to_round_and_run_to_run(suite, link, transport_name):
-    framing_bound = transport.transport_kind(transport_name).framing
+def test_bytes_are_identical_round_to_round_and_run_to_run(suite):
     runs = []
-    for _ in range(2):
+    for link, transport_name in RUNS:
         result, output, pid = run_suite(suite, *QUICK, "--semgap-link", link, "--semgap-transport", transport_name)
         result.assert_outcomes(passed=len(MODES) * len(PHASES))
         assert output["semgap"]["warnings"] == []  # TCP within payload .. payload + framing everywhere
         assert wait_for_no_leftovers(pid, suite.path) == []
-        runs.append(by_case(output))
-    assert set(runs[0]) == set(runs[1]) and len(runs[0]) == 12
-    for case, info in runs[0].items():
-        for field in EXACT_FIELDS:
-            rounds = [run[case][f"{field}_rounds"] for run in runs]
-            assert len(rounds[0]) == 3 and None not in rounds[0], (case, field, rounds)
-            assert len({value for values in rounds for value in values}) == 1, (case, field, rounds)
-        framing = {tcp - payload for run in runs for tcp, payload in
-                   zip(run[case]["wire_tcp_bytes_received_rounds"], run[case]["payload_bytes_received_rounds"])}
-        assert len(framing) == 1, (case, framing)
-        if info["mode"] != "local":
-            assert info["rpc_round_trips"] > 0 and info["payload_bytes_sent"] > 0
-        for direction in ("sent", "received"):
-            payload, tcp = info[f"payload_bytes_{direction}"], info[f"wire_tcp_bytes_{direction}"]
-            bound = getattr(framing_bound, direction)(info["rpc_round_trips"], info["rpc_posts"])
-            assert payload <= tcp <= payload + bound, (case, direction)
-        for run in runs:
-            for direction in ("sent", "received"):  # both ends are this session's: both are known
-                assert all(isinstance(v, int) and v >= 0 for v in run[case][f"wire_tcp_bytes_retransmitted_{direction}_rounds"])
+        runs.append((link, transport_name, by_case(output)))
+    cases = set(runs[0][2])
+    assert len(cases) == 12 and all(set(found) == cases for *_, found in runs)
+    for case in cases:
+        assert_identical(case, PAYLOAD_FIELDS, [found[case] for *_, found in runs])
+        for name in TRANSPORTS:
+            of_transport = [found[case] for _, transport_name, found in runs if transport_name == name]
+            assert_identical(case, ("wire_tcp_bytes_sent",), of_transport)
+            framing = {tcp - payload for info in of_transport for tcp, payload in
+                       zip(info["wire_tcp_bytes_received_rounds"], info["payload_bytes_received_rounds"])}
+            assert len(framing) == 1, (case, name, framing)
+        for link, transport_name, found in runs:
+            info = found[case]
+            if info["mode"] != "local":
+                assert info["rpc_round_trips"] > 0 and info["payload_bytes_sent"] > 0
+            framing_bound = transport.transport_kind(transport_name).framing
+            for direction in ("sent", "received"):
+                payload, tcp = info[f"payload_bytes_{direction}"], info[f"wire_tcp_bytes_{direction}"]
+                bound = getattr(framing_bound, direction)(info["rpc_round_trips"], info["rpc_posts"])
+                assert payload <= tcp <= payload + bound, (case, transport_name, direction)
+                # both ends are this session's: both are known
+                assert all(isinstance(v, int) and v >= 0 for v in info[f"wire_tcp_bytes_retransmitted_{direction}_rounds"])
             if link == "netns":
-                assert_link_bytes_bounded(case, run[case])
+                assert_link_bytes_bounded(case, info)
             else:
-                assert run[case]["wire_link_bytes_sent_rounds"] == [None] * 3
+                assert info["wire_link_bytes_sent_rounds"] == [None] * 3
+
+
+def assert_identical(case: str, fields: tuple[str, ...], infos: list[dict]) -> None:
+    """Every round of every one of `infos` (a case's extra_info in several runs) has the same value of each field."""
+    for field in fields:
+        rounds = [info[f"{field}_rounds"] for info in infos]
+        assert all(len(values) == 3 and None not in values for values in rounds), (case, field, rounds)
+        assert len({value for values in rounds for value in values}) == 1, (case, field, rounds)
 
 
 # --- 4. payload vs TCP discrepancies are reported -----------------------------------------------
