@@ -16,6 +16,9 @@ from semgap.runrecord import CaseItem, RunRecord, SessionFailure, one_line
 
 settings_key = pytest.StashKey[SemgapConfig]()
 run_key = pytest.StashKey[RunRecord]()
+# Every benchmark semgap runs, by its parameter, and how its failures name it (the case id after this).
+BENCHMARK_PARAMETERS = {"semgap_case": "", "semgap_probe": "calibration:", "semgap_batch_case": "batching:",
+                        "semgap_kv_case": "kv-recovery:"}
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -61,16 +64,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     reason = _benchmarking_disabled(config)
     if reason:
         for item in items:
-            if {"semgap_case", "semgap_probe", "semgap_batch_case", "semgap_kv_case"} & set(getattr(item, "fixturenames", ())):
+            if BENCHMARK_PARAMETERS.keys() & set(getattr(item, "fixturenames", ())):
                 item.add_marker(pytest.mark.skip(reason=reason))
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
     record = session.config.stash[run_key]
     for item in session.items:
-        case = getattr(item, "callspec", None) and item.callspec.params.get("semgap_case")
-        if case is not None:
-            record.cases[item.nodeid] = CaseItem(item.name, case.id)
+        params = item.callspec.params if hasattr(item, "callspec") else {}
+        for name, prefix in BENCHMARK_PARAMETERS.items():
+            if name in params:
+                record.cases[item.nodeid] = CaseItem(item.name, prefix + params[name].id)
 
 
 def _benchmarking_disabled(config: pytest.Config) -> str:

@@ -50,7 +50,7 @@ class RunRecord:
     """What the plugin learns during the run and reports after it."""
 
     guard: SignalGuard = field(default_factory=SignalGuard)
-    cases: dict[str, CaseItem] = field(default_factory=dict)  # node id -> the semgap benchmark to run there
+    cases: dict[str, CaseItem] = field(default_factory=dict)  # node id -> the semgap benchmark to run there (any kind)
     started: bool = False  # a semgap benchmark set up its session: this run gets a directory
     ended: set[str] = field(default_factory=set)  # node ids whose call phase ended, passed or failed
     failures: list[dict] = field(default_factory=list)

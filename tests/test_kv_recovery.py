@@ -157,6 +157,12 @@ def test_the_suite_measures_recovery_on_two_hosts_and_removes_both_also_when_a_s
     report = (suite.path / "results" / "latest" / "report.md").read_text()
     strategies = {row["strategy"]: row for row in rows(report, "KV recovery: eviction and migration")}
     assert strategies["kv_since_sync"]["bytes saving"].startswith("+9")
+    # The broken strategy is the run's failure: in the JSON, at the top of the report and in the terminal.
+    [failure] = output["semgap"]["failures"]
+    assert failure["case"] == "kv-recovery:migration-recompute_since_sync" and "broken on purpose" in failure["reason"]
+    assert output["semgap"]["run_status"] == "failed" and "This run is FAILED" in report
+    result.stdout.fnmatch_lines(["failed: kv-recovery:migration-recompute_since_sync (call): *broken on purpose*",
+                                 "semgap: run failed; *"])
     assert leftovers(pid, suite.path) == []
 
 
