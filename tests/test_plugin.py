@@ -172,7 +172,7 @@ def test_enforce_turns_a_not_supported_hypothesis_into_a_failed_run(suite, enfor
 def test_bad_options_fail_at_once_naming_the_choices(suite, option, message):
     (suite.path / "results").mkdir()
     # In this process: configure fails before any fixture, so nothing outlives the run, and the
-    # seconds a fresh interpreter spends importing torch are spared (23 cases).
+    # seconds a fresh interpreter spends importing torch are spared (19 cases).
     result = suite.runpytest_inprocess("--benchmark-only", *option.split())
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert message in result.stderr.str()

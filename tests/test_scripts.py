@@ -6,7 +6,8 @@ import pytest
 
 from .conftest import REPO
 
-# Stands in for the venv's python: records each pip call, and fails it when the file `pip-fails` exists.
+# Stands in for the venv's python: records each call (pip, compileall), and fails it when the file
+# `pip-fails` exists.
 FAKE_PYTHON = """#!/bin/sh
 echo "$*" >> "$(dirname "$0")/../../pip-calls"
 [ ! -e "$(dirname "$0")/../../pip-fails" ]
@@ -15,7 +16,7 @@ echo "$*" >> "$(dirname "$0")/../../pip-calls"
 
 @pytest.fixture
 def checkout(tmp_path):
-    """A checkout with the real setup.sh and requirements.txt, and a .venv whose python only records pip calls."""
+    """A checkout with the real setup.sh and requirements.txt, and a .venv whose python only records its calls."""
     (tmp_path / "scripts").mkdir()
     shutil.copy(REPO / "scripts" / "setup.sh", tmp_path / "scripts")
     shutil.copy(REPO / "requirements.txt", tmp_path)
