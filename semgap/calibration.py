@@ -129,19 +129,14 @@ class Calibration:
 
     def run(self, benchmark, probe: Probe) -> None:
         self.session.set_link_rate(None)  # the framework's own cost, not the shaper's
-        rounds = self.settings.rounds * (SMALL_ROUNDS_PER_ROUND if probe.kind == SMALL else 1)
-        warmup_rounds = self.settings.warmup_rounds * (SMALL_ROUNDS_PER_ROUND if probe.kind == SMALL else 1)
+        scale = SMALL_ROUNDS_PER_ROUND if probe.kind == SMALL else 1
+        rounds, warmup_rounds = self.settings.rounds * scale, self.settings.warmup_rounds * scale
         message = bytes(probe.message_bytes)
         target, peer, close = self._target(probe, message)
         # A transport's rounds alternate with raw rounds on their own connection, timed apart and
         # untimed by the benchmark (its setup): the ratio compares two things measured at one time.
         raw = RawClient(self.host, self._peer(RAW).port, probe) if probe.transport != RAW else None
         raw_s: list[float] = []
-        requests = [0]
-
-        def counted():
-            requests[0] += 1
-            target()
 
         def raw_round():
             start = time.perf_counter()
@@ -155,7 +150,8 @@ class Calibration:
             # Every socket of this process to the peers' address, but the raw one: what the probe's requests moved.
             counter = TcpCounter(self.host, exclude_ports=[self._peer(RAW).port] if raw else ()) if self.tcp_available else None
             before = counter.snapshot() if counter else None
-            benchmark.pedantic(counted, setup=raw_round if raw else None, rounds=rounds, warmup_rounds=warmup_rounds)
+            # One call of target per round, warm-ups included (pedantic's iterations=1): the requests counted.
+            benchmark.pedantic(target, setup=raw_round if raw else None, rounds=rounds, warmup_rounds=warmup_rounds)
             moved = delta(before, counter.snapshot()) if counter else None
         finally:
             close()
@@ -163,7 +159,7 @@ class Calibration:
                 raw.close()
         median_s = benchmark.stats.stats.median
         interleaved_raw_s = statistics.median(raw_s[warmup_rounds:]) if raw else median_s
-        benchmark.extra_info.update(self._extra_info(probe, peer, median_s, interleaved_raw_s, moved, requests[0]))
+        benchmark.extra_info.update(self._extra_info(probe, peer, median_s, interleaved_raw_s, moved, rounds + warmup_rounds))
 
     def _target(self, probe: Probe, message: bytes) -> tuple[Callable[[], object], str, Callable[[], None]]:
         """(the measured action, which peer answers it, how to close what it opened)."""
