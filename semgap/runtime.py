@@ -9,8 +9,6 @@ from functools import cache
 
 import torch
 
-from semgap import codec
-
 # The decode paths an Engine can run, by the name benchmarks record in extra_info["fast_path"].
 EAGER_DYNAMIC = "eager-dynamic"  # Hugging Face eager code, a DynamicCache growing by one position per step
 STATIC = "static"  # eager code on a preallocated StaticCache (isolates what the cache layout alone changes)
@@ -128,11 +126,6 @@ def stopwatch(device: torch.device | str = "cpu"):
     finally:
         synchronize(device)
         timing["ms"] = (time.perf_counter() - start) * 1e3
-
-
-def compute_ms_text(milliseconds: float) -> str:
-    """A server's compute time for a response's metadata (fixed width: see codec.milliseconds_text)."""
-    return codec.milliseconds_text(milliseconds)
 
 
 def context_length(config) -> int:

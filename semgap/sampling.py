@@ -1,15 +1,18 @@
 """The one token sampler `local`'s generation loop and the server's token-returning techniques share.
 
-Greedy takes the argmax. Seeded top-k and top-p draw from a generator seeded by the sampler's seed
+Greedy takes the argmax where the logits are (runtime.greedy_token): only the token id reaches the
+host. Seeded top-k and top-p draw from a generator seeded by the sampler's seed
 and the position of the token being chosen, so a draw depends only on (logits row, seed, position):
 a client and a server that hold the same logits row pick the same token, whichever of them samples.
-The math runs on the CPU in float64 from the row as float32, whatever device or dtype produced it.
+Their math runs on the CPU in float64 from the row as float32, whatever device or dtype produced it.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
+
+from semgap.runtime import greedy_token
 
 KINDS = ("greedy", "top-k", "top-p")
 _POSITION_STRIDE = 1_000_003  # a prime above any context length: (seed, position) pairs never share a seed
@@ -58,9 +61,9 @@ class Sampler:
 
     def __call__(self, logits: torch.Tensor, position: int) -> int:
         """The token chosen at sequence `position` (the index the new token will have) from logits [..., vocab]."""
-        row = logits.reshape(-1, logits.shape[-1])[-1].detach().float().cpu().double()
         if self.kind == "greedy":
-            return int(row.argmax())
+            return greedy_token(logits)
+        row = logits.reshape(-1, logits.shape[-1])[-1].detach().float().cpu().double()
         if self.kind == "top-k":
             values, ids = row.topk(min(self.top_k, row.numel()))
         else:

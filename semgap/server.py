@@ -22,7 +22,7 @@ from semgap import codec, models, runtime, transport
 from semgap.batching import DecodeBatcher
 from semgap.kvrecovery.server import KvRecoveryServer
 from semgap.oplevel.server import OpLevelServer
-from semgap.runtime import Engine, cache_to_tensors, compute_ms_text, stopwatch, tensors_to_cache
+from semgap.runtime import Engine, cache_to_tensors, stopwatch, tensors_to_cache
 from semgap.techniques.serving import SemanticSessions
 from semgap.transport import auth
 
@@ -151,7 +151,7 @@ class ModelServer:
             )
         response = {"logits": step.logits}
         response.update({f"kv.{name}": t for name, t in cache_to_tensors(step.cache).items()})
-        return codec.encode(response, {"server_compute_ms": compute_ms_text(timing["ms"])})
+        return codec.encode(response, {"server_compute_ms": codec.milliseconds_text(timing["ms"])})
 
     def prefill(self, tensors, meta) -> bytes:
         self.check_weights(meta)
@@ -232,7 +232,7 @@ class ModelServer:
 
     def _logits_response(self, logits: torch.Tensor, compute_ms: float, **extra: str) -> bytes:
         """A blind session's answer: every logit the model produced, as it produced them."""
-        return codec.encode({"logits": logits}, {"server_compute_ms": compute_ms_text(compute_ms), **extra})
+        return codec.encode({"logits": logits}, {"server_compute_ms": codec.milliseconds_text(compute_ms), **extra})
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -22,7 +22,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from semgap import corpus, weights_cache
+from semgap import corpus, hostload, weights_cache
 
 BYTE_VOCABULARY = 256
 RESERVED_CONSTANT = 1.0  # the final layer norm's output in the reserved (last) hidden dimension
@@ -149,7 +149,7 @@ class TrainingRun:
 def train_into(preset: TrainedPreset, text: corpus.Corpus, directory: Path, progress: Callable[[str], None]) -> None:
     """Train, widen and evaluate `preset`; write its checkpoint and quality record into `directory`."""
     recipe = preset.recipe
-    load_at_start, build_start = _load_average(), time.monotonic()
+    load_at_start, build_start = hostload.load_avg_1m(), time.monotonic()
     with torch_threads(recipe.threads):
         run = train_byte_model(preset, text.train_bytes, progress)
         model = widen_vocabulary(run.model, preset)
@@ -166,7 +166,7 @@ def train_into(preset: TrainedPreset, text: corpus.Corpus, directory: Path, prog
         "corpus": {"source": text.source, "files": text.file_count, "train_bytes": len(text.train_bytes),
                    "held_out_bytes": len(text.held_out_bytes), "digest": text.digest},
         "cache_key": preset.cache_key(text.digest), "torch": torch.__version__, "python": platform.python_version(),
-        "machine": f"{platform.machine()} {_cpu_model()}", "load_average": {"start": load_at_start, "end": _load_average()},
+        "machine": f"{platform.machine()} {_cpu_model()}", "load_average": {"start": load_at_start, "end": hostload.load_avg_1m()},
         "date": time.strftime("%Y-%m-%d"),
     }
     (directory / QUALITY_FILE).write_text(json.dumps(quality, indent=2) + "\n")
@@ -341,13 +341,6 @@ def torch_threads(count: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
-
-
-def _load_average() -> float | None:
-    try:
-        return float(Path("/proc/loadavg").read_text().split()[0])
-    except OSError:
-        return None
 
 
 def _cpu_model() -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from semgap import codec, runtime
-from semgap.runtime import compute_ms_text, stopwatch, tensors_to_cache
+from semgap.runtime import stopwatch, tensors_to_cache
 
 
 class KvRecoveryServer:
@@ -73,7 +73,7 @@ class KvRecoveryServer:
     def _kept(self, cache: object, compute_ms: float) -> bytes:
         positions = cache.get_seq_length() if hasattr(cache, "get_seq_length") else 0
         return codec.encode({}, {"kv_handle": self.server.keep(cache), "positions": str(int(positions)),
-                                 "server_compute_ms": compute_ms_text(compute_ms)})
+                                 "server_compute_ms": codec.milliseconds_text(compute_ms)})
 
     def _layers(self) -> int:
         return int(self.server.engine.model.config.num_hidden_layers)

@@ -16,7 +16,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 from semgap import codec
 from semgap.oplevel import protocol
 from semgap.oplevel.protocol import ProtocolError
-from semgap.runtime import compute_ms_text, synchronize
+from semgap.runtime import synchronize
 
 MAX_SESSIONS = 16  # sessions a client never closed are dropped oldest first beyond this
 
@@ -70,7 +70,7 @@ class OpLevelServer:
         if document.get("post"):  # nobody reads this response: its time goes with the next one
             return codec.encode({})
         compute_ms, session.compute_ms = session.compute_ms, 0.0
-        return codec.encode(returned, {"server_compute_ms": compute_ms_text(compute_ms),
+        return codec.encode(returned, {"server_compute_ms": codec.milliseconds_text(compute_ms),
                                        protocol.REPLY_KEY: protocol.dumps(reply)})
 
     def op_stats(self, tensors, meta) -> bytes:
