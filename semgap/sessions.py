@@ -4,7 +4,7 @@ from __future__ import annotations
 import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import ClassVar
 
 from semgap import generate, transport
@@ -134,10 +134,12 @@ class ConcurrentSessions:
         self.contexts: list[ModeContext] = []
         self.modes: list[Mode] = []
         self.pool = ThreadPoolExecutor(max_workers=len(prompts), thread_name_prefix="semgap-session")
+        self.prefilled: list[tuple[int, object]] = []
         try:
             for _ in prompts:
-                context = ModeContext(base.model, transport.CountingTransport(connect()), semantic=base.semantic,
-                                      weights_handle=base.weights_handle)
+                # The run's context (model, techniques, sampler, weights handle) on a connection of its own;
+                # the client's local Engine stays the run's.
+                context = replace(base, transport=transport.CountingTransport(connect()), engine=None)
                 self.contexts.append(context)
                 mode = self.mode_class(context)
                 mode.setup()
@@ -145,7 +147,6 @@ class ConcurrentSessions:
         except BaseException:
             self.close()
             raise
-        self.prefilled: list[tuple[int, object]] = []
 
     @property
     def lossless(self) -> bool:

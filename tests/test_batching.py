@@ -1,5 +1,6 @@
 """Semantic batching: concurrent sessions' steps in one forward give every session local's tokens."""
 import argparse
+import dataclasses
 import json
 import threading
 
@@ -14,6 +15,7 @@ from semgap.modes.base import ModeContext
 from semgap.modes.local import LocalMode
 from semgap.modes.remote_cache import RemoteCacheMode
 from semgap.runtime import greedy_token
+from semgap.sampling import Sampler
 from semgap.sessions import ConcurrentSessions, flavour_class, session_prompts
 from semgap.tables import batching
 from .conftest import REPO
@@ -65,6 +67,29 @@ def test_every_concurrent_session_decodes_locals_tokens(flavour, uploaded, prese
                 assert figures["mean_batch_size"] is None
     finally:
         sessions.close()
+
+
+@pytest.mark.parametrize("flavour", ["blind", "semantic"])
+def test_concurrent_sessions_sample_with_the_runs_sampler(flavour, uploaded, preset_model, preset_server, prompts):
+    sampler = Sampler.parse("top-k=5,seed=3")
+    local = LocalMode(ModeContext(preset_model, sampler=sampler))
+    local.setup()
+    sampled = [generate.generate(local, prompt, STEPS)[1:] for prompt in prompts]
+    connect = lambda: transport.connect("tcp", preset_server.host, preset_server.port, timeout_s=30)
+    sessions = ConcurrentSessions(flavour, prompts, dataclasses.replace(uploaded, sampler=sampler), connect)
+    try:
+        sessions.prefill()
+        assert [session.tokens for session in sessions.decode_round(STEPS).sessions] == sampled
+    finally:
+        sessions.close()
+
+
+def test_sessions_that_cannot_connect_raise_why(preset_model, prompts):
+    def refused():
+        raise ConnectionRefusedError("nothing listens there")
+
+    with pytest.raises(ConnectionRefusedError, match="nothing listens there"):
+        ConcurrentSessions("blind", prompts, ModeContext(preset_model), refused)
 
 
 def _batcher(model, window_s=5.0) -> DecodeBatcher:
