@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from semgap import transport
+from semgap.link import Placement
 from semgap.serverproc import ServerProcess, free_port
 from semgap.transport import auth
 from semgap.wire import TcpCounter, delta, tcp_counters_available
@@ -89,11 +90,8 @@ class Calibration:
         self.resources = ExitStack()
         self.secret = session.secret or auth.new_secret().encode()
         self.link = session.link
-        if self.settings.link == "netns":
-            self.host, self.prefix, self.env = self.link.server_address, tuple(self.link.server_command([])), self.link.server_env()
-        else:
-            self.host, self.prefix, self.env = self.settings.host, (), {}
-        self.env = {**self.env, auth.SECRET_VARIABLE: self.secret.decode()}
+        self.place = self.link.placement() if self.settings.link == "netns" else Placement(self.settings.host)
+        self.host = self.place.host
         self.peers: dict[str, ServerProcess] = {}
         self.connections: dict[str, transport.Transport] = {}
         self.tcp_available = tcp_counters_available()[0]
@@ -122,7 +120,7 @@ class Calibration:
             return ""
         try:
             transport.check_bind(transport.transport_kind(probe.transport), self.host, has_secret=True,
-                                 allow_unauthenticated=bool(self.prefix))
+                                 allow_unauthenticated=self.place.namespaced)
         except transport.BindRefused as error:
             return str(error)
         return ""
@@ -182,13 +180,13 @@ class Calibration:
 
     def _peer(self, name: str) -> ServerProcess:
         if name not in self.peers:
-            port = NETNS_FIRST_PORT + len(self.peers) if self.prefix else free_port(self.host)
-            args = ("-m", "semgap.calibration_peer", "--transport", name, "--host", self.host, "--port", str(port))
-            if self.prefix and name == "rpc":  # only this host reaches the namespace, as with loopback
-                args += ("--allow-unauthenticated-rpc",)
+            port = NETNS_FIRST_PORT + len(self.peers) if self.place.namespaced else free_port(self.host)
+            args = ("-m", "semgap.calibration_peer", "--transport", name, "--host", self.host, "--port", str(port),
+                    *self.place.server_args(name))
             self.peers[name] = ServerProcess.start(
                 args, self.host, port, self.settings.results_dir / "logs", label=f"calibration-{name}",
-                command_prefix=self.prefix, env=self.env, ready_timeout_s=60,
+                command_prefix=self.place.command_prefix,
+                env={**self.place.env, auth.SECRET_VARIABLE: self.secret.decode()}, ready_timeout_s=60,
             )
             self.resources.callback(self.peers[name].stop)
         return self.peers[name]

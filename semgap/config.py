@@ -235,8 +235,8 @@ class SemgapConfig:
     alpha: float
     min_agreement: float
     enforce: bool
-    batch_sessions: tuple[int, ...] = (1, 4, 16)  # concurrent sessions per batching benchmark; () leaves them out
-    batch_rounds: int = 5
+    batch_sessions: tuple[int, ...]  # concurrent sessions per batching benchmark; () leaves them out
+    batch_rounds: int
 
     @classmethod
     def from_pytest(cls, config: pytest.Config) -> "SemgapConfig":

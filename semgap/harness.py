@@ -16,7 +16,7 @@ import transformers
 
 from semgap import codec, generate, hostload, interrupts, models, runtime, transport
 from semgap.config import SemgapConfig
-from semgap.link import LinkCounters, NetnsLink, cleanup_stale, format_rate
+from semgap.link import LinkCounters, NetnsLink, Placement, cleanup_stale, format_rate
 from semgap.modes import MODES, ModeContext, make_mode
 from semgap.modes.local import LocalMode
 from semgap.monitor import GpuMonitor, GpuSummary, unavailable_summary
@@ -413,25 +413,20 @@ def spawn_server(settings: SemgapConfig, secret: bytes, resources: ExitStack,
 
     With `--semgap-link netns` every call builds its own namespace and veth: each server is its own host.
     """
-    log_dir = settings.run_dir / "logs"
-    prefix: tuple[str, ...] = ()
-    env: dict[str, str] = {}
-    extra_args = settings.server_args()
-    host, link = settings.host, None
+    link, place = None, Placement(settings.host)
     if settings.link == "netns":
         cleanup_stale()
         link = resources.enter_context(NetnsLink(rate_bps=None))
-        prefix, env, host = tuple(link.server_command([])), link.server_env(), link.server_address
-        if settings.transport == "rpc":  # only this host reaches the namespace, as with loopback
-            extra_args += ("--allow-unauthenticated-rpc",)
-    env[auth.SECRET_VARIABLE] = secret.decode()
-    port = free_port(host) if settings.link == "loopback" else netns_port
+        place = link.placement()
+    port = free_port(place.host) if settings.link == "loopback" else netns_port
     server = ServerProcess.spawn(
-        settings.model, host, port, log_dir, extra_args=extra_args, command_prefix=prefix, env=env,
+        settings.model, place.host, port, settings.run_dir / "logs",
+        extra_args=(*settings.server_args(), *place.server_args(settings.transport)),
+        command_prefix=place.command_prefix, env={**place.env, auth.SECRET_VARIABLE: secret.decode()},
         ready_timeout_s=settings.server_start_timeout_s, progress=progress,
     )
     resources.callback(server.stop)
-    return SpawnedServer(server, host, port, link)
+    return SpawnedServer(server, place.host, port, link)
 
 
 def _resident(mode: type) -> bool:

@@ -10,7 +10,7 @@ import re
 import shutil
 import subprocess
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -298,6 +298,26 @@ def tbf_parameters(rate_bps: int) -> tuple[int, int]:
     return burst, limit
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where the run starts a server or a calibration peer: the address it serves on, the command prefix
+    that puts it there (`ip netns exec NS` for a namespace of this run), and the environment it needs."""
+
+    host: str
+    command_prefix: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def namespaced(self) -> bool:
+        """In a namespace of this run: only this host reaches it, as with loopback."""
+        return bool(self.command_prefix)
+
+    def server_args(self, transport_name: str) -> tuple[str, ...]:
+        """What a server of `transport_name` needs to serve here: PyTorch RPC, which cannot authenticate,
+        is let serve unauthenticated in the run's own namespace, as it does on loopback."""
+        return ("--allow-unauthenticated-rpc",) if self.namespaced and transport_name == "rpc" else ()
+
+
 class NetnsLink:
     """A veth pair from the root namespace (client) into a fresh namespace (server), on a private /30.
 
@@ -386,6 +406,10 @@ class NetnsLink:
                 _run([*prefix, "qdisc", "replace", "dev", ifname, "root", "tbf",
                       "rate", f"{rate_bps}bit", "burst", str(burst), "limit", str(limit)])
         self.rate_bps = rate_bps
+
+    def placement(self) -> Placement:
+        """A process in the server namespace, bound to the server veth."""
+        return Placement(self.server_address, tuple(self.server_command([])), self.server_env())
 
     def server_command(self, argv: Sequence[str]) -> list[str]:
         """argv run inside the server namespace."""

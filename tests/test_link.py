@@ -18,6 +18,7 @@ from semgap.link import (
     LinkCounters,
     LinkUnavailable,
     NetnsLink,
+    Placement,
     cleanup_stale,
     format_rate,
     link_available,
@@ -400,3 +401,10 @@ def test_rejects_nonpositive_rate_before_touching_the_kernel():
     with pytest.raises(ValueError, match="positive"):
         NetnsLink(rate_bps=0)
     assert not own_leftovers()
+
+
+def test_only_rpc_in_the_runs_namespace_is_let_serve_unauthenticated():
+    loopback, namespaced = Placement("127.0.0.1"), Placement("10.1.2.2", ("ip", "netns", "exec", "semgap-1-1"))
+    assert (loopback.namespaced, namespaced.namespaced) == (False, True)
+    assert namespaced.server_args("rpc") == ("--allow-unauthenticated-rpc",)
+    assert namespaced.server_args("tcp") == loopback.server_args("rpc") == loopback.server_args("tcp") == ()
