@@ -4,6 +4,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+# Imported once, now: it registers torch libraries in C++, and a pytester test (which restores sys.modules
+# when it ends) that first imported it would leave the next import to register them again and fail.
+import torch._dynamo  # noqa: F401
 
 from semgap import models, transport
 from semgap.serverproc import ServerProcess, free_port

@@ -134,7 +134,7 @@ def test_the_kv_table_shows_each_strategys_saving_against_the_blind_one_and_verd
 
 @pytest.mark.slow
 @netns_test
-def test_the_suite_measures_recovery_on_two_hosts_and_removes_both_also_when_a_strategy_fails(suite):
+def test_the_suite_measures_recovery_on_two_hosts_and_removes_both_also_when_a_strategy_fails(suite, preset_model):
     """Over netns each server is its own namespace; one strategy broken on purpose fails, the others report."""
     suite.makepyfile(test_kv_recovery=KV_BENCHMARK)
     suite.makeconftest(INNER_CONFTEST + (
@@ -152,7 +152,7 @@ def test_the_suite_measures_recovery_on_two_hosts_and_removes_both_also_when_a_s
     assert migration["wire_levels"] == ["payload", "tcp", "link"]
     # Both servers' veths count: the cache leaves host 1 and reaches host 2, so each way carries it once.
     assert migration["wire_link_bytes_received"] > migration["wire_tcp_bytes_received"] > cache_bytes(
-        models.build_model(models.ModelSpec(TEST_MODEL)), SUITE_PROMPT_TOKENS + 2)
+        preset_model, SUITE_PROMPT_TOKENS + 2)
     assert {info["token_agreement_with_local"] for info in kv.values()} == {1.0}
     report = (suite.path / "results" / "latest" / "report.md").read_text()
     strategies = {row["strategy"]: row for row in rows(report, "KV recovery: eviction and migration")}
