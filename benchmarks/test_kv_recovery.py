@@ -1,8 +1,8 @@
 """KV-cache recovery: a session's cache is evicted, or the session migrates to a second server; blind vs semantic."""
 import pytest
 
-from semgap.kvrecovery.bench import RecoveryHosts, RecoveryRunner, recovery_cases
-from semgap.plugin import settings_key
+from semgap.bench.kvrecovery import RecoveryHosts, RecoveryRunner, recovery_cases
+from semgap.bench.plugin import settings_key
 
 
 @pytest.fixture(scope="module")

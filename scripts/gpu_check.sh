@@ -103,4 +103,4 @@ run_session "3-$MODEL_B-naive" 45 --semgap-model "$MODEL_B" --semgap-modes naive
     --semgap-fast-path off --semgap-decode-steps 1 --semgap-blocks 1 --semgap-rounds 1 --semgap-warmup-rounds 0 --semgap-rpc-timeout 300
 
 echo "semgap gpu_check: sessions done at $(elapsed) s; summary in $OUT_DIR/summary.txt"
-"$PY" -m semgap.gpu_summary "$OUT_DIR" --out "$OUT_DIR/summary.txt"
+"$PY" -m semgap.report.gpu_summary "$OUT_DIR" --out "$OUT_DIR/summary.txt"

@@ -8,8 +8,10 @@ import pytest
 # when it ends) that first imported it would leave the next import to register them again and fail.
 import torch._dynamo  # noqa: F401
 
-from semgap import models, transport
-from semgap.serverproc import ServerProcess, free_port
+from semgap.model import presets
+
+from semgap.wire import transport
+from semgap.bench.testbed.serverproc import ServerProcess, free_port
 
 pytest_plugins = ["pytester"]
 
@@ -21,12 +23,12 @@ REPO = Path(__file__).resolve().parent.parent
 BENCHMARK = (REPO / "benchmarks" / "test_semantic_gap.py").read_text()
 CALIBRATION = (REPO / "benchmarks" / "test_calibration.py").read_text()
 # Inner sessions write their pid, so tests can tell their namespaces and servers from others'.
-INNER_CONFTEST = 'import os\npytest_plugins = ["semgap.plugin"]\nopen("inner.pid", "w").write(str(os.getpid()))\n'
+INNER_CONFTEST = 'import os\npytest_plugins = ["semgap.bench.plugin"]\nopen("inner.pid", "w").write(str(os.getpid()))\n'
 
 
 @pytest.fixture(scope="session")
 def preset_model():
-    return models.build_model(models.ModelSpec(TEST_MODEL))
+    return presets.build_model(presets.ModelSpec(TEST_MODEL))
 
 
 @contextmanager

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from semgap import rundir
-from semgap.link import link_available
-from semgap.wire import tcp_counters_available
+from semgap.bench import rundir
+from semgap.bench.testbed.link import link_available
+from semgap.bench.testbed.tcpcounters import tcp_counters_available
 
 QUICK = ("--semgap-rounds", "3", "--semgap-warmup-rounds", "1", "--semgap-prompt-tokens", "32",
          "--semgap-decode-steps", "3", "-p", "no:cacheprovider")
@@ -24,10 +24,10 @@ IP = shutil.which("ip") or "ip"  # resolved now: some tests strip PATH for the i
 # For an inner conftest: `_position(runner)` is the place of a CaseRunner among the benchmarks run so
 # far (0 for the first), whatever order the run chose for its cases.
 RUN_ORDER = r'''
-import semgap.harness
+import semgap.bench.harness
 
 _runners = []
-_setup = semgap.harness.CaseRunner._setup
+_setup = semgap.bench.harness.CaseRunner._setup
 
 
 def _counted_setup(runner, *args):
@@ -40,7 +40,7 @@ def _position(runner):
     return next(index for index, seen in enumerate(_runners) if seen is runner)
 
 
-semgap.harness.CaseRunner._setup = _counted_setup
+semgap.bench.harness.CaseRunner._setup = _counted_setup
 '''
 
 LINK_OK, LINK_REASON = link_available()

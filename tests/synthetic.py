@@ -96,7 +96,7 @@ def variant(techniques, phase="decode", latency_s=0.06, payload=(300, 300), agre
 
 
 def calibration(transport="rpc", small_call_us=100.0, throughput_bytes_per_s=1e9, link="loopback"):
-    """The ``semgap.calibration`` section the transport calibration writes, for raw TCP and one transport."""
+    """The ``semgap.bench.calibration`` section the transport calibration writes, for raw TCP and one transport."""
     return {"link": link, "transports": {
         "raw": {"small_call_us": 20.0, "throughput_bytes_per_s": 4e9, "peer": "calibration peer"},
         transport: {"small_call_us": small_call_us, "throughput_bytes_per_s": throughput_bytes_per_s,

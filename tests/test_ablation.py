@@ -2,7 +2,9 @@
 import pandas
 import pytest
 
-from semgap import ablation, frames, plots, report, verdicts
+from semgap.analysis import ablation, frames, verdicts
+
+from semgap.report import plots, writer
 
 from .markdown import rows
 from .synthetic import case, run_json, standard, variant
@@ -69,11 +71,11 @@ def test_a_lossy_technique_shows_its_agreement_beside_its_saving_and_codec_time_
 
 def test_random_weights_are_marked_as_such():
     data = ablation_run()
-    md = report.markdown(verdicts.compute(data, n_resamples=200), data)
+    md = writer.markdown(verdicts.compute(data, n_resamples=200), data)
     assert "- **Random weights**: rows whose weights are `random` ran on an untrained preset." in md
     assert {r["weights"] for r in rows(md, "Ablation")} == {"random"}
     trained = ablation_run(weights="trained")
-    assert "**Random weights**" not in report.markdown(verdicts.compute(trained, n_resamples=200), trained)
+    assert "**Random weights**" not in writer.markdown(verdicts.compute(trained, n_resamples=200), trained)
 
 
 def test_verdicts_judge_only_the_headline_set():
@@ -86,7 +88,7 @@ def test_verdicts_judge_only_the_headline_set():
 
 def test_no_semantic_row_no_ablation_section():
     data = run_json([case("local"), case("remote_cache")])
-    assert "## Ablation" not in report.markdown(verdicts.compute(data, n_resamples=200), data)
+    assert "## Ablation" not in writer.markdown(verdicts.compute(data, n_resamples=200), data)
 
 
 def test_the_tradeoff_plot_annotates_agreement(tmp_path):

@@ -7,17 +7,21 @@ import threading
 import pytest
 import torch
 
-from semgap import codec, generate, models, transport
-from semgap.batching import DecodeBatcher
-from semgap.techniques.serving import SemanticSessions
-from semgap.config import _session_counts
-from semgap.modes.base import ModeContext
-from semgap.modes.local import LocalMode
-from semgap.modes.remote_cache import RemoteCacheMode
-from semgap.runtime import greedy_token
-from semgap.sampling import Sampler
-from semgap.sessions import ConcurrentSessions, flavour_class, session_prompts
-from semgap.tables import batching
+from semgap.wire import codec, transport
+
+from semgap.client import generate
+
+from semgap.model import presets
+from semgap.server.batching import DecodeBatcher
+from semgap.server.semantic import SemanticSessions
+from semgap.bench.config import _session_counts
+from semgap.client.modes.base import ModeContext
+from semgap.client.modes.local import LocalMode
+from semgap.client.modes.remote_cache import RemoteCacheMode
+from semgap.model.runtime import greedy_token
+from semgap.model.sampling import Sampler
+from semgap.client.sessions import ConcurrentSessions, flavour_class, session_prompts
+from semgap.report.tables import batching
 from .conftest import REPO
 
 STEPS = 5
@@ -26,7 +30,7 @@ SESSIONS = 4
 
 @pytest.fixture(scope="module")
 def prompts(preset_model):
-    return session_prompts(models.prompt_ids(32, preset_model.config.vocab_size), SESSIONS)
+    return session_prompts(presets.prompt_ids(32, preset_model.config.vocab_size), SESSIONS)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from semgap import models, transport
+from semgap.model import presets
+
+from semgap.wire import transport
 
 from .conftest import REPO
 
@@ -37,7 +39,7 @@ def test_the_baseline_holds_every_case_of_the_default_run(outside_xdist):
     assert cases and {bench["name"] for bench in recorded["benchmarks"]} == cases
     conditions = recorded["semgap"]
     assert (conditions["model"], conditions["transport"], conditions["run_status"]) == (
-        models.DEFAULT_MODEL, transport.DEFAULT_TRANSPORT, "complete")
+        presets.DEFAULT_MODEL, transport.DEFAULT_TRANSPORT, "complete")
     # judged on kernel TCP bytes, which are exact: every remote case has them
     assert all(bench["extra_info"]["wire_tcp_bytes_sent_rounds"][0] is not None
                for bench in recorded["benchmarks"] if bench["extra_info"]["mode"] != "local")

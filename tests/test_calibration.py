@@ -6,8 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from semgap import calibration, measurements, transport
-from semgap.link import link_available
+from semgap.bench import calibration
+
+from semgap.analysis import measurements
+
+from semgap.wire import transport
+from semgap.bench.testbed.link import link_available
 
 from .conftest import CALIBRATION, INNER_CONFTEST
 from .inner import latest_json
@@ -61,7 +65,7 @@ def record_live_peers(request):
         live = []  # this run's peers: started from this directory (other suites may run in parallel)
         for proc in Path("/proc").glob("[0-9]*"):
             try:
-                if b"semgap.calibration_peer" in (proc / "cmdline").read_bytes().split(b"\0") and \
+                if b"semgap.server.calibration_peer" in (proc / "cmdline").read_bytes().split(b"\0") and \
                         os.readlink(proc / "cwd") == os.getcwd():
                     live.append(proc.name)
             except OSError:
@@ -75,7 +79,7 @@ def peer_processes(cwd: Path) -> list[int]:
     found = []
     for proc in Path("/proc").glob("[0-9]*"):
         try:
-            if b"semgap.calibration_peer" in (proc / "cmdline").read_bytes().split(b"\0") and \
+            if b"semgap.server.calibration_peer" in (proc / "cmdline").read_bytes().split(b"\0") and \
                     os.readlink(proc / "cwd") == os.path.realpath(cwd):
                 found.append(int(proc.name))
         except OSError:

@@ -5,7 +5,7 @@ import time
 import pytest
 import torch
 
-from semgap import codec
+from semgap.wire import codec
 
 
 def sample():

@@ -1,8 +1,10 @@
-"""Tests of semgap.costmodel: round trips x RTT + bytes / rate + compute, checked against measurement."""
+"""Tests of semgap.analysis.costmodel: round trips x RTT + bytes / rate + compute, checked against measurement."""
 import pytest
 
-from semgap import costmodel, frames, report, verdicts
-from semgap.costmodel import CaseCost, Calibration
+from semgap.analysis import costmodel, frames, verdicts
+
+from semgap.report import writer
+from semgap.analysis.costmodel import CaseCost, Calibration
 
 from .markdown import tables
 from .synthetic import calibration, case, run_json
@@ -91,7 +93,7 @@ def test_the_report_shows_measured_against_predicted_per_case_and_rate():
         specs += [case("remote_cache", latency_s=0.0017 + 2200 * 8 / bps, rate=rate, bps=bps, round_trips=2),
                   case("semantic", latency_s=0.003, payload=(300, 300), rate=rate, bps=bps, round_trips=2)]
     data = run_json(specs, noise=0.0, drift=0.0, calibration=calibration("rpc", 100.0, 1e9, "netns"))
-    md = report.markdown(verdicts.compute(data, n_resamples=200), data)
+    md = writer.markdown(verdicts.compute(data, n_resamples=200), data)
     points, (fit,) = tables(md, "Cost model: round trips x RTT + bytes / rate + compute")
     assert [(p["rate"], p["case"], p["rate bit/s"]) for p in points] == [
         ("100mbit", "remote_cache", "100 Mbit/s"), ("100mbit", "semantic", "100 Mbit/s"),

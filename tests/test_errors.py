@@ -2,8 +2,8 @@
 and a command line that cannot measure stops before anything is built, saying what to type instead."""
 import pytest
 
-from semgap.modes import MODES, PHASES
-from semgap.serverproc import free_port
+from semgap.client.modes import MODES, PHASES
+from semgap.bench.testbed.serverproc import free_port
 
 from .conftest import INNER_CONFTEST, REPO
 from .inner import QUICK, RUN_ORDER, by_case, new_run_dirs, run_json
@@ -29,7 +29,7 @@ def _kill_the_server_before(target):
 
 
 for _target in ("_prefill_round", "_decode_round"):
-    setattr(semgap.harness.CaseRunner, _target, _kill_the_server_before(getattr(semgap.harness.CaseRunner, _target)))
+    setattr(semgap.bench.harness.CaseRunner, _target, _kill_the_server_before(getattr(semgap.bench.harness.CaseRunner, _target)))
 '''
 
 

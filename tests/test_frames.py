@@ -1,10 +1,10 @@
-"""Tests of semgap.frames: the tidy frame of every round, and per-case aggregates over it."""
+"""Tests of semgap.analysis.frames: the tidy frame of every round, and per-case aggregates over it."""
 import math
 
 import pytest
 
-from semgap import frames
-from semgap.measurements import InvalidBenchmarkJSON
+from semgap.analysis import frames
+from semgap.analysis.measurements import InvalidBenchmarkJSON
 
 from .synthetic import case, legacy, run_json, standard
 

@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from semgap import gpu_summary
+from semgap.report import gpu_summary
 
 from .conftest import REPO
 

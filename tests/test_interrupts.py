@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from semgap.link import cleanup_stale
-from semgap.serverproc import READY_LINE
+from semgap.bench.testbed.link import cleanup_stale
+from semgap.bench.testbed.serverproc import READY_LINE
 
 from .conftest import INNER_CONFTEST
 from .inner import (QUICK, RUN_ORDER, SMALL, by_case, latest_json, leftovers, namespaces, needs_link, needs_tcp,
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow
 # commands it runs get the signal too.
 SIGNAL_AT_A_POINT = RUN_ORDER + r'''
 import signal
-import semgap.report, semgap.serverproc
+import semgap.report.writer, semgap.bench.testbed.serverproc
 
 _point, _signal = os.environ["SEMGAP_TEST_SIGNAL"].split(":")
 
@@ -42,15 +42,15 @@ def _signal_before(owner, name, when=lambda *args: True):
 
 
 if _point == "server-start":  # the link exists, the server is starting: before the first round
-    _signal_before(semgap.serverproc.ServerProcess, "wait_ready")
+    _signal_before(semgap.bench.testbed.serverproc.ServerProcess, "wait_ready")
 elif _point == "mid-round":  # the second benchmark's warm-up round, after the first finished: pytest-benchmark
     # then holds a record of it without a single round (Ctrl-C there used to end in min() of an empty list)
-    _signal_before(semgap.harness.CaseRunner, "_teardown",
+    _signal_before(semgap.bench.harness.CaseRunner, "_teardown",
                    lambda runner, *args: _position(runner) == 1 and not runner.rounds)
 elif _point == "teardown":  # every benchmark finished; the link and server are being removed
-    _signal_before(semgap.harness.ExperimentSession, "close")
+    _signal_before(semgap.bench.harness.ExperimentSession, "close")
 elif _point == "report":
-    _signal_before(semgap.report, "write")
+    _signal_before(semgap.report.writer, "write")
 '''
 
 

@@ -2,12 +2,18 @@
 import pytest
 import torch
 
-from semgap import codec, generate, models, runtime, tables, transport
-from semgap.kvrecovery.bench import recovery_cases
-from semgap.kvrecovery.strategies import ResidentSteps, begin_session, continue_after, make_strategy
-from semgap.measurements import read_run
-from semgap.modes import ModeContext
-from semgap.modes.local import LocalMode
+from semgap.wire import codec, transport
+
+from semgap.client import generate
+
+from semgap.model import presets, runtime
+
+from semgap.report import tables
+from semgap.bench.kvrecovery import recovery_cases
+from semgap.client.kvrecovery import ResidentSteps, begin_session, continue_after, make_strategy
+from semgap.analysis.measurements import read_run
+from semgap.client.modes import ModeContext
+from semgap.client.modes.local import LocalMode
 
 from .conftest import INNER_CONFTEST, REPO, TEST_MODEL, spawned_server
 from .inner import SMALL, leftovers, netns_test, run_suite
@@ -38,7 +44,7 @@ def servers(preset_model, client, second_server):
 
 @pytest.fixture(scope="module")
 def prompt(preset_model):
-    return models.prompt_ids(PROMPT_TOKENS, preset_model.config.vocab_size)
+    return presets.prompt_ids(PROMPT_TOKENS, preset_model.config.vocab_size)
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +144,7 @@ def test_the_suite_measures_recovery_on_two_hosts_and_removes_both_also_when_a_s
     """Over netns each server is its own namespace; one strategy broken on purpose fails, the others report."""
     suite.makepyfile(test_kv_recovery=KV_BENCHMARK)
     suite.makeconftest(INNER_CONFTEST + (
-        "import semgap.kvrecovery.strategies as strategies\n"
+        "import semgap.client.kvrecovery as strategies\n"
         "def broken(*args):\n    raise RuntimeError('broken on purpose')\n"
         "strategies.RecomputeSinceSync.recover = broken\n"))
     result, output, pid = run_suite(suite, *SMALL, "--semgap-link", "netns", "--semgap-decode-steps", "4")

@@ -1,4 +1,4 @@
-"""Tests of semgap.link on real network namespaces, veth pairs and tbf qdiscs (needs root and iproute2)."""
+"""Tests of semgap.bench.testbed.link on real network namespaces, veth pairs and tbf qdiscs (needs root and iproute2)."""
 from __future__ import annotations
 
 import gzip
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from semgap.link import (
+from semgap.bench.testbed.link import (
     LinkCounters,
     LinkUnavailable,
     NetnsLink,
@@ -25,8 +25,8 @@ from semgap.link import (
     netem_available,
     parse_rate,
 )
-from semgap.link import _owner_alive
-from semgap.wire import TcpBytes, TcpCounter, delta
+from semgap.bench.testbed.link import _owner_alive
+from semgap.bench.testbed.tcpcounters import TcpBytes, TcpCounter, delta
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Smallest per-packet header the veth can carry: Ethernet 14 + IPv4 20 + TCP 20 bytes.
@@ -54,7 +54,7 @@ while True:
 
 # A process that builds a link and then waits to be killed: a crashed owner.
 CRASHING_OWNER = r"""
-from semgap.link import NetnsLink
+from semgap.bench.testbed.link import NetnsLink
 link = NetnsLink()
 print(link.namespace, link.client_ifname, flush=True)
 import time; time.sleep(60)

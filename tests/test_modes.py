@@ -3,8 +3,10 @@ import dataclasses
 
 import pytest
 
-from semgap import generate, models, runtime
-from semgap.modes import MODES, ModeContext, make_mode
+from semgap.client import generate
+
+from semgap.model import presets, runtime
+from semgap.client.modes import MODES, ModeContext, make_mode
 from semgap.techniques import TechniqueSet
 
 STEPS = 5
@@ -12,7 +14,7 @@ STEPS = 5
 
 @pytest.fixture(scope="module")
 def prompt(preset_model):
-    return models.prompt_ids(128, preset_model.config.vocab_size)
+    return presets.prompt_ids(128, preset_model.config.vocab_size)
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Tests for semgap.monitor: window statistics on fake sources, lifecycle, and the no-driver path."""
+"""Tests for semgap.bench.testbed.monitor: window statistics on fake sources, lifecycle, and the no-driver path."""
 import ctypes
 import itertools
 import json
@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from semgap.monitor import (
+from semgap.bench.testbed.monitor import (
     METRIC_GPM_SM_UTIL,
     METRIC_NVML_UTIL,
     NOTE_SHORT_WINDOW,

@@ -5,9 +5,13 @@ import uuid
 import pytest
 import torch
 
-from semgap import codec, generate, models, transport
-from semgap.modes import ModeContext, make_mode
-from semgap.oplevel import protocol
+from semgap.wire import codec, transport
+
+from semgap.client import generate
+
+from semgap.model import presets
+from semgap.client.modes import ModeContext, make_mode
+from semgap.wire import op_protocol
 
 STEPS = 5
 OP_MODES = ("op_sync", "op_pipelined")
@@ -24,7 +28,7 @@ class RecordingTransport:
 
     def _record(self, op, request):
         if op == "op_batch":
-            document = protocol.loads(codec.decode(request)[1][protocol.REQUEST_KEY])
+            document = op_protocol.loads(codec.decode(request)[1][op_protocol.REQUEST_KEY])
             self.ops.extend(entry[0] for entry in document.get("ops", []))
 
     def call(self, op, request, timeout_s=None):
@@ -38,7 +42,7 @@ class RecordingTransport:
 
 @pytest.fixture(scope="module")
 def prompt(preset_model):
-    return models.prompt_ids(128, preset_model.config.vocab_size)
+    return presets.prompt_ids(128, preset_model.config.vocab_size)
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +141,7 @@ def test_only_the_row_the_program_reads_comes_back(name, context, prompt, opened
     vocab = context.model.config.vocab_size
     # local's own code reads logits[0, -1].float(): one float32 row, not 128 rows in the model's dtype.
     assert vocab * 4 <= prefill.bytes_received < vocab * 4 + 200 * prefill.round_trips
-    assert prefill.bytes_sent < 0.01 * sum(t.nbytes for t in models.weights_of(context.model).values())
+    assert prefill.bytes_sent < 0.01 * sum(t.nbytes for t in presets.weights_of(context.model).values())
 
 
 def test_weights_are_named_not_shipped_again(context, opened):
@@ -183,16 +187,16 @@ def test_reads_branches_and_data_dependent_shapes_wait_for_the_server(context, o
 
 
 def send(client, document, tensors=None):
-    meta = {protocol.REQUEST_KEY: protocol.dumps(document)}
+    meta = {op_protocol.REQUEST_KEY: op_protocol.dumps(document)}
     return codec.decode(client.call("op_batch", codec.encode(tensors or {}, meta)))
 
 
 @pytest.fixture
 def open_session(context):
-    entries = protocol.resident_tensors(context.model)
+    entries = op_protocol.resident_tensors(context.model)
     session = uuid.uuid4().hex
     send(context.transport, {"session": session, "ops": [], "open": {
-        "weights": context.weights_handle, "tensors": len(entries), "names_sha256": protocol.manifest_sha256(entries)}})
+        "weights": context.weights_handle, "tensors": len(entries), "names_sha256": op_protocol.manifest_sha256(entries)}})
     yield session
     send(context.transport, {"session": session, "close": True})
 
@@ -242,4 +246,4 @@ def test_a_malformed_request_is_refused_with_what_is_wrong(context, open_session
     with pytest.raises(transport.ServerError, match="malformed op entry"):
         send(context.transport, {"session": open_session, "ops": ["aten::neg.default"]})
     with pytest.raises(transport.ServerError, match="carries a JSON document"):
-        codec.decode(context.transport.call("op_batch", codec.encode({}, {protocol.REQUEST_KEY: "{not json"})))
+        codec.decode(context.transport.call("op_batch", codec.encode({}, {op_protocol.REQUEST_KEY: "{not json"})))

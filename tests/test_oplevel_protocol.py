@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from semgap.oplevel import protocol
-from semgap.oplevel.protocol import ProtocolError
+from semgap.wire import op_protocol
+from semgap.wire.op_protocol import ProtocolError
 
 DEVICE = torch.device("cpu")
 
@@ -17,8 +17,8 @@ def round_trip(value):
         uploads[f"u{len(uploads)}"] = tensor
         return {"upload": f"u{len(uploads) - 1}"}
 
-    text = protocol.dumps(protocol.encode_value(value, tensor_ref))
-    return protocol.decode_value(protocol.loads(text), lambda ref: uploads[ref["upload"]], DEVICE)
+    text = op_protocol.dumps(op_protocol.encode_value(value, tensor_ref))
+    return op_protocol.decode_value(op_protocol.loads(text), lambda ref: uploads[ref["upload"]], DEVICE)
 
 
 @pytest.mark.parametrize("value", [
@@ -34,9 +34,9 @@ def test_nan_tuples_devices_and_tensors():
     assert math.isnan(round_trip(float("nan")))
     assert round_trip((1, 2)) == [1, 2]  # tuples travel as lists: aten accepts either
     assert round_trip(torch.device("cpu")) == torch.device("cpu")
-    remote = protocol.encode_value(torch.device("meta"), None)  # any device but the host is the server's
+    remote = op_protocol.encode_value(torch.device("meta"), None)  # any device but the host is the server's
     assert remote == {"device": "remote"}
-    assert protocol.decode_value(remote, None, torch.device("meta")) == torch.device("meta")  # the server's device
+    assert op_protocol.decode_value(remote, None, torch.device("meta")) == torch.device("meta")  # the server's device
     tensor = torch.arange(3)
     assert round_trip([tensor])[0] is tensor
 
@@ -52,34 +52,34 @@ def test_nan_tuples_devices_and_tensors():
 ])
 def test_malformed_values_are_refused(value, message):
     with pytest.raises(ProtocolError, match=message):
-        protocol.decode_value(value, None, DEVICE)
+        op_protocol.decode_value(value, None, DEVICE)
 
 
 def test_values_without_an_encoding_are_refused():
     with pytest.raises(TypeError, match="argument of type object has no wire encoding"):
-        protocol.encode_value(object(), None)
+        op_protocol.encode_value(object(), None)
 
 
 @pytest.mark.parametrize("name", ["aten::mm.default", "aten::add.Tensor", "aten::_to_copy.default"])
 def test_aten_ops_resolve_by_name(name):
-    assert protocol.op_name(protocol.resolve_op(name)) == name
+    assert op_protocol.op_name(op_protocol.resolve_op(name)) == name
 
 
 @pytest.mark.parametrize("name", ["aten::from_file.default", "prims::add.default", "aten::mm", "mm", None,
                                   "aten::mm.default; import os", "aten::__class__.default"])
 def test_other_names_are_refused(name):
     with pytest.raises(ProtocolError, match="refused op|unknown op"):
-        protocol.resolve_op(name)
+        op_protocol.resolve_op(name)
 
 
 def test_the_weight_manifest_names_shapes_and_dtypes():
     first = [("a", torch.zeros(2, 3)), ("b", torch.zeros(3))]
-    assert protocol.manifest_sha256(first) == protocol.manifest_sha256([(n, t.clone()) for n, t in first])
-    assert protocol.manifest_sha256(first) != protocol.manifest_sha256([("a", torch.zeros(3, 2)), ("b", torch.zeros(3))])
-    assert protocol.manifest_sha256(first) != protocol.manifest_sha256([("a", torch.zeros(2, 3).half()), first[1]])
+    assert op_protocol.manifest_sha256(first) == op_protocol.manifest_sha256([(n, t.clone()) for n, t in first])
+    assert op_protocol.manifest_sha256(first) != op_protocol.manifest_sha256([("a", torch.zeros(3, 2)), ("b", torch.zeros(3))])
+    assert op_protocol.manifest_sha256(first) != op_protocol.manifest_sha256([("a", torch.zeros(2, 3).half()), first[1]])
 
 
 def test_storage_extent():
-    assert protocol.storage_extent((2, 3), (3, 1), 0) == 6
-    assert protocol.storage_extent((2, 3), (1, 2), 4) == 4 + 1 + 4 + 1
-    assert protocol.storage_extent((0, 3), (3, 1), 5) == 5
+    assert op_protocol.storage_extent((2, 3), (3, 1), 0) == 6
+    assert op_protocol.storage_extent((2, 3), (1, 2), 4) == 4 + 1 + 4 + 1
+    assert op_protocol.storage_extent((0, 3), (3, 1), 5) == 5

@@ -5,8 +5,8 @@ import sys
 
 import pytest
 
-from semgap import calibration
-from semgap.models import presets
+from semgap.bench import calibration
+from semgap.model.presets import named as presets
 
 from .conftest import CALIBRATION, INNER_CONFTEST, TEST_MODEL
 from .inner import QUICK, by_case, latest_json, new_run_dirs, run_json
@@ -95,7 +95,7 @@ def test_a_decode_length_sweep_shows_naive_bytes_per_step_growing_and_resident_o
 def test_a_lossless_mode_with_other_tokens_than_local_fails_its_benchmark_and_keeps_its_data(suite):
     # A client-side fault: remote_cache reads a logits row shifted by one, so its greedy tokens change.
     suite.makeconftest(INNER_CONFTEST + (
-        "import torch\nfrom semgap.modes import remote_cache\n"
+        "import torch\nfrom semgap.client.modes import remote_cache\n"
         "original = remote_cache.RemoteCacheMode.decode_one_token\n"
         "def shifted(self, token_id, state):\n"
         "    logits, state = original(self, token_id, state)\n"

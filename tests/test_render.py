@@ -1,4 +1,4 @@
-"""Tests of semgap.render: one frame, three renderings (Markdown, LaTeX, CSV), and a report.tex that compiles."""
+"""Tests of semgap.report.render: one frame, three renderings (Markdown, LaTeX, CSV), and a report.tex that compiles."""
 import io
 import shutil
 import subprocess
@@ -6,8 +6,10 @@ import subprocess
 import pandas
 import pytest
 
-from semgap import report, verdicts
-from semgap.render import Section, Table, count, latex_escape, pct
+from semgap.report import writer
+
+from semgap.analysis import verdicts
+from semgap.report.render import Section, Table, count, latex_escape, pct
 
 from .synthetic import run_json, standard
 
@@ -47,7 +49,7 @@ def test_latex_escape():
 def test_report_tex_compiles_in_a_minimal_document(tmp_path):
     data = run_json(standard("prefill") + standard())
     data["semgap"]["failures"] = [{"name": "test_semantic_gap[x_y-decode]", "reason": "a & b < 100% of {c}"}]
-    report.write(verdicts.compute(data, n_resamples=200), data, tmp_path)
+    writer.write(verdicts.compute(data, n_resamples=200), data, tmp_path)
     (tmp_path / "paper.tex").write_text("\\documentclass{article}\n\\usepackage{booktabs,graphicx}\n"
                                         "\\begin{document}\n\\input{report.tex}\n\\end{document}\n")
     proc = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "paper.tex"], cwd=tmp_path,

@@ -1,4 +1,4 @@
-"""Tests of semgap.report and semgap.compare: files written, terminal lines, run comparison and the CLI."""
+"""Tests of semgap.report.writer and semgap.analysis.compare: files written, terminal lines, run comparison and the CLI."""
 import json
 import subprocess
 import sys
@@ -7,7 +7,9 @@ from pathlib import Path
 import pandas
 import pytest
 
-from semgap import compare, plots, report, verdicts
+from semgap.analysis import compare, verdicts
+
+from semgap.report import plots, writer
 
 from .markdown import rows
 from .synthetic import case, legacy, run_json, standard
@@ -23,7 +25,7 @@ def both_phases(**kw):
 
 def test_write_creates_report_files_with_their_source(tmp_path):
     data = both_phases()
-    paths = report.write(verdicts.compute(data), data, tmp_path / "out")
+    paths = writer.write(verdicts.compute(data), data, tmp_path / "out")
     tables = {p.name for p in paths if p.parent.name == "tables"}
     assert sorted(p.name for p in paths if p.parent.name == "out") == [
         "latency_vs_bytes.png", "report.md", "report.tex", "tradeoff.png", "verdicts.json"]
@@ -57,7 +59,7 @@ def test_write_creates_report_files_with_their_source(tmp_path):
 
 def test_every_table_is_the_same_frame_in_markdown_latex_and_csv(tmp_path):
     data = both_phases()
-    report.write(verdicts.compute(data), data, tmp_path)
+    writer.write(verdicts.compute(data), data, tmp_path)
     md, tex = (tmp_path / "report.md").read_text(), (tmp_path / "report.tex").read_text()
     cases = pandas.read_csv(tmp_path / "tables" / "cases.csv")
     assert len(cases) == len(rows(md, "Per case")) == 8
@@ -74,17 +76,17 @@ def test_every_table_is_the_same_frame_in_markdown_latex_and_csv(tmp_path):
 def test_a_rewritten_report_leaves_no_stale_table(tmp_path):
     failed = both_phases()
     failed["semgap"]["failures"] = [{"name": "test_semantic_gap[naive-decode-b03]", "reason": "RuntimeError: boom"}]
-    report.write(verdicts.compute(failed, n_resamples=200), failed, tmp_path)
+    writer.write(verdicts.compute(failed, n_resamples=200), failed, tmp_path)
     assert (tmp_path / "tables" / "failures.csv").exists()
     clean = both_phases()
-    report.write(verdicts.compute(clean, n_resamples=200), clean, tmp_path)
+    writer.write(verdicts.compute(clean, n_resamples=200), clean, tmp_path)
     assert not (tmp_path / "tables" / "failures.csv").exists() and (tmp_path / "tables" / "cases.csv").exists()
 
 
 def test_report_shows_lossy_labels_load_warnings_and_an_incomplete_run():
     data = run_json(standard(agreement=0.8), loads={2: 3.1}, run_status="interrupted", interrupted_by="SIGTERM")
     rv = verdicts.compute(data)
-    md = report.markdown(rv, data)
+    md = writer.markdown(rv, data)
     assert md.splitlines()[2] == ("> **This run is INTERRUPTED by SIGTERM: its verdicts rest only on the blocks that "
                                   "finished and must not be quoted as a complete run's.**")
     verdict_cells = [r["verdict"] for heading in ("Headline verdicts (against the strongest blind baseline)",
@@ -95,14 +97,14 @@ def test_report_shows_lossy_labels_load_warnings_and_an_incomplete_run():
     (warning,) = rows(md, "Load")
     assert list(warning.values())[:5] == ["2", "3.10", "2", "0.0", "load 3.10 > 2 cores"]
     assert warning["H2 verdicts it fed"].startswith("H2 gpt2-test decode (5 steps) vs remote_cache; ")
-    tex = report.latex(rv, data)
+    tex = writer.latex(rv, data)
     assert tex.count("INTERRUPTED RUN: only the blocks that finished.}") == tex.count("\\caption{") > 0
 
 
 def test_the_link_cross_check_sits_beside_h1():
     data = run_json([case("remote_cache", link_extra=5000), case("semantic", latency_s=0.06, payload=(300, 300),
                                                                  link_extra=200, wire_tcp_bytes_retransmitted_sent_rounds=[7, 0, 0])])
-    md = report.markdown(verdicts.compute(data), data)
+    md = writer.markdown(verdicts.compute(data), data)
     (check,) = rows(md, "H1 cross-check: link bytes and retransmissions (never judged)")
     assert list(check.values()) == ["gpt2-test", "decode", "-", "5", "remote_cache", "tcp", "+63.6%", "+91.7%", "0",
                                     "-"]
@@ -113,7 +115,7 @@ def test_conditions_total_the_retransmitted_bytes():
     data = both_phases()
 
     def row() -> str:
-        markdown = report.markdown(verdicts.compute(data), data)
+        markdown = writer.markdown(verdicts.compute(data), data)
         return {r["item"]: r["value"] for r in rows(markdown, "Conditions")}["TCP retransmitted (in link bytes)"]
 
     assert row() == "-"  # a run from before the field: nothing claimed
@@ -129,12 +131,12 @@ def test_failures_only_run_still_writes_a_report(tmp_path):
                                                        "reason": "RuntimeError: boom\ntraceback..."}],
                                          "warnings": ["netns unavailable"]}}
     rv = verdicts.compute(data)
-    paths = report.write(rv, data, tmp_path)
+    paths = writer.write(rv, data, tmp_path)
     assert sorted(p.name for p in paths) == ["conditions.csv", "failures.csv", "report.md", "report.tex", "verdicts.json"]
     md = (tmp_path / "report.md").read_text()
     assert rows(md, "Failures") == [{"benchmark": "test_semantic_gap[semantic-decode]", "reason": "RuntimeError: boom"}]
     assert "measurement warning: netns unavailable" in md
-    assert report.terminal_lines(rv) == []
+    assert writer.terminal_lines(rv) == []
 
 
 def test_rate_plot_only_with_rates(tmp_path):
@@ -142,7 +144,7 @@ def test_rate_plot_only_with_rates(tmp_path):
     for rate, bps, sem in (("100mbit", 10**8, 0.06), ("1gbit", 10**9, 0.08), ("10gbit", 10**10, 0.09)):
         specs += [case("remote_cache", rate=rate, bps=bps), case("semantic", latency_s=sem, rate=rate, bps=bps)]
     data = run_json(specs, link="netns", noise=0.0)
-    names = {p.name for p in report.write(verdicts.compute(data), data, tmp_path)}
+    names = {p.name for p in writer.write(verdicts.compute(data), data, tmp_path)}
     assert "latency_vs_rate.png" in names
     md = (tmp_path / "report.md").read_text()
     assert "## Link-rate crossover (H2)" in md and "interpolated" in md
@@ -158,7 +160,7 @@ def test_plot_legends_mark_a_lossy_candidate():
 # ---------------------------------------------------------------- terminal lines
 
 def test_terminal_lines_show_the_headline_verdicts():
-    meaning, design, *lines, others = report.terminal_lines(verdicts.compute(both_phases(semantic_latency=0.095)))
+    meaning, design, *lines, others = writer.terminal_lines(verdicts.compute(both_phases(semantic_latency=0.095)))
     assert meaning.startswith("reduction = 1 - semantic/baseline")
     assert design == "thresholds H1 30%, H2 15%; H2 on 10 blocks x 3 rounds, p Holm-adjusted over 4 test(s)"
     assert len(lines) == 4 and others == "4 further verdict(s) against weaker blind baselines: see report.md"
@@ -171,7 +173,7 @@ def test_terminal_lines_show_the_headline_verdicts():
 
 def test_terminal_lines_say_lossy_load_and_status():
     data = run_json(standard(agreement=0.5), loads={1: 4.0}, run_status="failed")
-    lines = report.terminal_lines(verdicts.compute(data))
+    lines = writer.terminal_lines(verdicts.compute(data))
     assert lines[0].startswith("semgap: This run is FAILED:")
     assert sum(ln.endswith("LOSSY (agreement 0.500)") for ln in lines) == 2
     assert lines[-1] == "load warning: block 1: load 4.00 > 2 cores; fed 2 H2 verdict(s)"
@@ -250,7 +252,7 @@ def cli(capsys):
     """``python -m semgap.report ARGS`` in this process (fast); one test runs the real command."""
     def run(*args):
         try:
-            returncode = report.main([str(a) for a in args])
+            returncode = writer.main([str(a) for a in args])
         except SystemExit as exit_:  # argparse's usage errors
             returncode = exit_.code
         out, err = capsys.readouterr()
@@ -271,7 +273,7 @@ def test_cli_writes_beside_the_run_by_default(tmp_path, cli):
     assert (tmp_path / "run.report" / "latency_vs_bytes.png").exists()
     assert "H2 latency decode" in proc.stdout
     assert json.loads((tmp_path / "run.report" / "verdicts.json").read_text())["source"]["written_by"] == \
-        "semgap.report"
+        "semgap.report.writer"
     assert cli(src).returncode == 0  # its own regeneration it may replace
 
 
@@ -292,7 +294,7 @@ def test_cli_writes_every_round_as_csv(tmp_path, cli):
 def test_cli_never_writes_over_a_report_it_did_not_regenerate_from_the_same_run(tmp_path, cli):
     data = both_phases()
     src = saved(tmp_path / "run.json", data)
-    report.write(verdicts.compute(data), data, tmp_path / "results")  # what the run wrote itself
+    writer.write(verdicts.compute(data), data, tmp_path / "results")  # what the run wrote itself
     before = (tmp_path / "results" / "verdicts.json").read_text()
     proc = cli(src, "--out", tmp_path / "results", "--h2", 0.5)
     assert proc.returncode == 2 and "holds the report this run wrote itself" in proc.stderr

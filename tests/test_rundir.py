@@ -1,9 +1,9 @@
-"""semgap.rundir: run folders that sort by start, and `latest` moved atomically to the newest."""
+"""semgap.bench.rundir: run folders that sort by start, and `latest` moved atomically to the newest."""
 import os
 
 import pytest
 
-from semgap import rundir
+from semgap.bench import rundir
 
 
 def test_run_ids_sort_by_start_and_never_repeat():

@@ -2,9 +2,11 @@
 import pytest
 import torch
 
-from semgap import codec, models, runtime
-from semgap.runtime import EAGER_DYNAMIC, STATIC, STATIC_COMPILE, Engine
-from semgap.server import ModelServer
+from semgap.wire import codec
+
+from semgap.model import presets, runtime
+from semgap.model.runtime import EAGER_DYNAMIC, STATIC, STATIC_COMPILE, Engine
+from semgap.server.model_server import ModelServer
 
 from .conftest import TEST_MODEL
 
@@ -33,7 +35,7 @@ def small_model(model_type: str = "gpt2"):
 
 
 def prompt_for(model) -> list[int]:
-    return models.prompt_ids(PROMPT_TOKENS, model.config.vocab_size)
+    return presets.prompt_ids(PROMPT_TOKENS, model.config.vocab_size)
 
 
 def greedy(engine: Engine, prompt: list[int], steps: int = DECODE_STEPS) -> tuple[list[int], list[torch.Tensor]]:
@@ -155,12 +157,12 @@ def call(server: ModelServer, op: str, tensors=None, meta=None):
 
 
 def test_static_server_decodes_the_local_tokens_and_returns_caches_to_its_pool():
-    spec = models.ModelSpec(TEST_MODEL)
+    spec = presets.ModelSpec(TEST_MODEL)
     server = ModelServer(spec, fast_path="static", max_cache_len=PROMPT_TOKENS + DECODE_STEPS)
     try:
         assert call(server, "hello")[1]["fast_path"] == STATIC
         prompt = prompt_for(server.engine.model)
-        expected, _ = greedy(Engine(models.build_model(spec)), prompt)
+        expected, _ = greedy(Engine(presets.build_model(spec)), prompt)
         meta = {"weights_handle": server.weights_handle}
         tokens, handles = [], []
         for _ in range(2):  # the second request must get the first one's cache back
@@ -179,10 +181,10 @@ def test_static_server_decodes_the_local_tokens_and_returns_caches_to_its_pool()
 
 
 def test_evicted_server_caches_go_back_to_the_pool(monkeypatch):
-    from semgap import server as server_module
+    from semgap.server import model_server as server_module
 
     monkeypatch.setattr(server_module, "MAX_CACHES", 2)
-    server = ModelServer(models.ModelSpec(TEST_MODEL), fast_path="static", max_cache_len=16)
+    server = ModelServer(presets.ModelSpec(TEST_MODEL), fast_path="static", max_cache_len=16)
     meta = {"weights_handle": server.weights_handle}
     for _ in range(5):  # a client that never releases: the oldest handles are evicted
         call(server, "prefill", {"input_ids": torch.tensor([[1, 2, 3]])}, meta)

@@ -5,8 +5,12 @@ import time
 import pytest
 import torch
 
-from semgap import codec, models, serverproc, transport
-from semgap.serverproc import ServerProcess, ServerStartError, free_port
+from semgap.wire import codec, transport
+
+from semgap.model import presets
+
+from semgap.bench.testbed import serverproc
+from semgap.bench.testbed.serverproc import ServerProcess, ServerStartError, free_port
 
 from .conftest import TEST_MODEL
 
@@ -81,7 +85,7 @@ def test_a_post_is_counted_as_bytes_sent_and_not_as_a_round_trip(client):
 
 
 def test_a_stateless_step_that_lacks_a_weight_is_refused_not_run_on_resident_weights(client, preset_model):
-    weights = {f"w.{name}": tensor for name, tensor in models.weights_of(preset_model).items()}
+    weights = {f"w.{name}": tensor for name, tensor in presets.weights_of(preset_model).items()}
     ids = torch.tensor([[1, 2, 3]])
     with pytest.raises(transport.ServerError, match=r"must ship exactly the model's \d+ weights: \d+ missing"):
         call(client, "naive_step", {"input_ids": ids})

@@ -1,10 +1,10 @@
-"""semgap.interrupts: SIGINT and SIGTERM become a named KeyboardInterrupt, held back inside cleanup."""
+"""semgap.bench.testbed.interrupts: SIGINT and SIGTERM become a named KeyboardInterrupt, held back inside cleanup."""
 import os
 import signal
 
 import pytest
 
-from semgap import interrupts
+from semgap.bench.testbed import interrupts
 
 
 @pytest.fixture

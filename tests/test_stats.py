@@ -1,10 +1,10 @@
-"""Tests of semgap.stats on synthetic data whose answer is known."""
+"""Tests of semgap.analysis.stats on synthetic data whose answer is known."""
 import math
 
 import numpy as np
 import pytest
 
-from semgap import stats
+from semgap.analysis import stats
 
 
 def blocks(median_s, n_blocks=10, rounds=3, noise=0.01, drift=0.0, seed=0):

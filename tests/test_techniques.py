@@ -5,12 +5,14 @@ import dataclasses
 import pytest
 import torch
 
-from semgap import generate, models
-from semgap.harness import cases
-from semgap.modes import ModeContext, make_mode
-from semgap.sampling import Sampler
+from semgap.client import generate
+
+from semgap.model import presets
+from semgap.bench.harness import cases
+from semgap.client.modes import ModeContext, make_mode
+from semgap.model.sampling import Sampler
 from semgap.techniques import TECHNIQUES, Message, Step, TechniqueSet, ablation_chain, ablation_sets, token_of
-from semgap.techniques.serving import TECHNIQUES_FIELD, SemanticSessions
+from semgap.server.semantic import TECHNIQUES_FIELD, SemanticSessions
 
 STEPS = 4
 SAMPLERS = [Sampler(), Sampler.parse("top-k=20,seed=3"), Sampler.parse("top-p=0.9,seed=1")]
@@ -132,7 +134,7 @@ def context(preset_model, client):
 
 @pytest.fixture(scope="module")
 def prompt(preset_model):
-    return models.prompt_ids(64, preset_model.config.vocab_size)
+    return presets.prompt_ids(64, preset_model.config.vocab_size)
 
 
 def semantic(context, spec: str, sampler: Sampler = Sampler()):

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from semgap import corpus, models, training, weights_cache
+from semgap.model import corpus, presets, training, weights_cache
 
 from .conftest import REPO
 from .test_models import weights_digest
@@ -38,28 +38,28 @@ def trained(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(weights_cache.CACHE_VARIABLE, str(cache))
         progress = []
-        model = models.build_model(models.ModelSpec(TRAINED_MODEL, dtype="float32"), progress=progress.append)
+        model = presets.build_model(presets.ModelSpec(TRAINED_MODEL, dtype="float32"), progress=progress.append)
         yield Trained(cache, model, progress)
 
 
 def test_training_reports_progress_and_stores_its_quality(trained):
-    recipe = models.trained_preset(TRAINED_MODEL).recipe
+    recipe = presets.trained_preset(TRAINED_MODEL).recipe
     assert trained.progress[0].startswith(TRAINING_LINE)
     assert f"step {recipe.steps}/{recipe.steps}, loss" in trained.progress[-2]
     assert "bits per held-out byte" in trained.progress[-1]
-    quality = models.trained_quality(TRAINED_MODEL)
+    quality = presets.trained_quality(TRAINED_MODEL)
     assert quality["held_out_bits_per_byte"] < quality["unigram_bits_per_byte"] - 0.2  # it learned more than byte counts
     assert quality["steps"] == recipe.steps and quality["training_s"] > 0
     assert quality["corpus"]["digest"] == corpus.stdlib_corpus().digest
     assert quality["byte_margin_nats"] >= training.MINIMUM_BYTE_MARGIN_NATS
     assert 0 < quality["extra_ids_probability_mass"] < 0.25  # a low tail, not a second vocabulary
-    assert models.trained_quality(TRAINED_MODEL, seed=1) is None  # another seed is not trained yet
-    assert models.trained_quality("gpt2-mini") is None  # random weights have no training record
+    assert presets.trained_quality(TRAINED_MODEL, seed=1) is None  # another seed is not trained yet
+    assert presets.trained_quality("gpt2-mini") is None  # random weights have no training record
 
 
 def test_progress_comes_at_least_every_interval(trained, monkeypatch):
     monkeypatch.setattr(training, "PROGRESS_EVERY_S", 0.0)
-    preset = models.trained_preset(TRAINED_MODEL)
+    preset = presets.trained_preset(TRAINED_MODEL)
     preset = dataclasses.replace(preset, recipe=dataclasses.replace(preset.recipe, steps=3))
     lines = []
     training.train_byte_model(preset, corpus.stdlib_corpus().train_bytes, lines.append)
@@ -68,7 +68,7 @@ def test_progress_comes_at_least_every_interval(trained, monkeypatch):
 
 
 def test_a_tail_that_could_reach_the_bytes_is_refused():
-    preset = models.trained_preset(TRAINED_MODEL)
+    preset = presets.trained_preset(TRAINED_MODEL)
     preset = dataclasses.replace(preset, recipe=dataclasses.replace(preset.recipe, steps=1, tail_gap_nats=0.5))
     run = training.train_byte_model(preset, corpus.stdlib_corpus().train_bytes, lambda line: None)
     with pytest.raises(ValueError, match="an extra id can come within .* nats of every byte"):
@@ -77,11 +77,11 @@ def test_a_tail_that_could_reach_the_bytes_is_refused():
 
 def test_a_second_build_loads_the_cache_without_training(trained):
     progress = []
-    again = models.build_model(models.ModelSpec(TRAINED_MODEL, dtype="float32"), progress=progress.append)
+    again = presets.build_model(presets.ModelSpec(TRAINED_MODEL, dtype="float32"), progress=progress.append)
     assert progress == []
     assert weights_digest(again) == weights_digest(trained.model)
     assert [path.name for path in trained.cache.iterdir() if path.is_dir()] == [
-        models.trained_preset(TRAINED_MODEL).cache_entry(corpus.stdlib_corpus().digest)
+        presets.trained_preset(TRAINED_MODEL).cache_entry(corpus.stdlib_corpus().digest)
     ]
 
 
@@ -89,9 +89,9 @@ def test_two_processes_building_at_once_train_once_and_get_the_same_weights(trai
     """A client and the server it spawns build at once: one trains, the other waits and loads. The weights
     also equal those this process trained into another cache: training is deterministic across processes."""
     monkeypatch.setenv(weights_cache.CACHE_VARIABLE, str(tmp_path / "cache"))
-    entry = models.trained_preset(TRAINED_MODEL).cache_entry(corpus.stdlib_corpus().digest)
-    code = ("from semgap import models; from tests.test_models import weights_digest; "
-            f"print(weights_digest(models.build_model(models.ModelSpec({TRAINED_MODEL!r}, dtype='float32'))))")
+    entry = presets.trained_preset(TRAINED_MODEL).cache_entry(corpus.stdlib_corpus().digest)
+    code = ("from semgap.model import presets; from tests.test_models import weights_digest; "
+            f"print(weights_digest(presets.build_model(presets.ModelSpec({TRAINED_MODEL!r}, dtype='float32'))))")
     logs = [tmp_path / f"builder-{index}.log" for index in range(2)]
     builders = []
     try:
@@ -120,7 +120,7 @@ def test_two_processes_building_at_once_train_once_and_get_the_same_weights(trai
 def test_greedy_tokens_stay_on_the_byte_ids_whatever_the_input(trained, dtype):
     """The certificate (byte_margin_nats) holds in every serving dtype, and no input found makes an extra id win:
     neither hidden states aimed at an extra id's row, nor prompts of ids from the whole vocabulary."""
-    model = models.build_model(models.ModelSpec(TRAINED_MODEL, dtype=dtype, device="cpu"), progress=pytest.fail)
+    model = presets.build_model(presets.ModelSpec(TRAINED_MODEL, dtype=dtype, device="cpu"), progress=pytest.fail)
     assert training.byte_margin_nats(model) > 0.9 * training.MINIMUM_BYTE_MARGIN_NATS
     generator = torch.Generator().manual_seed(0)
     rows = model.lm_head.weight.float()
@@ -139,7 +139,7 @@ def test_greedy_tokens_stay_on_the_byte_ids_whatever_the_input(trained, dtype):
 def test_greedy_next_byte_beats_every_guess_that_ignores_the_context(trained):
     """On held-out text, the argmax byte is right more often than the best constant guess could ever be,
     which only a model that reads its context can do (an untrained one is right about 1 % of the time)."""
-    windows = training.held_out_windows(corpus.stdlib_corpus().held_out_bytes, models.trained_preset(TRAINED_MODEL).recipe)
+    windows = training.held_out_windows(corpus.stdlib_corpus().held_out_bytes, presets.trained_preset(TRAINED_MODEL).recipe)
     with torch.no_grad():
         guesses = torch.cat([trained.model(input_ids=batch[:, :-1], use_cache=False).logits.argmax(dim=-1)
                              for batch in windows.split(8)])  # [windows, length]
@@ -149,7 +149,7 @@ def test_greedy_next_byte_beats_every_guess_that_ignores_the_context(trained):
 
 
 def test_cache_key_covers_everything_that_determines_the_weights(monkeypatch):
-    preset = models.trained_preset(TRAINED_MODEL)
+    preset = presets.trained_preset(TRAINED_MODEL)
     digest = corpus.stdlib_corpus().digest
     others = [
         preset.cache_key("another corpus"),
@@ -158,7 +158,7 @@ def test_cache_key_covers_everything_that_determines_the_weights(monkeypatch):
         dataclasses.replace(preset, config={**preset.config, "n_layer": 3}).cache_key(digest),
     ]
     # sys.modules: transformers swaps its lazy module object once loaded, so the imported name may be stale
-    for module, name in (("torch", "__version__"), ("transformers", "__version__"), ("semgap.training", "CODE_DIGEST")):
+    for module, name in (("torch", "__version__"), ("transformers", "__version__"), ("semgap.model.training", "CODE_DIGEST")):
         monkeypatch.setattr(sys.modules[module], name, "another version")
         others.append(preset.cache_key(digest))
         monkeypatch.undo()
@@ -167,22 +167,22 @@ def test_cache_key_covers_everything_that_determines_the_weights(monkeypatch):
 
 
 def test_a_training_entry_needs_exactly_the_recipe_keys():
-    entry = dataclasses.asdict(models.trained_preset(TRAINED_MODEL).recipe)
+    entry = dataclasses.asdict(presets.trained_preset(TRAINED_MODEL).recipe)
     with pytest.raises(ValueError, match=r"missing \['steps'\], unknown \['epochs'\]"):
         training.TrainingRecipe.from_preset("x", {**{k: v for k, v in entry.items() if k != "steps"}, "epochs": 1})
     with pytest.raises(ValueError, match="must be positive"):
         training.TrainingRecipe.from_preset("x", {**entry, "steps": 0})
     with pytest.raises(ValueError, match="not a trained preset"):
-        training.TrainedPreset.from_preset("gpt2-mini", models.presets()["gpt2-mini"], 0)
+        training.TrainedPreset.from_preset("gpt2-mini", presets.named()["gpt2-mini"], 0)
 
 
 def test_the_trained_preset_has_the_default_presets_shape():
     """Switching --semgap-model between gpt2-mini and gpt2-mini-trained changes only the weights."""
     shape = ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "n_inner", "tie_word_embeddings")
-    random, trained = models.config_of("gpt2-mini"), models.config_of("gpt2-mini-trained")
+    random, trained = presets.config_of("gpt2-mini"), presets.config_of("gpt2-mini-trained")
     assert [getattr(random, key) for key in shape] == [getattr(trained, key) for key in shape]
-    assert models.weights_kind("gpt2-mini-trained") == "trained" and models.weights_kind("gpt2-mini") == "random"
-    assert set(models.trained_presets()) == {"gpt2-mini-trained", TRAINED_MODEL}
+    assert presets.weights_kind("gpt2-mini-trained") == "trained" and presets.weights_kind("gpt2-mini") == "random"
+    assert set(presets.trained_presets()) == {"gpt2-mini-trained", TRAINED_MODEL}
 
 
 def test_training_command_prints_the_checkpoint_and_its_quality(trained, capsys):

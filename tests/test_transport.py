@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from semgap import codec, transport
-from semgap.link import NetnsLink, link_available
-from semgap.serverproc import READY_LINE, ServerProcess, free_port
-from semgap.transport import auth, tcp
+from semgap.wire import codec, transport
+from semgap.bench.testbed.link import NetnsLink, link_available
+from semgap.bench.testbed.serverproc import READY_LINE, ServerProcess, free_port
+from semgap.wire.transport import auth, tcp
 
 from .conftest import REPO, TEST_MODEL
 
@@ -178,7 +178,7 @@ def test_a_malformed_message_is_an_error_and_the_connection_goes_on(connect):
 # A child process that proves the secret, sends 1 MB of a 10 MB request and SIGKILLs itself.
 DIE_MID_FRAME = r"""
 import os, signal, socket, sys
-from semgap.transport import auth, tcp
+from semgap.wire.transport import auth, tcp
 connection = tcp.FramedSocket(socket.create_connection((sys.argv[1], int(sys.argv[2]))))
 _, _, _, server_nonce = connection.read_struct(tcp.HELLO)
 nonce = auth.new_nonce()
@@ -285,7 +285,7 @@ def spawn(kind: str, host: str, port: int, log_dir: Path, transport_name: str, n
     if kind == "server":
         return ServerProcess.spawn(TEST_MODEL, host, port, log_dir, command_prefix=prefix, env=env, ready_timeout_s=120,
                                    extra_args=("--no-gpu-monitor", "--transport", transport_name, *extra))
-    return ServerProcess.start(("-m", "semgap.calibration_peer", "--transport", transport_name, "--host", host,
+    return ServerProcess.start(("-m", "semgap.server.calibration_peer", "--transport", transport_name, "--host", host,
                                 "--port", str(port), *extra), host, port, log_dir, label="peer",
                                command_prefix=prefix, env=env, ready_timeout_s=60)
 
@@ -373,14 +373,14 @@ class WatchedUnpickler(pickle.Unpickler):
         print("UNPICKLED pickle.Unpickler", flush=True)
         super().__init__(*args, **kwargs)
 pickle.Unpickler = WatchedUnpickler
-from semgap.server import main
+from semgap.server.model_server import main
 sys.exit(main(sys.argv[1:]))
 """
 
 # Every operation the server knows, a post and a refused one, from a client process of its own.
 EVERY_OP = r"""
 import sys, torch
-from semgap import codec, transport
+from semgap.wire import codec, transport
 connection = transport.connect(sys.argv[1], sys.argv[2], int(sys.argv[3]), secret=sys.argv[4].encode())
 call = lambda op, tensors={}, meta=None: codec.decode(connection.call(op, codec.encode(tensors, meta)))[1]
 call("hello"); connection.call("echo", b"x"); connection.call("sink", b"y")

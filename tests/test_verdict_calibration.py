@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from semgap import stats
+from semgap.analysis import stats
 
 ALPHA, THRESHOLD = 0.05, 0.15
 BLOCKS, ROUNDS, CASES = 10, 3, 8

@@ -1,10 +1,10 @@
-"""Tests of semgap.verdicts (and the reading in semgap.measurements) on synthetic pytest-benchmark JSON."""
+"""Tests of semgap.analysis.verdicts (and the reading in semgap.analysis.measurements) on synthetic pytest-benchmark JSON."""
 import json
 
 import pytest
 
-from semgap import stats, verdicts
-from semgap.measurements import LEGACY_NOTE
+from semgap.analysis import stats, verdicts
+from semgap.analysis.measurements import LEGACY_NOTE
 
 from .synthetic import case, legacy, run_json, standard
 

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from semgap import weights_cache
+from semgap.model import weights_cache
 
 from .conftest import REPO
 
@@ -50,7 +50,7 @@ def test_a_failed_build_publishes_nothing(cache):
 
 
 def test_a_builder_killed_halfway_publishes_nothing_and_the_next_build_starts_clean(cache):
-    code = ("import time; from pathlib import Path; from semgap import weights_cache\n"
+    code = ("import time; from pathlib import Path; from semgap.model import weights_cache\n"
             "def build(directory):\n    (directory / 'weights').write_text('half')\n    time.sleep(600)\n"
             "weights_cache.cached_directory('model-a', build, print)\n")
     builder = subprocess.Popen([sys.executable, "-c", code], cwd=REPO)

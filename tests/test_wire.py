@@ -1,4 +1,4 @@
-"""Tests of semgap.wire against real loopback TCP connections to an echo server in another process."""
+"""Tests of semgap.bench.testbed.tcpcounters against real loopback TCP connections to an echo server in another process."""
 from __future__ import annotations
 
 import socket
@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from semgap.wire import TcpCounter, delta, tcp_counters_available
+from semgap.bench.testbed.tcpcounters import TcpCounter, delta, tcp_counters_available
 
 PAYLOAD_BYTES = 10 * 1000 * 1000
 CHUNK_BYTES = 1 << 16

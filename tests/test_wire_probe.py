@@ -1,10 +1,10 @@
-"""semgap.wire.tcp_counters_available: the probe says no, with the reason, whenever `ss` cannot count bytes."""
+"""semgap.bench.testbed.tcpcounters.tcp_counters_available: the probe says no, with the reason, whenever `ss` cannot count bytes."""
 import shutil
 import socket
 
 import pytest
 
-from semgap.wire import TcpCounter, delta, tcp_counters_available
+from semgap.bench.testbed.tcpcounters import TcpCounter, delta, tcp_counters_available
 
 
 def path_with_ss(directory, script: str | None) -> str:

@@ -10,13 +10,13 @@ import time
 
 import pytest
 
-from semgap import transport
-from semgap.harness import Case, ExperimentSession, RoundRecord
-from semgap.modes import MODES, PHASES
-from semgap.link import NetnsLink
-from semgap.serverproc import ServerProcess
-from semgap.transport import FramingBound, auth
-from semgap.wire import TcpCounter, delta
+from semgap.wire import transport
+from semgap.bench.harness import Case, ExperimentSession, RoundRecord
+from semgap.client.modes import MODES, PHASES
+from semgap.bench.testbed.link import NetnsLink
+from semgap.bench.testbed.serverproc import ServerProcess
+from semgap.wire.transport import FramingBound, auth
+from semgap.bench.testbed.tcpcounters import TcpCounter, delta
 
 from .conftest import INNER_CONFTEST, REPO, TEST_MODEL
 from .inner import (LINK_OK, QUICK, SMALL, by_case, leftovers, needs_tcp, netns_test, run_suite,
@@ -97,8 +97,8 @@ def test_loopback_framing_per_request_is_constant_and_bounded_tightly(request, t
 ECHO_CHILD = r"""
 import json, sys, time
 from pathlib import Path
-from semgap import transport
-from semgap.wire import TcpCounter, delta
+from semgap.wire import transport
+from semgap.bench.testbed.tcpcounters import TcpCounter, delta
 
 args = json.loads(sys.argv[1])
 stats = Path("/sys/class/net") / args["client_ifname"] / "statistics"
@@ -320,7 +320,7 @@ def test_check_framing_warns_outside_payload_plus_bound_only():
 @pytest.mark.slow
 def test_a_framing_discrepancy_fails_the_benchmark_and_is_printed_and_saved(suite):
     # No framing allowed at all: every remote round now strays from its payload, and must say so.
-    suite.makeconftest(INNER_CONFTEST + "import semgap.transport as t\nt.TcpTransport.framing = t.FramingBound(0, 0)\n")
+    suite.makeconftest(INNER_CONFTEST + "import semgap.wire.transport as t\nt.TcpTransport.framing = t.FramingBound(0, 0)\n")
     result, output, _pid = run_suite(suite, *SMALL)
     result.assert_outcomes(failed=1)
     warnings = output["semgap"]["warnings"]

@@ -2,7 +2,7 @@
 
 A `TechniqueSet` is what a semantic session applies. It travels as one field of the session's
 prefill request, `techniques` (its `spec`: comma-separated `name` or `name=value`, in registry
-order, or `none`), beside `sampler` (semgap.sampling); the server keeps both with the session's KV
+order, or `none`), beside `sampler` (semgap.model.sampling); the server keeps both with the session's KV
 cache, so decode requests carry neither. Client and server apply the set through the same methods:
 the client `encode_request`s and `decode_response`s, the server `decode_request`s and
 `encode_response`s, each technique's hooks in registry order when encoding and in reverse when decoding.

@@ -6,7 +6,7 @@ from typing import ClassVar
 
 import torch
 
-from semgap.sampling import GREEDY, Sampler
+from semgap.model.sampling import GREEDY, Sampler
 
 
 @dataclass

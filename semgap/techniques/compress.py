@@ -1,7 +1,7 @@
 """`compress`: messages with tensors are zstd-compressed both ways at a chosen level (`compress=LEVEL`, default 3)."""
 from __future__ import annotations
 
-from semgap import codec
+from semgap.wire import codec
 from semgap.techniques.base import Message, Step, Technique
 
 LEVELS = range(1, 23)  # zstd's levels

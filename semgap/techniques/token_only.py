@@ -1,6 +1,6 @@
 """`token-only`: the server samples, and a step's one token id is all that crosses, each way.
 
-The server picks the token with the session's sampler (semgap.sampling, the one `local` uses) from
+The server picks the token with the session's sampler (semgap.model.sampling, the one `local` uses) from
 its own logits, so the choice is local's. A one-token request and every response carry the id as a
 decimal in the metadata (`token`), not as a tensor with a name and a shape: a decode step is then a
 few dozen bytes each way.

@@ -1,0 +1,423 @@
+"""Turn a pytest-benchmark JSON dict into hypothesis verdicts (pure, no I/O).
+
+H1: the candidate (label ``semantic``) cuts per-round network bytes by at least
+``h1`` against a semantic-blind baseline. H2: it cuts latency by at least
+``h2``. Cases are grouped by (model, phase, link_rate, decode_steps); each group
+is judged against every blind baseline present (every row whose role is
+``blind``), and its headline verdict is the one against the strongest baseline:
+the fewest bytes for H1, the lowest latency for H2. H2's p-values are
+Holm-adjusted over all the run's H2 tests. A candidate whose tokens agree with
+``local`` less than ``min_agreement`` gets LOSSY instead of a verdict. The
+statistics live in :mod:`semgap.analysis.stats`; this module only selects data.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Sequence
+
+from semgap.analysis import stats, summaries
+from semgap.analysis.measurements import (
+    CANDIDATE_LABEL,
+    CaseRecord,
+    InvalidBenchmarkJSON,
+    RunInfo,
+    blind_baselines,
+    judged_level,
+    mode_rank,
+    phase_rank,
+    read_run,
+    semgap_section,
+)
+
+__all__ = ["InvalidBenchmarkJSON", "RunVerdicts", "Verdict", "compute", "any_not_supported"]
+
+LOSSY = "LOSSY"
+DEFAULT_THRESHOLDS = {"h1": 0.30, "h2": 0.15, "alpha": 0.05, "min_agreement": 1.0}
+#: CPU steal above this share of a block's time makes its latencies suspect, as load above the core count does.
+STEAL_WARN_PCT = 10.0
+PAYLOAD_ONLY_NOTE = "payload only, not kernel-counted"
+
+GroupKey = tuple  # (model, phase, link_rate, decode_steps)
+Group = dict[str, CaseRecord]  # label -> case, in report order
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One hypothesis verdict: a group's candidate against one blind baseline.
+
+    ``headline`` marks the verdict against the group's strongest baseline.
+    ``p_value``/``p_holm`` test "reduction <= threshold" (H2 only), raw and
+    Holm-adjusted; ``p_value_against``/``p_against_holm`` the mirror null.
+    ``loaded_blocks`` are the blocks this verdict used that ran under too much
+    load or steal (see :class:`LoadWarning`).
+    """
+
+    hypothesis: str
+    model: str
+    phase: str
+    link_rate: str | None
+    link_rate_bps: int | None
+    decode_steps: int
+    weights: str | None
+    candidate: str
+    baseline: str | None
+    headline: bool
+    byte_level: str
+    estimate: float | None
+    ci_low: float | None
+    ci_high: float | None
+    confidence: float | None
+    p_value: float | None
+    p_holm: float | None
+    p_value_against: float | None
+    p_against_holm: float | None
+    threshold: float
+    alpha: float | None
+    verdict: str
+    reason: str
+    n_blocks: int
+    rounds_per_block: int | None
+    token_agreement: float | None
+    loaded_blocks: list[int]
+
+
+@dataclass(frozen=True)
+class ByteCrossCheck:
+    """H1's judged figure beside what the link counted: link bytes and TCP retransmissions (never judged)."""
+
+    model: str
+    phase: str
+    link_rate: str | None
+    decode_steps: int
+    baseline: str
+    judged_level: str
+    judged_estimate: float | None
+    link_estimate: float | None
+    candidate_retransmitted_per_round: float | None
+    baseline_retransmitted_per_round: float | None
+
+
+@dataclass(frozen=True)
+class LoadWarning:
+    """A block that ran with load above the core count or high CPU steal, and the H2 verdicts it fed."""
+
+    block: int
+    max_load_avg_1m: float | None
+    cores: int | None
+    max_cpu_steal_pct: float | None
+    reason: str
+    verdicts: list[str]
+
+
+@dataclass
+class RunVerdicts:
+    """Everything the report needs, computed once from one benchmark JSON."""
+
+    h1: float
+    h2: float
+    alpha: float
+    min_agreement: float
+    seed: int
+    run: RunInfo | None = None
+    verdicts: list[Verdict] = field(default_factory=list)
+    cross_checks: list[ByteCrossCheck] = field(default_factory=list)
+    load_warnings: list[LoadWarning] = field(default_factory=list)
+    summaries: list[summaries.CaseSummary] = field(default_factory=list)
+    taxes: list[summaries.TaxEntry] = field(default_factory=list)
+    crossovers: list[summaries.CrossoverRecord] = field(default_factory=list)
+    rtt_projections: list[summaries.RttProjection] = field(default_factory=list)
+    conditions: summaries.Conditions | None = None
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    source: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (dataclasses flattened with ``asdict``)."""
+        return asdict(self)
+
+    @property
+    def headlines(self) -> list[Verdict]:
+        return [v for v in self.verdicts if v.headline]
+
+
+# ---------------------------------------------------------------- grouping
+
+def group_cases(cases: Sequence[CaseRecord]) -> dict[GroupKey, Group]:
+    """Group by (model, phase, link_rate, decode_steps) -> {label: case}, in report order."""
+    groups: dict[GroupKey, Group] = {}
+    for case in cases:
+        groups.setdefault(case.group_key, {})[case.label] = case
+
+    def order(item: tuple[GroupKey, Group]) -> tuple:
+        (model, phase, rate, steps), group = item
+        bps = next(iter(group.values())).link_rate_bps
+        return (model, phase_rank(phase), phase, steps, bps is not None, bps or 0, str(rate))
+
+    return {key: dict(sorted(group.items(), key=lambda kv: mode_rank(kv[0])))
+            for key, group in sorted(groups.items(), key=order)}
+
+
+def strongest(group: Group, hypothesis: str, level: str) -> str | None:
+    """The blind baseline that is hardest to beat: fewest bytes (H1) or lowest latency (H2)."""
+    blind = blind_baselines(group)
+    if not blind:
+        return None
+    if hypothesis == "H1":
+        return min(blind, key=lambda label: group[label].bytes_per_round(level))
+    return min(blind, key=lambda label: stats.blocked_median(group[label].latency_blocks()))
+
+
+def _missing(group: Group) -> str | None:
+    absent = [] if CANDIDATE_LABEL in group else [f"candidate {CANDIDATE_LABEL} missing"]
+    if not blind_baselines(group):
+        absent.append("no blind baseline")
+    return "; ".join(absent) or None
+
+
+# ---------------------------------------------------------------- one verdict
+
+@dataclass(frozen=True)
+class _Pair:
+    """The data of one (group, baseline) comparison, shared by H1 and H2."""
+
+    key: GroupKey
+    group: Group
+    baseline: str | None
+    headline: bool
+
+    @property
+    def candidate(self) -> CaseRecord | None:
+        return self.group.get(CANDIDATE_LABEL)
+
+
+def _lossy(judgement: stats.Judgement, agreement: float | None, min_agreement: float) -> stats.Judgement:
+    """LOSSY in place of the verdict when the candidate's tokens agree with local less than required."""
+    if agreement is None or agreement >= min_agreement:
+        return judgement
+    return stats.Judgement(LOSSY, f"token agreement {agreement:.3f} < min agreement {min_agreement:g}; "
+                                  f"otherwise {judgement.verdict}: {judgement.reason}")
+
+
+def _verdict(hypothesis: str, pair: _Pair, level: str, threshold: float, alpha: float | None,
+             judgement: stats.Judgement, min_agreement: float, **values: Any) -> Verdict:
+    model, phase, rate, steps = pair.key
+    first = next(iter(pair.group.values()))
+    agreement = pair.candidate.token_agreement if pair.candidate else None
+    judgement = _lossy(judgement, agreement, min_agreement)
+    fields = dict(estimate=None, ci_low=None, ci_high=None, confidence=None, p_value=None, p_holm=None,
+                  p_value_against=None, p_against_holm=None, n_blocks=0, rounds_per_block=None, loaded_blocks=[])
+    fields.update(values)
+    return Verdict(hypothesis=hypothesis, model=model, phase=phase, link_rate=rate, link_rate_bps=first.link_rate_bps,
+                   decode_steps=steps, weights=first.weights, candidate=CANDIDATE_LABEL, baseline=pair.baseline,
+                   headline=pair.headline, byte_level=level, threshold=threshold, alpha=alpha,
+                   verdict=judgement.verdict, reason=judgement.reason, token_agreement=agreement, **fields)
+
+
+def _rounds_per_block(*cases: CaseRecord) -> int | None:
+    counts = {len(block.latency_s) for case in cases for block in case.blocks.values()}
+    return counts.pop() if len(counts) == 1 else None
+
+
+def h1_verdict(pair: _Pair, h1: float, min_agreement: float) -> tuple[Verdict, ByteCrossCheck | None]:
+    """H1: exact byte reduction against one baseline at the best level both count, with the link cross-check."""
+    missing = _missing(pair.group)
+    if missing:
+        judgement = stats.Judgement(stats.INCONCLUSIVE, missing)
+        return _verdict("H1", pair, "payload", h1, None, judgement, min_agreement), None
+    cand, base = pair.candidate, pair.group[pair.baseline]
+    level = judged_level([cand, base])
+    red = stats.byte_reduction(cand.bytes_blocks(level), base.bytes_blocks(level))
+    if red.estimate is None:
+        judgement = stats.Judgement(stats.INCONCLUSIVE, red.note)
+    else:
+        judgement = stats.judge(red.low, red.high, h1)
+        extra = "; ".join(x for x in (red.note, PAYLOAD_ONLY_NOTE if level == "payload" else "") if x)
+        judgement = stats.Judgement(judgement.verdict, f"{judgement.reason}; {extra}")
+    verdict = _verdict("H1", pair, level, h1, None, judgement, min_agreement, estimate=red.estimate,
+                       ci_low=red.low, ci_high=red.high, n_blocks=len(cand.blocks),
+                       rounds_per_block=_rounds_per_block(cand, base))
+    link = None
+    if "link" in cand.levels and "link" in base.levels:
+        link = stats.byte_reduction(cand.bytes_blocks("link"), base.bytes_blocks("link")).estimate
+    model, phase, rate, steps = pair.key
+    check = ByteCrossCheck(model, phase, rate, steps, pair.baseline, level, red.estimate, link,
+                           _retransmitted(cand), _retransmitted(base))
+    return verdict, check
+
+
+def _retransmitted(case: CaseRecord) -> float | None:
+    parts = [case.retransmitted_per_round(direction) for direction in ("sent", "received")]
+    known = [p for p in parts if p is not None]
+    return sum(known) if known else None
+
+
+def _paired_blocks(pair: _Pair) -> tuple[list[int], str]:
+    cand, base = pair.candidate, pair.group[pair.baseline]
+    common = sorted(set(cand.blocks) & set(base.blocks))
+    unpaired = len(set(cand.blocks) ^ set(base.blocks))
+    return common, (f"{unpaired} unpaired block(s) left out" if unpaired else "")
+
+
+def h2_test(pair: _Pair, h2: float, alpha: float, seed: int, n_resamples: int) -> stats.ThresholdTest | None:
+    """H2's paired-block test against one baseline; None when a side is missing or no block pairs."""
+    if _missing(pair.group):
+        return None
+    blocks, _ = _paired_blocks(pair)
+    if not blocks:
+        return None
+    return stats.threshold_test(pair.candidate.latency_blocks(blocks), pair.group[pair.baseline].latency_blocks(blocks),
+                                h2, alpha, n_resamples=n_resamples, seed=seed)
+
+
+def h2_verdict(pair: _Pair, test: stats.ThresholdTest | None, p_holm: float | None, p_against_holm: float | None,
+               h2: float, alpha: float, min_agreement: float, loaded: set[int]) -> Verdict:
+    """H2 verdict from its test and the Holm-adjusted p-values of the run's family."""
+    missing = _missing(pair.group)
+    if missing or test is None:
+        judgement = stats.Judgement(stats.INCONCLUSIVE, missing or "candidate and baseline share no block")
+        return _verdict("H2", pair, "-", h2, alpha, judgement, min_agreement)
+    judgement = stats.judge_threshold_test(test, alpha, p_holm, p_against_holm)
+    blocks, unpaired = _paired_blocks(pair)
+    cand, base = pair.candidate, pair.group[pair.baseline]
+    notes = [judgement.reason, unpaired,
+             "" if cand.raw_rounds and base.raw_rounds else "raw rounds absent: each block is its saved median"]
+    judgement = stats.Judgement(judgement.verdict, "; ".join(n for n in notes if n))
+    return _verdict("H2", pair, "-", h2, alpha, judgement, min_agreement, estimate=test.estimate,
+                    ci_low=test.low, ci_high=test.high, confidence=test.confidence, p_value=test.p_value,
+                    p_holm=p_holm, p_value_against=test.p_value_against, p_against_holm=p_against_holm,
+                    n_blocks=test.n_blocks, rounds_per_block=_rounds_per_block(cand, base),
+                    loaded_blocks=sorted(loaded & set(blocks)))
+
+
+def _holm_over(values: Sequence[float | None]) -> list[float | None]:
+    present = [i for i, p in enumerate(values) if p is not None]
+    adjusted = stats.holm([values[i] for i in present])
+    out: list[float | None] = [None] * len(values)
+    for i, p in zip(present, adjusted):
+        out[i] = p
+    return out
+
+
+# ---------------------------------------------------------------- load
+
+def loaded_blocks(cases: Sequence[CaseRecord], cores: int | None) -> dict[int, tuple[float | None, float | None, str]]:
+    """Blocks where some item's 1-minute load exceeded ``cores`` or its CPU steal exceeded STEAL_WARN_PCT."""
+    per_block: dict[int, list] = {}
+    for case in cases:
+        for index, block in case.blocks.items():
+            per_block.setdefault(index, []).append(block)
+    out = {}
+    for index, blocks in sorted(per_block.items()):
+        loads = [b.load_avg_1m for b in blocks if b.load_avg_1m is not None]
+        steals = [b.cpu_steal_pct for b in blocks if b.cpu_steal_pct is not None]
+        top_load, top_steal = (max(loads) if loads else None), (max(steals) if steals else None)
+        reasons = []
+        if cores and top_load is not None and top_load > cores:
+            reasons.append(f"load {top_load:.2f} > {cores} cores")
+        if top_steal is not None and top_steal > STEAL_WARN_PCT:
+            reasons.append(f"CPU steal {top_steal:.1f} % > {STEAL_WARN_PCT:g} %")
+        if reasons:
+            out[index] = (top_load, top_steal, "; ".join(reasons))
+    return out
+
+
+def describe(v: Verdict) -> str:
+    """A verdict's short name: ``H2 gpt2-mini decode 1gbit (5 steps) vs remote_cache``."""
+    parts = [v.hypothesis, v.model, v.phase, v.link_rate or "", f"({v.decode_steps} steps)" if v.decode_steps else ""]
+    return " ".join(p for p in parts if p) + f" vs {v.baseline or '-'}"
+
+
+def _load_warnings(flagged: dict, cores: int | None, verdicts: Sequence[Verdict]) -> list[LoadWarning]:
+    return [LoadWarning(index, load, cores, steal, reason,
+                        [describe(v) for v in verdicts if index in v.loaded_blocks])
+            for index, (load, steal, reason) in flagged.items()]
+
+
+# ---------------------------------------------------------------- public API
+
+def _pairs(key: GroupKey, group: Group, hypothesis: str) -> list[_Pair]:
+    baselines = blind_baselines(group)
+    if not baselines or CANDIDATE_LABEL not in group:
+        return [_Pair(key, group, baselines[0] if baselines else None, True)]
+    top = strongest(group, hypothesis, judged_level(list(group.values())))
+    return [_Pair(key, group, label, label == top) for label in baselines]
+
+
+def _setting(given: float | None, saved: float | None, name: str) -> float:
+    """The argument if given, else what the run saved in its JSON, else the default."""
+    if given is not None:
+        return given
+    return saved if saved is not None else DEFAULT_THRESHOLDS[name]
+
+
+def compute(output_json: dict, h1: float | None = None, h2: float | None = None, alpha: float | None = None,
+            min_agreement: float | None = None, seed: int = 0, n_resamples: int = 10_000,
+            rtts_s: Sequence[float] = stats.DEFAULT_RTTS_S) -> RunVerdicts:
+    """All verdicts, cross-checks, load warnings and descriptive tables of one run.
+
+    Thresholds not given come from the run's own ``semgap`` section, else the
+    defaults (H1 30 %, H2 15 %, alpha 0.05, min agreement 1.0). Raises
+    :class:`InvalidBenchmarkJSON` on unreadable structure; a run without semgap
+    benchmarks yields empty lists and a note.
+    """
+    run = read_run(output_json)
+    info = run.info
+    h1, h2, alpha, min_agreement = (_setting(given, getattr(info, name), name) for given, name in
+                                    ((h1, "h1"), (h2, "h2"), (alpha, "alpha"), (min_agreement, "min_agreement")))
+    result = RunVerdicts(h1=h1, h2=h2, alpha=alpha, min_agreement=min_agreement, seed=seed, run=info, notes=run.notes)
+    meta = semgap_section(output_json)
+    result.failures = [f for f in meta.get("failures") or [] if isinstance(f, dict)]
+    result.conditions = summaries.conditions(output_json, run)
+    result.notes.extend(f"measurement warning: {w}" for w in meta.get("warnings") or [])
+    if not run.cases:
+        result.notes.append("no semgap benchmarks (extra_info.mode) found")
+        return result
+    groups = group_cases(run.cases)
+    flagged = loaded_blocks(run.cases, info.cores)
+    if info.cores is None and any(b.load_avg_1m is not None for c in run.cases for b in c.blocks.values()):
+        result.notes.append("the run does not say how many cores it had: load not checked against them")
+    h2_pairs, tests = [], []
+    for key, group in groups.items():
+        if CANDIDATE_LABEL not in group and not blind_baselines(group):
+            result.notes.append(f"no candidate or blind baseline in {'/'.join(map(str, key))}: no verdict there")
+            continue
+        for pair in _pairs(key, group, "H1"):
+            verdict, check = h1_verdict(pair, h1, min_agreement)
+            result.verdicts.append(verdict)
+            result.cross_checks += [check] if check else []
+        for pair in _pairs(key, group, "H2"):
+            h2_pairs.append(pair)
+            tests.append(h2_test(pair, h2, alpha, seed, n_resamples))
+    p_for = _holm_over([t.p_value if t else None for t in tests])
+    p_against = _holm_over([t.p_value_against if t else None for t in tests])
+    result.verdicts += [h2_verdict(pair, test, p, q, h2, alpha, min_agreement, set(flagged))
+                        for pair, test, p, q in zip(h2_pairs, tests, p_for, p_against)]
+    result.verdicts.sort(key=_verdict_order(list(groups)))
+    result.load_warnings = _load_warnings(flagged, info.cores, result.verdicts)
+    _note_holm_reach(result, tests)
+    confidence = 1.0 - 2.0 * alpha
+    tables = summaries.tables(groups, result.verdicts, h2, confidence, seed, n_resamples, rtts_s)
+    result.summaries, result.taxes, result.crossovers, result.rtt_projections = tables
+    return result
+
+
+def _verdict_order(keys: list[GroupKey]):
+    def order(v: Verdict) -> tuple:
+        key = (v.model, v.phase, v.link_rate, v.decode_steps)
+        return (keys.index(key), v.hypothesis, not v.headline, mode_rank(v.baseline or ""))
+    return order
+
+
+def _note_holm_reach(result: RunVerdicts, tests: Sequence[stats.ThresholdTest | None]) -> None:
+    powered = [t for t in tests if t is not None and t.powered]
+    if len(powered) > 1:
+        smallest = min(t.min_attainable_p for t in powered)
+        if smallest * len(powered) >= result.alpha:
+            result.notes.append(f"Holm over {len(powered)} H2 tests: the smallest test needs p < "
+                                f"{result.alpha / len(powered):.3g}, below what {min(t.n_blocks for t in powered)} "
+                                f"blocks can reach ({smallest:.3g}); run more blocks")
+
+
+def any_not_supported(run_verdicts: RunVerdicts) -> bool:
+    """True when any hypothesis verdict is NOT SUPPORTED or LOSSY (the saving does not stand)."""
+    return any(v.verdict in (stats.NOT_SUPPORTED, LOSSY) for v in run_verdicts.verdicts)

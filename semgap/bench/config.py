@@ -1,0 +1,333 @@
+"""The semgap command-line options: parsing, validation, and the run's settings read from them once."""
+from __future__ import annotations
+
+import argparse
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from semgap.model import presets
+
+from semgap.bench import rundir
+
+from semgap.wire import transport
+from semgap.bench.argtypes import fraction as _fraction
+from semgap.bench.argtypes import share as _share
+from semgap.client.modes import MODES, PHASES
+from semgap.model.runtime import FAST_PATH_SETTINGS
+from semgap.model.sampling import Sampler
+from semgap.techniques import TECHNIQUES, TechniqueSet, ablation_chain, ablation_sets
+from semgap.wire.transport import auth
+
+LINKS = ("loopback", "netns")
+
+
+def _choices(known: tuple[str, ...] | list[str], what: str):
+    def parse(text: str) -> tuple[str, ...]:
+        names = tuple(name.strip() for name in text.split(",") if name.strip())
+        if text.strip() == "all":
+            return tuple(known)
+        unknown = [name for name in names if name not in known]
+        if unknown or not names:
+            raise argparse.ArgumentTypeError(f"unknown {what} {(unknown or [text])[0]!r}; choose from {', '.join(known)} or all")
+        return names
+
+    return parse
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return value
+
+
+def _positive_ints(text: str) -> tuple[int, ...]:
+    values = tuple(_positive_int(part.strip()) for part in text.split(",") if part.strip())
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected positive whole numbers separated by commas, got {text!r}")
+    return tuple(dict.fromkeys(values))  # each length once, in the order given
+
+
+def _session_counts(text: str) -> tuple[int, ...]:
+    return () if text.strip() == "none" else _positive_ints(text)
+
+
+def _non_negative_int(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return int(text)
+
+
+def _model(text: str) -> str:
+    try:
+        return presets.check_model_name(text)
+    except presets.UnknownModelError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _device(text: str) -> str:
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", text):
+        raise argparse.ArgumentTypeError(f"unknown device {text!r}; choose from auto, cpu, cuda, cuda:N")
+    return text
+
+
+def _address(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host.strip("[]"), int(port)
+
+
+def _parsed_by(parse):
+    """An argparse type from a parser that raises ValueError with the message a user should read."""
+    def parse_option(text: str):
+        try:
+            return parse(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    return parse_option
+
+
+def _ablation(text: str) -> str:
+    if text.strip() not in ("off", "all"):
+        ablation_chain(text, TechniqueSet())  # names and settings checked now; "all" takes the headline's later
+    return text.strip()
+
+
+DEFAULT_SEMANTIC = "prune,token-only,narrow-ids"
+
+
+def _secret_file(text: str) -> Path:
+    try:
+        auth.load_secret(Path(text))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return Path(text)
+
+
+def _rates(text: str) -> tuple[int, ...]:
+    from semgap.bench.testbed.link import parse_rate
+
+    try:
+        return tuple(parse_rate(part.strip()) for part in text.split(",") if part.strip())
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def add_options(parser: pytest.Parser) -> None:
+    group = parser.getgroup("semgap", "semgap: the semantic-gap experiment")
+    option = group.addoption
+    option("--semgap-model", metavar="NAME", type=_model, default=presets.DEFAULT_MODEL,
+           help=f"model preset ({', '.join(presets.named())}) or a local checkpoint directory. Default: {presets.DEFAULT_MODEL}")
+    option("--semgap-seed", metavar="N", type=_non_negative_int, default=0, help="seed of a preset's weights. Default: 0")
+    option("--semgap-dtype", metavar="DTYPE", default="auto", choices=["auto", *presets.DTYPES],
+           help="model dtype: auto is the serving dtype, bfloat16 on the CPU and float16 on CUDA. Default: auto")
+    option("--semgap-device", metavar="DEVICE", type=_device, default="auto",
+           help="where the model runs (client for local, server otherwise): auto, cpu, cuda. Default: auto")
+    option("--semgap-fast-path", metavar="SETTING", default="auto", choices=FAST_PATH_SETTINGS,
+           help="decode with a static KV cache and torch.compile (CUDA graphs) wherever the cache stays resident "
+                "(local, remote_cache, semantic; naive ships its cache and stays eager): on, off, static (static "
+                "cache, no compile), or auto = on for CUDA, off for CPU. Default: auto")
+    option("--semgap-modes", metavar="LIST", type=_choices(list(MODES), "mode"), default=tuple(MODES),
+           help=f"comma list of modes ({', '.join(MODES)}) or all. Default: all")
+    option("--semgap-phases", metavar="LIST", type=_choices(PHASES, "phase"), default=PHASES,
+           help="comma list of phases (prefill, decode) or all. Default: all")
+    option("--semgap-prompt-tokens", metavar="N", type=_positive_int, default=128, help="prompt length. Default: 128")
+    option("--semgap-decode-steps", metavar="LIST", type=_positive_ints, default=(5,),
+           help="tokens generated per decode round; a comma list (e.g. 5,50,250) makes every decode benchmark "
+                "one per length, to show how bytes and latency per step grow with the KV cache. Default: 5")
+    option("--semgap-blocks", metavar="N", type=_positive_int, default=10,
+           help="interleaved blocks: each block runs every case in a seeded shuffled order, and the latency "
+                "verdicts compare modes block by block. Default: 10")
+    option("--semgap-rounds", metavar="N", type=_positive_int, default=3,
+           help="measured rounds of each case in each block. Default: 3")
+    option("--semgap-warmup-rounds", metavar="N", type=_non_negative_int, default=1,
+           help="discarded rounds of each case before its measured rounds in each block. Default: 1")
+    option("--semgap-block-seed", metavar="N", type=_non_negative_int, default=0,
+           help="seed of the order of the cases inside each block. Default: 0")
+    option("--semgap-batch-sessions", metavar="LIST", type=_session_counts, default=(1, 4, 16),
+           help="concurrent client sessions of the batching benchmark (benchmarks/test_batching.py), a comma list "
+                "(one benchmark per count and flavour), or none to leave it out. Default: 1,4,16")
+    option("--semgap-batch-rounds", metavar="N", type=_positive_int, default=5,
+           help="measured rounds of each batching benchmark, after --semgap-warmup-rounds. Default: 5")
+    option("--semgap-semantic", metavar="LIST", type=_parsed_by(TechniqueSet.parse),
+           default=TechniqueSet.parse(DEFAULT_SEMANTIC),
+           help=f"the headline technique set of the semantic mode, the one H1 and H2 judge: a comma list of "
+                f"{', '.join(TECHNIQUES)} (settings as cast=bfloat16, int8, compress=LEVEL, logprobs=K), or none. "
+                f"Default: {DEFAULT_SEMANTIC}")
+    option("--semgap-ablation", metavar="LIST", type=_parsed_by(_ablation), default="off",
+           help="add ablation variants of the semantic mode as cases of the same blocks: no technique, each "
+                "listed technique alone, and each cumulative combination in the order listed; all = "
+                "prune,cast,int8,compress,narrow-ids,token-only,logprobs with the headline's settings. Default: off")
+    option("--semgap-sampler", metavar="SPEC", type=_parsed_by(Sampler.parse), default=Sampler(),
+           help="how every mode picks tokens, local and the server's token-only alike: greedy, top-k=K or "
+                "top-p=P, then ,seed=N for the seeded draws. Default: greedy")
+    option("--semgap-server", metavar="HOST:PORT", type=_address, default=None,
+           help="use the semgap server already running there; nothing is spawned. Default: spawn one")
+    option("--semgap-host", metavar="ADDRESS", default="127.0.0.1",
+           help="address a spawned server binds (rpc: loopback only, IPv4). Default: 127.0.0.1")
+    option("--semgap-link", metavar="KIND", choices=LINKS, default="loopback",
+           help="loopback, or netns: the server in its own network namespace behind a veth pair (root). Default: loopback")
+    option("--semgap-link-rate", metavar="RATES", type=_rates, default=(),
+           help="with --semgap-link netns: tbf rate(s) on the veth, comma list like 100mbit,1gbit. Default: unshaped")
+    option("--semgap-transport", metavar="NAME", choices=list(transport.TRANSPORTS), default=transport.DEFAULT_TRANSPORT,
+           help="how client and server exchange requests: tcp (semgap's own: one TCP connection, length-prefixed "
+                "frames, HMAC-authenticated, no pickle) or rpc (PyTorch RPC over TensorPipe, loopback or the netns "
+                f"link only). Default: {transport.DEFAULT_TRANSPORT}")
+    option("--semgap-secret-file", metavar="PATH", type=_secret_file, default=None,
+           help="file holding the shared secret the tcp transport proves to the server; a spawned server gets a "
+                f"fresh random one unless this or ${auth.SECRET_VARIABLE} is set. Default: ${auth.SECRET_VARIABLE}")
+    option("--semgap-rpc-timeout", metavar="SECONDS", type=_positive_int, default=120,
+           help="timeout of one call to the server, whatever the transport. Default: 120")
+    option("--semgap-server-start-timeout", metavar="SECONDS", type=_positive_int, default=600,
+           help="how long to wait for a spawned server to build its model, and for the one weight upload. Default: 600")
+    option("--semgap-results", metavar="DIR", type=Path, default=Path("results"),
+           help="each run writes its JSON, report, verdicts, plots and server logs into DIR/<run id>/; "
+                "DIR/latest points at the newest run that measured something. Default: results")
+    option("--semgap-h1", metavar="FRACTION", type=_fraction, default=0.30,
+           help="H1: the byte reduction semantic must reach against every blind baseline (the headline: the strongest). Default: 0.30")
+    option("--semgap-h2", metavar="FRACTION", type=_fraction, default=0.15,
+           help="H2: the latency reduction semantic must reach against every blind baseline (the headline: the strongest). Default: 0.15")
+    option("--semgap-alpha", metavar="FRACTION", type=_fraction, default=0.05,
+           help="significance level of the latency test. Default: 0.05")
+    option("--semgap-min-agreement", metavar="FRACTION", type=_share, default=1.0,
+           help="token agreement with local below which a saving is labelled LOSSY, not SUPPORTED. Default: 1.0")
+    option("--semgap-enforce", action="store_true", default=False,
+           help="fail the run when a hypothesis is NOT SUPPORTED (a CI gate). Default: off")
+
+
+@dataclass(frozen=True)
+class SemgapConfig:
+    """The run's settings, read once from the options and kept in the pytest stash."""
+
+    model: str
+    seed: int
+    dtype: str
+    device: str
+    fast_path: str
+    modes: tuple[str, ...]
+    phases: tuple[str, ...]
+    prompt_tokens: int
+    decode_steps: tuple[int, ...]  # one decode benchmark per length
+    blocks: int
+    rounds: int  # measured rounds per case and block
+    warmup_rounds: int  # per case and block
+    block_seed: int
+    semantic: TechniqueSet  # the headline set
+    ablation: str  # --semgap-ablation as given: off, all or a list
+    sampler: Sampler
+    server: tuple[str, int] | None
+    host: str
+    link: str
+    link_rates_bps: tuple[int, ...]
+    transport: str
+    secret_file: Path | None
+    rpc_timeout_s: int
+    server_start_timeout_s: int
+    results_dir: Path  # the parent of every run's directory (--semgap-results)
+    run_dir: Path  # this run's directory: results_dir/<run id>, made when something is written there
+    h1: float
+    h2: float
+    alpha: float
+    min_agreement: float
+    enforce: bool
+    batch_sessions: tuple[int, ...]  # concurrent sessions per batching benchmark; () leaves them out
+    batch_rounds: int
+
+    @classmethod
+    def from_pytest(cls, config: pytest.Config) -> "SemgapConfig":
+        get = config.getoption
+        settings = cls(
+            model=get("semgap_model"), seed=get("semgap_seed"), dtype=get("semgap_dtype"), device=get("semgap_device"),
+            fast_path=get("semgap_fast_path"),
+            modes=get("semgap_modes"), phases=get("semgap_phases"), prompt_tokens=get("semgap_prompt_tokens"),
+            decode_steps=get("semgap_decode_steps"), blocks=get("semgap_blocks"), rounds=get("semgap_rounds"),
+            warmup_rounds=get("semgap_warmup_rounds"), block_seed=get("semgap_block_seed"),
+            semantic=get("semgap_semantic"), ablation=get("semgap_ablation"), sampler=get("semgap_sampler"),
+            server=get("semgap_server"), host=get("semgap_host"), link=get("semgap_link"),
+            link_rates_bps=get("semgap_link_rate"), transport=get("semgap_transport"),
+            secret_file=get("semgap_secret_file"), rpc_timeout_s=get("semgap_rpc_timeout"),
+            server_start_timeout_s=get("semgap_server_start_timeout"), results_dir=get("semgap_results"),
+            run_dir=get("semgap_results") / rundir.new_run_id(),
+            h1=get("semgap_h1"), h2=get("semgap_h2"), alpha=get("semgap_alpha"),
+            min_agreement=get("semgap_min_agreement"), enforce=get("semgap_enforce"),
+            batch_sessions=get("semgap_batch_sessions"), batch_rounds=get("semgap_batch_rounds"),
+        )
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """Reject contradictory settings before anything starts."""
+        if self.ablation != "off" and "semantic" not in self.modes:
+            raise pytest.UsageError("--semgap-ablation measures variants of the semantic mode; add semantic to --semgap-modes")
+        if self.link_rates_bps and self.link != "netns":
+            raise pytest.UsageError("--semgap-link-rate shapes the veth of --semgap-link netns; add --semgap-link netns")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise pytest.UsageError(f"--semgap-device {self.device}: torch sees no CUDA device on this machine")
+        if self.host in ("0.0.0.0", "::", ""):
+            raise pytest.UsageError(
+                f"--semgap-host {self.host!r} is a wildcard: give the concrete address the client should reach "
+                "(bytes are counted on the connection to it)"
+            )
+        if self.link == "netns":
+            from semgap.bench.testbed.link import link_available
+
+            available, reason = link_available()
+            if not available:
+                raise pytest.UsageError(f"--semgap-link netns cannot run here: {reason}")
+        try:
+            auth.load_secret(self.secret_file)  # $SEMGAP_SECRET too
+        except ValueError as error:
+            raise pytest.UsageError(str(error)) from None
+        if self.server is None and self.link == "loopback":
+            try:  # what the spawned server would refuse (it always gets a secret), refused before anything starts
+                transport.check_bind(transport.transport_kind(self.transport), self.host, has_secret=True)
+            except transport.BindRefused as error:
+                raise pytest.UsageError(f"--semgap-host {self.host} --semgap-transport {self.transport}: {error}") from None
+        if self.server is not None and self.link == "netns":
+            raise pytest.UsageError("--semgap-server names a server already running; --semgap-link netns starts its own")
+        try:
+            limit = presets.context_length_of(self.model)
+        except (OSError, ValueError) as error:  # a checkpoint directory without a readable config.json
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise pytest.UsageError(
+                f"--semgap-model {self.model}: cannot read its config ({first_line}); a checkpoint directory "
+                "needs config.json and weights"
+            ) from None
+        if self.prompt_tokens + self.max_decode_steps > limit:
+            raise pytest.UsageError(
+                f"a prompt of {self.prompt_tokens} tokens plus {self.max_decode_steps} decode steps exceeds the context "
+                f"of {self.model} ({limit} positions); lower --semgap-prompt-tokens or --semgap-decode-steps"
+            )
+
+    @property
+    def spec(self) -> presets.ModelSpec:
+        return presets.ModelSpec(self.model, self.seed, self.dtype, self.device)
+
+    @property
+    def max_cache_len(self) -> int:
+        """Positions a static KV cache needs: the prompt plus every decoded token."""
+        return self.prompt_tokens + self.max_decode_steps
+
+    @property
+    def ablation_sets(self) -> list[TechniqueSet]:
+        """The semantic variants measured beside the headline set (none without --semgap-ablation)."""
+        if self.ablation == "off":
+            return []
+        return ablation_sets(self.semantic, ablation_chain(self.ablation, self.semantic))
+
+    @property
+    def max_decode_steps(self) -> int:
+        return max(self.decode_steps)
+
+    def server_args(self) -> tuple[str, ...]:
+        return ("--seed", str(self.seed), "--dtype", self.dtype, "--device", self.device, "--transport", self.transport,
+                "--fast-path", self.fast_path, "--max-cache-len", str(self.max_cache_len))

@@ -1,0 +1,321 @@
+"""The pytest plugin: semgap's options, the mode x phase matrix, fixtures, and the post-run verdicts."""
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+
+import pytest
+
+from semgap.bench import calibration, preflight, rundir
+
+from semgap.bench.testbed import interrupts
+
+from semgap.report import writer
+
+from semgap.analysis import verdicts
+from semgap.bench.batchrunner import BatchCase, BatchReference, BatchRunner, batch_cases
+from semgap.bench.config import SemgapConfig, add_options
+from semgap.bench.harness import BlockItem, CaseRunner, ExperimentSession, schedule
+from semgap.client.modes import MODES
+from semgap.bench.runrecord import CaseItem, RunRecord, SessionFailure, one_line
+
+settings_key = pytest.StashKey[SemgapConfig]()
+run_key = pytest.StashKey[RunRecord]()
+# Every benchmark semgap runs, by its parameter, and how its failures name it (the case id after this).
+BENCHMARK_PARAMETERS = {"semgap_case": "", "semgap_probe": "calibration:", "semgap_batch_case": "batching:",
+                        "semgap_kv_case": "kv-recovery:"}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    add_options(parser)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    preflight.check_invocation(config)
+    settings = SemgapConfig.from_pytest(config)
+    config.stash[settings_key] = settings
+    if config.getoption("benchmark_json", None) is None:  # pytest-benchmark writes the run's JSON into its folder
+        config.option.benchmark_json = settings.run_dir / "benchmark.json"
+    preflight.histogram_in(config, settings.run_dir)
+    # A benchmark that stops at a session-level failure, before its rounds, is reported as such already.
+    config.addinivalue_line("filterwarnings", "ignore:Benchmark fixture was not used at all in this test")
+    record = config.stash[run_key] = RunRecord()
+    config.pluginmanager.register(SessionFinishGuard(record), "semgap-sessionfinish")
+    record.guard.install()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    record = config.stash.get(run_key, None)
+    if record is not None:
+        record.guard.uninstall()
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "semgap_case" in metafunc.fixturenames:
+        # One benchmark per (case, block), in the order they run: block after block (see harness.schedule).
+        matrix = schedule(metafunc.config.stash[settings_key])
+        metafunc.parametrize("semgap_case", matrix, ids=[item.id for item in matrix])
+    if "semgap_probe" in metafunc.fixturenames:
+        metafunc.parametrize("semgap_probe", calibration.probes(), ids=lambda probe: probe.id)
+    if "semgap_batch_case" in metafunc.fixturenames:
+        batching = batch_cases(metafunc.config.stash[settings_key])
+        if not batching:
+            pytest.skip("--semgap-batch-sessions none: the batching benchmark is left out", allow_module_level=True)
+        metafunc.parametrize("semgap_batch_case", batching, ids=[case.id for case in batching])
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Decided before any fixture runs, so a disabled run builds no model, server or namespace.
+    reason = _benchmarking_disabled(config)
+    if reason:
+        for item in items:
+            if BENCHMARK_PARAMETERS.keys() & set(getattr(item, "fixturenames", ())):
+                item.add_marker(pytest.mark.skip(reason=reason))
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    record = session.config.stash[run_key]
+    for item in session.items:
+        params = item.callspec.params if hasattr(item, "callspec") else {}
+        for name, prefix in BENCHMARK_PARAMETERS.items():
+            if name in params:
+                record.cases[item.nodeid] = CaseItem(item.name, prefix + params[name].id)
+
+
+def _benchmarking_disabled(config: pytest.Config) -> str:
+    if config.getoption("benchmark_disable", False):
+        return "benchmarking is disabled (--benchmark-disable): semgap needs measured rounds"
+    if config.getoption("benchmark_skip", False):
+        return "benchmarks are skipped (--benchmark-skip)"
+    if preflight.under_xdist(config):
+        return preflight.xdist_skip_reason()
+    return ""
+
+
+@pytest.fixture(scope="session")
+def semgap_settings(request: pytest.FixtureRequest) -> SemgapConfig:
+    return request.config.stash[settings_key]
+
+
+@pytest.fixture(scope="session")
+def semgap_session(request: pytest.FixtureRequest, semgap_settings: SemgapConfig):
+    """The link, server and connection shared by every benchmark; all torn down at the end, also on failure.
+
+    None when it could not be opened: the first benchmark reports why in one line, the others skip.
+    """
+    record = request.config.stash[run_key]
+    record.started = True
+    try:
+        record.session = ExperimentSession(semgap_settings, _progress_writer(request.config)).open()
+    except Exception as error:  # open() has undone itself; a KeyboardInterrupt stops the run instead
+        record.session_failure = SessionFailure(one_line(error))
+        yield None
+        return
+    try:
+        yield record.session
+    finally:
+        # pytest tears session fixtures down with the last benchmark, not in sessionfinish: a signal
+        # now waits until the link and server are gone, then stops the run.
+        with interrupts.held():
+            try:
+                record.conditions = record.session.conditions()
+            finally:
+                record.session.close()
+                record.session = None
+
+
+def _progress_writer(config: pytest.Config):
+    """Write set-up progress straight to the terminal, past pytest's output capture."""
+    terminal = config.pluginmanager.get_plugin("terminalreporter")
+    capture = config.pluginmanager.get_plugin("capturemanager")
+
+    def write(line: str) -> None:
+        if terminal is None or capture is None:
+            return
+        with capture.global_and_fixture_disabled():
+            terminal.write_line(line)
+
+    return write
+
+
+@pytest.fixture
+def semgap_bench(request: pytest.FixtureRequest, semgap_session: ExperimentSession | None, semgap_case: BlockItem) -> CaseRunner:
+    _check_session(request, semgap_session, MODES[semgap_case.case.mode].needs_server)
+    return CaseRunner(semgap_session, semgap_case)
+
+
+@pytest.fixture(scope="session")
+def semgap_batch_reference(semgap_session: ExperimentSession | None) -> BatchReference | None:
+    """Every batching session's prompt and local's tokens for it, computed once."""
+    return None if semgap_session is None else BatchReference.compute(semgap_session)
+
+
+@pytest.fixture
+def semgap_batching(request: pytest.FixtureRequest, semgap_session: ExperimentSession | None,
+                    semgap_batch_reference: BatchReference | None, semgap_batch_case: BatchCase) -> BatchRunner:
+    if semgap_session is not None and semgap_session.transport is None:
+        pytest.skip("the batching benchmark needs the server: --semgap-modes names no remote mode")
+    _check_session(request, semgap_session, needs_server=True)
+    return BatchRunner(semgap_session, semgap_batch_case, semgap_batch_reference)
+
+
+def _check_session(request: pytest.FixtureRequest, semgap_session: ExperimentSession | None, needs_server: bool) -> None:
+    """Stop a benchmark at a failure every benchmark would repeat: the first fails saying it, the others skip."""
+    record = request.config.stash[run_key]
+    if semgap_session is not None and needs_server and record.session_failure is None:
+        try:
+            semgap_session.check_server()
+        except RuntimeError as error:  # lost while an earlier benchmark ran, which failed saying so
+            earlier = record.failures[-1]["name"] if record.failures else ""
+            record.session_failure = SessionFailure(one_line(error), reported_by=earlier)
+    if record.session_failure is not None and (semgap_session is None or needs_server):
+        record.session_failure.stop(request.node.name)
+
+
+@pytest.fixture(scope="module")
+def semgap_calibration(request: pytest.FixtureRequest, semgap_session: ExperimentSession | None):
+    """The calibration peers on the run's link; stopped, and their connections closed, after the module."""
+    failure = request.config.stash[run_key].session_failure
+    if semgap_session is None:
+        pytest.skip(f"not calibrated: the session did not open ({failure.line if failure else 'unknown'})")
+    reason = calibration.Calibration.unavailable(semgap_session)
+    if reason:
+        pytest.skip(reason)
+    runner = calibration.Calibration(semgap_session)
+    try:
+        yield runner.start()
+    finally:
+        runner.close()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    report = yield
+    record = item.config.stash[run_key]
+    if item.nodeid not in record.cases:
+        return report
+    if report.when == "call":
+        record.ended.add(item.nodeid)
+    if report.failed:
+        # pytest-benchmark leaves errored benchmarks out of its JSON: keep why they failed.
+        reason = call.excinfo.exconly() if call.excinfo else str(report.longrepr)
+        record.add_failure(item.nodeid, report.when, reason)
+    return report
+
+
+class SessionFinishGuard:
+    """The outermost sessionfinish (a plugin of its own: a module holds one implementation per hook).
+
+    Signals wait until pytest-benchmark's JSON, the teardown and the report are done, and a
+    benchmark an interrupt cut short is taken out before pytest-benchmark saves.
+    """
+
+    def __init__(self, record: RunRecord):
+        self.record = record
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int):
+        self.record.exit_status = exitstatus
+        with interrupts.held(reraise=False), warnings.catch_warnings():
+            # semgap writes the JSON of a run that measured nothing itself (pytest_sessionfinish below)
+            warnings.filterwarnings("ignore", message="Not saving anything, no benchmarks have been run")
+            self._drop_cut_short(session.config)
+            result = yield
+        if self.record.interrupted_by and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.INTERRUPTED  # a signal during teardown or the report
+        return result
+
+    def _drop_cut_short(self, config: pytest.Config) -> None:
+        """Drop a benchmark an interrupt stopped: no bytes or tokens reached its extra_info, and in warm-up it has no round."""
+        record, benchmark_session = self.record, config.pluginmanager.get_plugin("pytest-benchmark")
+        if benchmark_session is None:
+            return
+        cut_short = set(record.cut_short([bench.fullname for bench in benchmark_session.benchmarks]))
+        for nodeid in sorted(cut_short):
+            record.add_failure(nodeid, "call", f"interrupted by {record.interrupted_by or 'KeyboardInterrupt'} "
+                                               "before its rounds finished; its rounds are left out")
+        benchmark_session.benchmarks[:] = [b for b in benchmark_session.benchmarks if b.fullname not in cut_short]
+
+
+def pytest_benchmark_update_json(config: pytest.Config, benchmarks, output_json: dict) -> None:
+    record = config.stash[run_key]
+    if record.session is not None:
+        record.conditions = record.session.conditions()
+    output_json["semgap"] = _semgap_section(record, output_json)
+    if record.output_json is None:  # the --benchmark-json file's, with raw data, comes before the autosave's
+        record.output_json = output_json
+        config.getoption("benchmark_json").parent.mkdir(parents=True, exist_ok=True)  # pytest-benchmark does not
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    config = session.config
+    record, settings = config.stash[run_key], config.stash[settings_key]
+    if not record.started:
+        return  # no semgap benchmark started (none selected, --collect-only, benchmarking disabled)
+    _save_json(config, record, settings)
+    try:
+        record.verdicts = verdicts.compute(
+            record.output_json, h1=settings.h1, h2=settings.h2, alpha=settings.alpha,
+            min_agreement=settings.min_agreement,
+        )
+        writer.write(record.verdicts, record.output_json, settings.run_dir)
+    except Exception as error:  # a broken report must not hide the measurements already saved
+        record.report_error = f"{type(error).__name__}: {error}"
+        session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
+    if record.output_json["benchmarks"]:
+        rundir.point_latest(settings.results_dir, settings.run_dir)
+    _save_json(config, record, settings)  # again, should a signal have come while the report was written
+    if not record.report_error and settings.enforce and verdicts.any_not_supported(record.verdicts):
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def _semgap_section(record: RunRecord, output_json: dict) -> dict:
+    """The JSON's `semgap` section: the run's conditions and status, and its transport calibration."""
+    return {**record.semgap_section(), "calibration": calibration.summarize(output_json["benchmarks"])}
+
+
+def _save_json(config: pytest.Config, record: RunRecord, settings: SemgapConfig) -> None:
+    """The run's JSON in its folder, also when pytest-benchmark wrote none (nothing was measured), and
+    written again when a signal came after pytest-benchmark wrote it (during teardown)."""
+    written = config.getoption("benchmark_json")
+    settings.run_dir.mkdir(parents=True, exist_ok=True)
+    if record.output_json is None:
+        record.output_json = {"benchmarks": []}
+    section = _semgap_section(record, record.output_json)
+    if record.output_json.get("semgap") != section:
+        record.output_json["semgap"] = section
+        written.parent.mkdir(parents=True, exist_ok=True)
+        written.write_text(json.dumps(record.output_json, indent=2, default=str))
+    in_run_dir = settings.run_dir / "benchmark.json"
+    if written.resolve() != in_run_dir.resolve():  # --benchmark-json named another place: keep a copy here too
+        shutil.copyfile(written, in_run_dir)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    record, settings = config.stash[run_key], config.stash[settings_key]
+    if not record.started or record.output_json is None:
+        return
+    write = terminalreporter.write_line
+    terminalreporter.section("semgap verdicts")
+    if record.interrupted_by:
+        write(f"semgap: interrupted by {record.interrupted_by}; the benchmarks that finished are saved", yellow=True)
+    for warning in record.conditions.get("warnings", []):
+        write(f"measurement warning: {warning}", yellow=True)
+    for failure in record.failures:
+        if record.session_failure is None or record.session_failure.line not in failure["reason"]:  # said above
+            write(f"failed: {failure['case']} ({failure['when']}): {failure['reason'].splitlines()[0]}", red=True)
+    if record.report_error:
+        write(f"semgap could not compute its verdicts: {record.report_error}", red=True)
+    else:
+        for line in writer.terminal_lines(record.verdicts):
+            write(line)
+    where = f"semgap: run {record.run_status}; JSON, report, verdicts, plots and logs in {settings.run_dir}/"
+    if record.output_json["benchmarks"]:
+        write(f"{where} ({settings.results_dir / rundir.LATEST} points there)")
+    else:
+        write(f"{where}; it measured nothing, so {settings.results_dir / rundir.LATEST} is unchanged")
+    if not record.report_error and settings.enforce and verdicts.any_not_supported(record.verdicts):
+        write("semgap: a hypothesis is NOT SUPPORTED or LOSSY and --semgap-enforce is set: failing the run",
+              red=True, bold=True)

@@ -1,0 +1,94 @@
+"""What a run learns as it goes (failures, interrupts, which benchmarks finished) and the status it ends with."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from semgap.bench.harness import ExperimentSession
+from semgap.bench.testbed.interrupts import SignalGuard
+
+def one_line(error: BaseException) -> str:
+    """An error as one line: its `summary` if it has one (semgap's errors that carry a log), else its first
+    line, after the error's type unless semgap raised it (semgap's messages say what to do)."""
+    summary = getattr(error, "summary", None)
+    if summary:
+        return summary
+    text = str(error).strip()
+    if not text:
+        return type(error).__name__
+    own = type(error).__module__.split(".")[0] == "semgap"
+    return text.splitlines()[0] if own else f"{type(error).__name__}: {text.splitlines()[0]}"
+
+
+@dataclass
+class SessionFailure:
+    """A failure every later benchmark would repeat (no server, a model that cannot load, a lost server).
+
+    The first benchmark to meet it fails with one line; every other skips, naming that benchmark.
+    """
+
+    line: str
+    reported_by: str = ""  # the name of the benchmark that reported it
+
+    def stop(self, name: str) -> None:
+        """Fail benchmark `name` with the one line if none did yet, else skip it with a pointer; never returns."""
+        if not self.reported_by:
+            self.reported_by = name
+            pytest.fail(f"semgap: {self.line}", pytrace=False)
+        pytest.skip(f"not run: {self.reported_by} failed with an error every benchmark would repeat")
+
+
+@dataclass
+class CaseItem:
+    name: str  # the test's name, e.g. test_semantic_gap[semantic-decode]
+    case: str  # the case id, e.g. semantic-decode
+
+
+@dataclass
+class RunRecord:
+    """What the plugin learns during the run and reports after it."""
+
+    guard: SignalGuard = field(default_factory=SignalGuard)
+    cases: dict[str, CaseItem] = field(default_factory=dict)  # node id -> the semgap benchmark to run there (any kind)
+    started: bool = False  # a semgap benchmark set up its session: this run gets a directory
+    ended: set[str] = field(default_factory=set)  # node ids whose call phase ended, passed or failed
+    failures: list[dict] = field(default_factory=list)
+    session_failure: SessionFailure | None = None
+    conditions: dict = field(default_factory=dict)
+    session: ExperimentSession | None = None  # while it is open: after -x or Ctrl-C the JSON is written before teardown
+    exit_status: int = 0
+    verdicts: object | None = None
+    output_json: dict | None = None
+    report_error: str = ""
+
+    def add_failure(self, nodeid: str, when: str, reason: str) -> None:
+        item = self.cases[nodeid]
+        self.failures.append({"name": item.name, "case": item.case, "when": when, "reason": reason[:2000]})
+
+    def cut_short(self, nodeids: list[str]) -> list[str]:
+        """Which of `nodeids` are semgap benchmarks whose call never ended: an interrupt stopped them.
+
+        A benchmark that failed ended; whether its rounds are kept is pytest-benchmark's and the
+        harness's decision (an error inside the rounds drops them, a failed check after them keeps them).
+        """
+        return [nodeid for nodeid in nodeids if nodeid in self.cases and nodeid not in self.ended]
+
+    @property
+    def interrupted_by(self) -> str | None:
+        return self.guard.received
+
+    @property
+    def run_status(self) -> str:
+        """`interrupted` (a signal, or pytest stopped by a KeyboardInterrupt), `failed` (a benchmark or the
+        session failed), else `complete`."""
+        if self.interrupted_by or self.exit_status == pytest.ExitCode.INTERRUPTED:
+            return "interrupted"
+        if self.failures or self.session_failure:
+            return "failed"
+        return "complete"
+
+    def semgap_section(self) -> dict:
+        """The `semgap` section of the run's JSON."""
+        return {**self.conditions, "failures": self.failures, "run_status": self.run_status,
+                "interrupted_by": self.interrupted_by}

@@ -1,0 +1,140 @@
+"""The interface every execution mode implements, and the shared client side of remote calls."""
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+
+from semgap.wire import codec
+from semgap.model.presets import weights_of
+from semgap.model.runtime import EAGER_DYNAMIC, Engine
+from semgap.model.sampling import GREEDY, Sampler
+from semgap.techniques import TechniqueSet
+from semgap.wire.transport import CountingTransport, PayloadCounter
+
+
+@dataclass
+class ModeContext:
+    """What a mode works with: the client's copy of the model and, for remote modes, a transport."""
+
+    model: torch.nn.Module
+    transport: CountingTransport | None = None
+    semantic: TechniqueSet = field(default_factory=TechniqueSet)  # what the semantic mode applies
+    sampler: Sampler = GREEDY  # how every mode's generation picks tokens (semgap.model.sampling)
+    decode_path: str = EAGER_DYNAMIC  # how the client's own Engine decodes (semgap.model.runtime.DECODE_PATHS)
+    max_cache_len: int | None = None  # positions of its static caches; None: the model's context
+    engine: Engine | None = field(default=None, repr=False)
+    # The server's handle of the weights this context uploaded: remote_cache and semantic share one
+    # upload per session (12 GB for GPT-J-6B: ~20 s on loopback) instead of one per benchmark.
+    weights_handle: str | None = None
+    upload_timeout_s: float | None = None  # a 12 GB upload outlasts the per-call RPC timeout
+
+    @property
+    def dtype_name(self) -> str:
+        return str(next(self.model.parameters()).dtype).removeprefix("torch.")
+
+    def local_engine(self) -> Engine:
+        """The one Engine on the client's model: every local mode of a session shares its compiled step and caches."""
+        if self.engine is None:
+            self.engine = Engine(self.model, self.decode_path, self.max_cache_len)
+        return self.engine
+
+    @property
+    def counter(self) -> PayloadCounter:
+        return self.transport.counter if self.transport is not None else _NO_TRAFFIC
+
+
+_NO_TRAFFIC = PayloadCounter()
+
+class Mode(ABC):
+    """One way of running inference: `prefill` a prompt, then `decode_one_token` at a time.
+
+    Both return the last position's logits ([vocab], float32 on the CPU), or the token id itself where
+    the server chose it, and the state the next step needs; `release` frees that state. `setup` runs
+    once per session, before any round.
+    """
+
+    name: ClassVar[str]
+    # What the mode stands for in the verdicts: "local" (no network), "blind" (a semantic-blind
+    # baseline) or "semantic" (the candidate).
+    role: ClassVar[str]
+    needs_server: ClassVar[bool] = True
+    ships_cache: ClassVar[bool] = False  # the KV cache crosses the wire each step: the server decodes it eager-dynamic
+    # The decode path the mode's steps always run, whatever --semgap-fast-path says (None: the engine's own).
+    fixed_decode_path: ClassVar[str | None] = None
+
+    def __init__(self, context: ModeContext):
+        self.context = context
+
+    def setup(self) -> None:
+        """Per-session preparation (a weight upload, say); its bytes count as setup bytes."""
+
+    @abstractmethod
+    def prefill(self, token_ids: list[int]) -> tuple[torch.Tensor, object]: ...
+
+    @abstractmethod
+    def decode_one_token(self, token_id: int, state: object) -> tuple[torch.Tensor, object]: ...
+
+    def release(self, state: object) -> None:
+        """Free what `prefill` left behind (no-op where the client holds the state)."""
+
+    @property
+    def lossless(self) -> bool:
+        """Whether the mode must generate exactly `local`'s tokens (a lossy one only records its agreement)."""
+        return True
+
+    def round_figures(self, before: dict[str, float], after: dict[str, float]) -> dict[str, float | None]:
+        """One round's figures for extra_info from `counters()` before and after it: by default their deltas."""
+        return {name: value - before.get(name, 0) for name, value in after.items()}
+
+    def counters(self) -> dict[str, float]:
+        """Cumulative counts of what the mode did beyond payload bytes (ops forwarded, flushes, ...).
+
+        The harness records each one's per-round delta in extra_info as `<name>` (median) and
+        `<name>_rounds`; a mode with nothing more to count returns {}.
+        """
+        return {}
+
+    def close(self) -> None:
+        """Free what `setup` left on the server, once the mode's last round is over (no-op for most modes)."""
+
+    def resident_weights(self) -> str:
+        """The server's handle of the weights, uploaded once per session by the first resident mode that asks."""
+        if self.context.weights_handle is None:
+            _, meta = self.call("upload_weights", weights_of(self.context.model), timeout_s=self.context.upload_timeout_s)
+            self.context.weights_handle = meta["weights_handle"]
+        return self.context.weights_handle
+
+    def call(self, op: str, tensors: dict[str, torch.Tensor], meta: dict[str, str] | None = None,
+             zstd_level: int | None = None, timeout_s: float | None = None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        """Encode (zstd at `zstd_level`, raw for None), send, receive and decode one request, timing both
+        codec ends and adding up server time."""
+        counter = self.context.counter
+        response = self.context.transport.call(op, self._encode(tensors, meta, zstd_level), timeout_s)
+        start = time.perf_counter()
+        tensors, meta = codec.decode(response)
+        counter.decode_ms += (time.perf_counter() - start) * 1e3
+        counter.server_compute_ms += float(meta.get("server_compute_ms", 0.0))
+        self.received(response, meta)
+        return tensors, meta
+
+    def received(self, response: bytes, meta: dict[str, str]) -> None:
+        """Hook: a mode that reads more figures from its responses than server compute time."""
+
+    def post(self, op: str, tensors: dict[str, torch.Tensor], meta: dict[str, str] | None = None) -> None:
+        """Encode and send one request without waiting; the server's time for it comes with a later response."""
+        self.context.transport.post(op, self._encode(tensors, meta))
+
+    def _encode(self, tensors: dict[str, torch.Tensor], meta: dict[str, str] | None, zstd_level: int | None = None) -> bytes:
+        start = time.perf_counter()
+        request = codec.encode(tensors, meta, compress=zstd_level is not None, level=zstd_level or codec.ZSTD_LEVEL)
+        self.context.counter.encode_ms += (time.perf_counter() - start) * 1e3
+        return request
+
+
+def last_row(logits: torch.Tensor) -> torch.Tensor:
+    """The last position's logits as float32 on the CPU: [batch, seq, vocab] -> [vocab]."""
+    return logits[0, -1].float().cpu()

@@ -1,1 +1,0 @@
-"""KV-cache recovery under eviction and migration: strategies (client), operations (server), benchmark runner."""

@@ -1,0 +1,1 @@
+"""The model: presets and local checkpoints, the engine client and server share, sampling, and the trained presets."""

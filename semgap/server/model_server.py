@@ -1,0 +1,317 @@
+"""The GPU-side server: holds the model and a KV-cache store behind opaque handles.
+
+Run it with `python -m semgap.server --model gpt2-mini --host 127.0.0.1 --port 29501`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import secrets
+import threading
+import uuid
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from semgap.wire import codec, transport
+
+from semgap.model import presets, runtime
+from semgap.server.batching import DecodeBatcher
+from semgap.server.kvrecovery import KvRecoveryServer
+from semgap.server.oplevel import OpLevelServer
+from semgap.model.runtime import Engine, cache_to_tensors, stopwatch, tensors_to_cache
+from semgap.server.semantic import SemanticSessions
+from semgap.wire.transport import auth
+
+MAX_CACHES = 64  # caches a crashed client never released are evicted oldest first beyond this
+
+EXPOSURE_WARNING = (
+    "WARNING: semgap server serving rpc on {host}, which is not a loopback address. PyTorch RPC unpickles "
+    "whatever it receives, so anyone who can reach port {port} can run arbitrary code on this host "
+    "as this user. Serve there only on a network no one else can reach."
+)
+
+
+class ModelServer:
+    """Answers the operations the client modes call; one request at a time against one model."""
+
+    def __init__(self, spec: presets.ModelSpec, monitor=None, fast_path: str = "off", max_cache_len: int | None = None):
+        self.spec = spec
+        decode_path = runtime.resolve_decode_path(fast_path, spec.resolved_device())
+        self.engine = Engine(presets.build_model(spec), decode_path, max_cache_len)
+        # CUDA graphs captured by cudagraph trees belong to the capturing thread, and RPC requests
+        # arrive on a pool of threads: on the compiled path one engine thread runs every operation.
+        self.engine_thread = (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="semgap-engine")
+            if self.engine.decode_path == runtime.STATIC_COMPILE else None
+        )
+        self.monitor = monitor
+        self.weights_handle = "server-built"  # the preset's own weights until a client uploads
+        self.caches: OrderedDict[str, object] = OrderedDict()
+        self.semantic = SemanticSessions()  # the caches whose prefill named techniques, and what it named
+        self.lock = threading.Lock()
+        self.oplevel = OpLevelServer(self.engine.model, self.check_weights)
+        self.batcher = DecodeBatcher(self.engine.model, self._exclusive, self.check_weights, self.semantic,
+                                     self._logits_response)
+        self.operations = {
+            "hello": self.hello,
+            "echo": self.echo,
+            "sink": self.sink,
+            "upload_weights": self.upload_weights,
+            "naive_step": self.naive_step,
+            "prefill": self.prefill,
+            "decode": self.decode,
+            "release": self.release,
+            "gpu_summary": self.gpu_summary,
+            **self.oplevel.operations,
+            **self.batcher.operations,
+            **KvRecoveryServer(self).operations,
+        }
+
+    def handle(self, op: str, request: bytes) -> bytes:
+        if op not in self.operations:
+            raise ValueError(f"unknown operation {op!r}; this server knows {', '.join(self.operations)}")
+        if op == "echo":  # byte-exact: no decoding, so wire tests see exactly what they sent
+            return request
+        if op == "sink":  # one way: the request is received whole and dropped
+            return b""
+        tensors, meta = codec.decode(request)
+        if op in self.batcher.operations:  # they wait for other sessions' steps, taking the lock only to compute
+            return self.batcher.operations[op](tensors, meta)
+        return self._exclusive(self.operations[op], tensors, meta)
+
+    def warm_up(self) -> float:
+        """Compile and capture the decode step now (seconds), so no client's round pays for it."""
+        return self._on_engine_thread(self.engine.warm_up)
+
+    def close(self) -> None:
+        if self.engine_thread is not None:
+            self.engine_thread.shutdown(wait=True)
+
+    def _exclusive(self, function, *args):
+        """Run `function` with the model to itself: one request at a time, on the engine thread if there is one."""
+        with self.lock:
+            return self._on_engine_thread(function, *args)
+
+    def _on_engine_thread(self, function, *args):
+        if self.engine_thread is None:
+            return function(*args)
+        return self.engine_thread.submit(function, *args).result()
+
+    def hello(self, tensors, meta) -> bytes:
+        import transformers
+
+        info = {
+            "model": self.spec.name,
+            "seed": str(self.spec.seed),
+            "device": str(self.engine.device),
+            "dtype": str(next(self.engine.model.parameters()).dtype).removeprefix("torch."),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "compressor": codec.compressor_name(),
+            "gpu_name": torch.cuda.get_device_name() if self.engine.device.type == "cuda" else "",
+            "fast_path": self.engine.decode_path,
+            "max_cache_len": str(self.engine.max_cache_len),
+            "warmup_s": f"{self.engine.stats.warmup_s:.3f}",
+            "engine_stats": json.dumps(asdict(self.engine.read_compile_counters())),
+        }
+        return codec.encode({}, info)
+
+    def echo(self, tensors, meta) -> bytes:  # never called: handle() answers echo without decoding
+        raise AssertionError("unreachable")
+
+    def sink(self, tensors, meta) -> bytes:  # never called: handle() answers sink without decoding
+        raise AssertionError("unreachable")
+
+    def upload_weights(self, tensors, meta) -> bytes:
+        """Load the client's weights into the model once; later calls name them by handle."""
+        state = self.engine.model.state_dict()
+        unknown = sorted(set(tensors) - set(state))
+        if unknown:
+            raise ValueError(f"uploaded weights do not fit model {self.spec.name!r}: unexpected {unknown[:5]}")
+        with torch.no_grad():
+            for name, tensor in tensors.items():
+                state[name].copy_(tensor)
+        self.weights_handle = uuid.uuid4().hex
+        return codec.encode({}, {"weights_handle": self.weights_handle})
+
+    def naive_step(self, tensors, meta) -> bytes:
+        """Stateless: weights, input ids and the whole KV cache arrive; logits and the whole cache leave."""
+        device = self.engine.device
+        weights = {name[2:]: t.to(device) for name, t in tensors.items() if name.startswith("w.")}
+        self._check_complete(weights)
+        kv = {name[3:]: t.to(device) for name, t in tensors.items() if name.startswith("kv.")}
+        with stopwatch(device) as timing:
+            cache = tensors_to_cache(kv) if kv else None
+            step = self.engine.decode_one_token(tensors["input_ids"], cache, weights) if kv else (
+                self.engine.prefill(tensors["input_ids"], weights)
+            )
+        response = {"logits": step.logits}
+        response.update({f"kv.{name}": t for name, t in cache_to_tensors(step.cache).items()})
+        return codec.encode(response, {"server_compute_ms": codec.milliseconds_text(timing["ms"])})
+
+    def prefill(self, tensors, meta) -> bytes:
+        self.check_weights(meta)
+        # 64 random bits: a semantic decode request carries the handle, and its whole request fits in 64 B.
+        handle = secrets.token_hex(8)
+        # a bad `techniques` field fails before any compute
+        with self.semantic.opening(handle, meta, tensors["input_ids"]), stopwatch(self.engine.device) as timing:
+            step = self.engine.prefill(tensors["input_ids"])
+        self.keep(step.cache, handle)
+        if handle in self.semantic:
+            return self.semantic.respond(handle, step.logits, timing["ms"], prefill=True)
+        return self._logits_response(step.logits, timing["ms"], kv_handle=handle)
+
+    def decode(self, tensors, meta) -> bytes:
+        handle = meta.get("kv_handle", "")
+        cache = self.cache(handle)
+        tensors = self.semantic.decode_request(handle, tensors, meta)
+        with stopwatch(self.engine.device) as timing:
+            step = self.engine.decode_one_token(tensors["input_ids"], cache)
+        self.caches[handle] = step.cache
+        if handle in self.semantic:
+            return self.semantic.respond(handle, step.logits, timing["ms"], prefill=False)
+        return self._logits_response(step.logits, timing["ms"])
+
+    def release(self, tensors, meta) -> bytes:
+        handle = meta.get("kv_handle", "")
+        summary = self.semantic.close(handle)  # the decode steps' figures, before take() forgets the session
+        self.engine.release(self.take(handle))
+        return codec.encode({}, summary)
+
+    def gpu_summary(self, tensors, meta) -> bytes:
+        """The GPU monitor's figures since a mark the client set earlier (`mark` in meta), as JSON."""
+        if self.monitor is None:
+            return codec.encode({}, {"summary": "", "mark": ""})
+        if meta.get("since", "") == "":
+            return codec.encode({}, {"summary": "", "mark": str(self.monitor.mark())})
+        summary = self.monitor.summary(int(meta["since"]))
+        return codec.encode({}, {"summary": json.dumps(summary.to_dict()), "mark": str(self.monitor.mark())})
+
+    def check_weights(self, meta: dict[str, str]) -> None:
+        if meta.get("weights_handle") != self.weights_handle:
+            raise KeyError(
+                f"weights handle {meta.get('weights_handle')!r} is not the server's current one; "
+                "upload the weights again (another client may have replaced them)"
+            )
+
+    def _check_complete(self, weights: dict[str, torch.Tensor]) -> None:
+        """A stateless step runs on the weights it ships, every one of them: none falls back to the resident copy."""
+        required = set(presets.unique_weights(self.engine.model))
+        missing, unexpected = sorted(required - set(weights)), sorted(set(weights) - required)
+        if missing or unexpected:
+            raise ValueError(
+                f"naive_step must ship exactly the model's {len(required)} weights: "
+                f"{len(missing)} missing {missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}"
+            )
+
+    def cache(self, handle: str) -> object:
+        """The cache of `handle`; a KeyError says why there is none."""
+        if handle not in self.caches:
+            raise KeyError(f"unknown KV handle {handle!r}: it was released, evicted or the server restarted")
+        return self.caches[handle]
+
+    def take(self, handle: str) -> object:
+        """The cache of `handle`, out of the store (its semantic session too): the caller releases it or keeps it anew."""
+        self.cache(handle)
+        self.semantic.forget(handle)
+        return self.caches.pop(handle)
+
+    def keep(self, cache: object, handle: str | None = None) -> str:
+        """Store a cache under `handle` (a new one by default); caches beyond MAX_CACHES are released oldest first."""
+        handle = handle or secrets.token_hex(8)
+        self.caches[handle] = cache
+        while len(self.caches) > MAX_CACHES:
+            evicted, oldest = self.caches.popitem(last=False)
+            self.engine.release(oldest)
+            self.semantic.forget(evicted)
+        return handle
+
+    def _logits_response(self, logits: torch.Tensor, compute_ms: float, **extra: str) -> bytes:
+        """A blind session's answer: every logit the model produced, as it produced them."""
+        return codec.encode({"logits": logits}, {"server_compute_ms": codec.milliseconds_text(compute_ms), **extra})
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m semgap.server", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=presets.DEFAULT_MODEL,
+                        help=f"preset or local checkpoint directory (default: {presets.DEFAULT_MODEL})")
+    parser.add_argument("--seed", type=int, default=0, help="seed of a preset's weights (default: 0)")
+    parser.add_argument("--dtype", default="auto", help="auto, float32, float16 or bfloat16 (default: auto)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: auto)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, loopback only)")
+    parser.add_argument("--port", type=int, default=29501,
+                        help="port to listen on; rpc's rendezvous store (default: 29501)")
+    parser.add_argument("--transport", choices=list(transport.TRANSPORTS), default=transport.DEFAULT_TRANSPORT,
+                        help="tcp: semgap's own, authenticated, no pickle; rpc: PyTorch RPC, loopback only "
+                             f"(default: {transport.DEFAULT_TRANSPORT})")
+    parser.add_argument("--secret-file", type=Path, default=None,
+                        help="file holding the shared secret clients must prove (tcp); required beyond loopback "
+                             f"(default: ${auth.SECRET_VARIABLE}, else none)")
+    parser.add_argument("--allow-unauthenticated-rpc", action="store_true",
+                        help="serve rpc beyond loopback although anyone reaching it can run code here; only on a "
+                             "network no one else can reach (the suite passes it for its own netns veth)")
+    parser.add_argument("--no-gpu-monitor", action="store_true", help="do not sample the GPU with NVML")
+    parser.add_argument("--fast-path", choices=runtime.FAST_PATH_SETTINGS, default="auto",
+                        help="decode path of resident caches: on = static KV cache + torch.compile (CUDA graphs), "
+                             "static = static cache without compiling, off = eager with a dynamic cache, "
+                             "auto = on for CUDA, off for CPU (default: auto)")
+    parser.add_argument("--max-cache-len", type=int, default=None,
+                        help="positions of each static KV cache: prompt plus generated tokens (default: the model's context)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        secret = auth.load_secret(args.secret_file)
+        transport.check_bind(transport.transport_kind(args.transport), args.host, secret is not None,
+                             args.allow_unauthenticated_rpc)
+        if args.transport == "rpc" and not transport.is_loopback(args.host):
+            print(EXPOSURE_WARNING.format(host=args.host, port=args.port), file=sys.stderr, flush=True)
+        presets.check_model_name(args.model)
+    except ValueError as error:  # UnknownModelError is one
+        print(f"semgap server: {error}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    monitor = None if args.no_gpu_monitor else _start_monitor()
+    spec = presets.ModelSpec(args.model, seed=args.seed, dtype=args.dtype, device=args.device)
+    server = ModelServer(spec, monitor, fast_path=args.fast_path, max_cache_len=args.max_cache_len)
+    print(f"semgap server built model={spec.name} on device={server.engine.device}", flush=True)
+    # Before the ready line: a spawning client waits for it, so compiling is never charged to a round.
+    warmup_s = server.warm_up()
+    print(f"semgap server warmed up path={server.engine.decode_path} max_cache_len={server.engine.max_cache_len} "
+          f"in {warmup_s:.1f} s", flush=True)
+    try:
+        transport.serve(
+            args.transport, args.host, args.port, server.handle, stop, secret=secret,
+            allow_unauthenticated=args.allow_unauthenticated_rpc,
+            on_ready=lambda: print(f"semgap server ready on {args.host}:{args.port} ({args.transport})", flush=True),
+        )
+    finally:
+        # After the rounds: a recompile, a cudagraph skip or a fallback during them shows here.
+        print(f"semgap server engine stats: {json.dumps(asdict(server.engine.read_compile_counters()))}", flush=True)
+        server.close()
+        if monitor is not None:
+            monitor.stop()
+    print("semgap server stopped", flush=True)
+    return 0
+
+
+def _start_monitor():
+    from semgap.bench.testbed.monitor import GpuMonitor
+
+    monitor = GpuMonitor()
+    monitor.start()
+    return monitor
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""Moving request/response bytes between client and server, and counting what the modes send.
+
+Every transport sits behind one boundary: `call(op, request) -> response`, `post(op, request)` (one
+way) and `close()`. Two are registered in TRANSPORTS:
+
+- `tcp` (semgap/transport/tcp.py, the default): one persistent TCP connection per client,
+  length-prefixed frames, a shared secret proven by HMAC at connect, no pickle.
+- `rpc` (semgap/transport/rpc.py): PyTorch RPC over TensorPipe, which the seed names. It cannot
+  authenticate its peers and unpickles what it receives, so it serves on loopback only unless told
+  otherwise, and IPv4 only.
+
+`connect(name, ...)` opens a client connection and `serve(name, ...)` runs a server; both check
+the name against the registry.
+"""
+from __future__ import annotations
+
+import ipaddress
+import threading
+from dataclasses import dataclass, field
+from typing import Callable, ClassVar, Protocol
+
+Handler = Callable[[str, bytes], bytes]
+DEFAULT_TRANSPORT = "tcp"
+
+
+class ServerUnreachable(ConnectionError):
+    """No semgap server answered at the given address in time."""
+
+
+class AuthenticationFailed(ConnectionError):
+    """One side did not prove the shared secret, or the other demanded one it does not have."""
+
+
+class ServerError(RuntimeError):
+    """The server refused or failed a request; it goes on serving."""
+
+
+class BindRefused(ValueError):
+    """A server was asked to listen where its transport cannot do so safely."""
+
+
+class Transport(Protocol):
+    broken: bool  # the connection was lost: every later call would fail
+
+    def call(self, op: str, request: bytes, timeout_s: float | None = None) -> bytes: ...
+
+    def post(self, op: str, request: bytes) -> None:
+        """Send a request whose answer nobody waits for; the server runs it before any later request
+        of this connection, and a failure surfaces as ServerError on a later `call`."""
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class FramingBound:
+    """What a transport may add to the payload per request on the wire (kernel TCP bytes), per direction.
+
+    Set from the framing measured per call (tests/test_wire_truth.py measures it again and fails
+    if a bound is exceeded or looser than the measurement plus a small margin). A post is one
+    request sent; only where posts wait for their answer (rpc) is it also one received.
+    """
+
+    sent_bytes_per_request: int
+    received_bytes_per_request: int
+    posts_answered: bool = False
+
+    def sent(self, calls: int, posts: int) -> int:
+        return self.sent_bytes_per_request * (calls + posts)
+
+    def received(self, calls: int, posts: int) -> int:
+        return self.received_bytes_per_request * (calls + (posts if self.posts_answered else 0))
+
+
+class TransportKind(Protocol):
+    """A registered transport: a client class that connects in its constructor, and its server."""
+
+    name: ClassVar[str]
+    framing: ClassVar[FramingBound]
+    authenticates: ClassVar[bool]  # proves a shared secret at connect
+    ipv6: ClassVar[bool]  # can listen on an IPv6 address, and only there
+
+    def __call__(self, host: str, port: int, *, timeout_s: float, connect_timeout_s: float,
+                 secret: bytes | None) -> Transport: ...
+
+    @staticmethod
+    def serve(host: str, port: int, handler: Handler, stop: threading.Event, on_ready: Callable[[], None],
+              secret: bytes | None) -> None: ...
+
+
+def transport_kind(name: str) -> TransportKind:
+    if name not in TRANSPORTS:
+        raise ValueError(f"unknown transport {name!r}; choose from {', '.join(TRANSPORTS)}")
+    return TRANSPORTS[name]
+
+
+def connect(name: str, host: str, port: int, *, timeout_s: float = 60.0, connect_timeout_s: float = 10.0,
+            secret: bytes | None = None) -> Transport:
+    """A client connection to the semgap server at host:port over transport `name`."""
+    return transport_kind(name)(host, port, timeout_s=timeout_s, connect_timeout_s=connect_timeout_s, secret=secret)
+
+
+def serve(name: str, host: str, port: int, handler: Handler, stop: threading.Event, *,
+          on_ready: Callable[[], None] = lambda: None, secret: bytes | None = None,
+          allow_unauthenticated: bool = False) -> None:
+    """Serve `handler` on host:port over transport `name` until `stop` is set, once binding there is safe."""
+    kind = transport_kind(name)
+    check_bind(kind, host, secret is not None, allow_unauthenticated)
+    kind.serve(host, port, handler, stop, on_ready, secret)
+
+
+def check_bind(kind: TransportKind, host: str, has_secret: bool, allow_unauthenticated: bool = False) -> None:
+    """Refuse an address the transport cannot serve on safely, saying what would make it safe."""
+    if _is_ipv6(host) and not kind.ipv6:
+        raise BindRefused(
+            f"the {kind.name} transport cannot serve on the IPv6 address {host}: TensorPipe listens on the first "
+            "address of the interface, IPv4 on lo, not on the address asked for; use --transport tcp"
+        )
+    if is_loopback(host):
+        return
+    if kind.authenticates and not has_secret:
+        raise BindRefused(
+            f"refusing to serve {kind.name} on {host}, beyond loopback, without a shared secret: set SEMGAP_SECRET "
+            "or pass --secret-file (any client must then prove the same secret)"
+        )
+    if not kind.authenticates and not allow_unauthenticated:
+        raise BindRefused(
+            f"refusing to serve {kind.name} on {host}, beyond loopback: PyTorch RPC cannot authenticate its peers "
+            "and unpickles what they send, so anyone who reaches the port can run code here. Bind 127.0.0.1 and "
+            "tunnel the port over SSH, use --transport tcp with a secret, or pass --allow-unauthenticated-rpc "
+            "on a network only trusted hosts can reach"
+        )
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _is_ipv6(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).version == 6
+    except ValueError:
+        return False
+
+
+def unreachable(host: str, port: int, transport_name: str, error: OSError) -> ServerUnreachable:
+    """The error for a server that does not answer, with the command that would start one."""
+    return ServerUnreachable(
+        f"no semgap server answers at {host}:{port} ({error}); start one with `python -m semgap.server "
+        f"--transport {transport_name} --host {host} --port {port}` or leave out --semgap-server to let the "
+        "suite start its own"
+    )
+
+
+def describe(error: BaseException) -> str:
+    """An exception as the one line a client sees in its ServerError."""
+    return f"{type(error).__name__}: {error.args[0] if len(error.args) == 1 else error}"
+
+
+@dataclass
+class PayloadCounter:
+    """What the modes serialised and handed to the transport, per direction, and how often."""
+
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    round_trips: int = 0  # calls: requests the client waited for
+    posts: int = 0  # requests sent without waiting for an answer
+    server_compute_ms: float = 0.0
+    encode_ms: float = 0.0
+    decode_ms: float = 0.0
+
+    def snapshot(self) -> "PayloadCounter":
+        return PayloadCounter(**vars(self))
+
+    def since(self, before: "PayloadCounter") -> "PayloadCounter":
+        return PayloadCounter(**{name: value - getattr(before, name) for name, value in vars(self).items()})
+
+
+@dataclass
+class CountingTransport:
+    """Wraps a transport and counts the payload bytes of every call at the transport boundary."""
+
+    inner: Transport
+    counter: PayloadCounter = field(default_factory=PayloadCounter)
+
+    def call(self, op: str, request: bytes, timeout_s: float | None = None) -> bytes:
+        response = self.inner.call(op, request, timeout_s)
+        self.counter.bytes_sent += len(request)
+        self.counter.bytes_received += len(response)
+        self.counter.round_trips += 1
+        return response
+
+    def post(self, op: str, request: bytes) -> None:
+        self.inner.post(op, request)
+        self.counter.bytes_sent += len(request)
+        self.counter.posts += 1
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+# The transports build on the definitions above, so they are imported last.
+from semgap.wire.transport.rpc import RpcTransport  # noqa: E402
+from semgap.wire.transport.tcp import TcpTransport  # noqa: E402
+
+TRANSPORTS: dict[str, TransportKind] = {
+    TcpTransport.name: TcpTransport,
+    RpcTransport.name: RpcTransport,
+}
