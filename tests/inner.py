@@ -24,10 +24,10 @@ IP = shutil.which("ip") or "ip"  # resolved now: some tests strip PATH for the i
 # For an inner conftest: `_position(runner)` is the place of a CaseRunner among the benchmarks run so
 # far (0 for the first), whatever order the run chose for its cases.
 RUN_ORDER = r'''
-import semgap.bench.harness
+import semgap.bench.runner
 
 _runners = []
-_setup = semgap.bench.harness.CaseRunner._setup
+_setup = semgap.bench.runner.CaseRunner._setup
 
 
 def _counted_setup(runner, *args):
@@ -40,7 +40,7 @@ def _position(runner):
     return next(index for index, seen in enumerate(_runners) if seen is runner)
 
 
-semgap.bench.harness.CaseRunner._setup = _counted_setup
+semgap.bench.runner.CaseRunner._setup = _counted_setup
 '''
 
 LINK_OK, LINK_REASON = link_available()

@@ -29,7 +29,7 @@ def _kill_the_server_before(target):
 
 
 for _target in ("_prefill_round", "_decode_round"):
-    setattr(semgap.bench.harness.CaseRunner, _target, _kill_the_server_before(getattr(semgap.bench.harness.CaseRunner, _target)))
+    setattr(semgap.bench.runner.CaseRunner, _target, _kill_the_server_before(getattr(semgap.bench.runner.CaseRunner, _target)))
 '''
 
 

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow
 # commands it runs get the signal too.
 SIGNAL_AT_A_POINT = RUN_ORDER + r'''
 import signal
-import semgap.report.writer, semgap.bench.testbed.serverproc
+import semgap.report.writer, semgap.bench.testbed.serverproc, semgap.bench.session
 
 _point, _signal = os.environ["SEMGAP_TEST_SIGNAL"].split(":")
 
@@ -45,10 +45,10 @@ if _point == "server-start":  # the link exists, the server is starting: before 
     _signal_before(semgap.bench.testbed.serverproc.ServerProcess, "wait_ready")
 elif _point == "mid-round":  # the second benchmark's warm-up round, after the first finished: pytest-benchmark
     # then holds a record of it without a single round (Ctrl-C there used to end in min() of an empty list)
-    _signal_before(semgap.bench.harness.CaseRunner, "_teardown",
+    _signal_before(semgap.bench.runner.CaseRunner, "_teardown",
                    lambda runner, *args: _position(runner) == 1 and not runner.rounds)
 elif _point == "teardown":  # every benchmark finished; the link and server are being removed
-    _signal_before(semgap.bench.harness.ExperimentSession, "close")
+    _signal_before(semgap.bench.session.ExperimentSession, "close")
 elif _point == "report":
     _signal_before(semgap.report.writer, "write")
 '''

@@ -116,7 +116,7 @@ def test_a_rate_sweep_measures_every_recovery_case_at_each_rate():
     assert cases[-1].id == "migration-kv_since_sync-1gbit"
 
 def kv_benchmark(scenario, strategy, role, sent, received, recovery_ms):
-    info = {"scenario": scenario, "mode": strategy, "role": role, "lossless": True, "cached_positions": 133,
+    info = {"scenario": scenario, "strategy": strategy, "role": role, "lossless": True, "cached_positions": 133,
             "model": "gpt2-test", "weights": "random",
             "rpc_round_trips": 2, "recovery_ms": recovery_ms, "server_compute_ms": 0.5,
             "token_agreement_with_local": 1.0, "wire_tcp_bytes_sent": None,

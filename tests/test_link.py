@@ -18,13 +18,12 @@ from semgap.bench.testbed.link import (
     LinkCounters,
     LinkUnavailable,
     NetnsLink,
-    Placement,
     cleanup_stale,
-    format_rate,
     link_available,
     netem_available,
-    parse_rate,
 )
+from semgap.bench.testbed.placement import Placement
+from semgap.bench.testbed.rates import format_rate, parse_rate
 from semgap.bench.testbed.link import _owner_alive
 from semgap.bench.testbed.tcpcounters import TcpBytes, TcpCounter, delta
 

@@ -273,7 +273,7 @@ def test_cli_writes_beside_the_run_by_default(tmp_path, cli):
     assert (tmp_path / "run.report" / "latency_vs_bytes.png").exists()
     assert "H2 latency decode" in proc.stdout
     assert json.loads((tmp_path / "run.report" / "verdicts.json").read_text())["source"]["written_by"] == \
-        "semgap.report.writer"
+        "semgap.report"
     assert cli(src).returncode == 0  # its own regeneration it may replace
 
 

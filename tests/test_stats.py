@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from semgap.analysis import stats
+from semgap.analysis import effects, stats
 
 
 def blocks(median_s, n_blocks=10, rounds=3, noise=0.01, drift=0.0, seed=0):
@@ -111,19 +111,19 @@ def test_unpaired_median_ratio_interval():
 # ---------------------------------------------------------------- bytes (H1)
 
 def test_constant_bytes_give_exact_ratio():
-    red = stats.byte_reduction([[600, 600]] * 3, [[1000, 1000]] * 3)
+    red = effects.byte_reduction([[600, 600]] * 3, [[1000, 1000]] * 3)
     assert red.estimate == pytest.approx(0.4) and red.low == red.high == red.estimate and red.exact
     assert stats.judge(red.low, red.high, 0.30).verdict == stats.SUPPORTED
 
 
 def test_bytes_exactly_at_threshold_supported_and_just_below_not():
-    at, below = stats.byte_reduction([[700]], [[1000]]), stats.byte_reduction([[701]], [[1000]])
+    at, below = effects.byte_reduction([[700]], [[1000]]), effects.byte_reduction([[701]], [[1000]])
     assert stats.judge(at.low, at.high, 0.30).verdict == stats.SUPPORTED
     assert stats.judge(below.low, below.high, 0.30).verdict == stats.NOT_SUPPORTED
 
 
 def test_varying_bytes_use_the_median_over_blocks_and_min_max_over_rounds():
-    red = stats.byte_reduction([[500, 600], [600, 600], [700, 700]], [[900], [1000], [1100]])
+    red = effects.byte_reduction([[500, 600], [600, 600], [700, 700]], [[900], [1000], [1100]])
     assert red.candidate_bytes_per_round == 600  # block medians 550, 600, 700
     assert red.estimate == pytest.approx(0.4)
     assert (red.low, red.high) == (pytest.approx(1 - 700 / 900), pytest.approx(1 - 500 / 1100))
@@ -131,7 +131,7 @@ def test_varying_bytes_use_the_median_over_blocks_and_min_max_over_rounds():
 
 
 def test_zero_byte_baseline_is_undefined():
-    red = stats.byte_reduction([[10]], [[0]])
+    red = effects.byte_reduction([[10]], [[0]])
     assert red.estimate is None
     assert stats.judge(red.low, red.high, 0.3).verdict == stats.INCONCLUSIVE
 
@@ -143,31 +143,31 @@ def test_zero_byte_baseline_is_undefined():
     ([], "payload"),
 ])
 def test_choose_byte_level(available, expected):
-    assert stats.choose_byte_level(available) == expected
+    assert effects.choose_byte_level(available) == expected
 
 
 # ---------------------------------------------------------------- link-rate crossover
 
 def test_crossover_interpolates_in_log_rate():
-    c = stats.crossover_rate([1e10, 1e8, 1e9], [0.1, 0.4, 0.2], 0.15)
+    c = effects.crossover_rate([1e10, 1e8, 1e9], [0.1, 0.4, 0.2], 0.15)
     assert c.rate_bps == pytest.approx(10 ** 9.5)
     assert c.holds_below is True and c.interpolated and "interpolated" in c.note
 
 
 def test_crossover_when_hypothesis_holds_at_high_rates():
-    c = stats.crossover_rate([1e6, 1e7], [0.05, 0.25], 0.10)
+    c = effects.crossover_rate([1e6, 1e7], [0.05, 0.25], 0.10)
     assert c.rate_bps == pytest.approx(10 ** 6.25)  # a quarter of the way in log10(rate)
     assert c.holds_below is False
 
 
 def test_crossover_on_a_measured_point_is_not_interpolated():
-    c = stats.crossover_rate([1e8, 1e9, 1e10], [0.3, 0.15, 0.05], 0.15)
+    c = effects.crossover_rate([1e8, 1e9, 1e10], [0.3, 0.15, 0.05], 0.15)
     assert c.rate_bps == pytest.approx(1e9) and not c.interpolated
 
 
 def test_no_crossover_inside_range():
-    above = stats.crossover_rate([1e8, 1e9], [0.3, 0.2], 0.15)
-    below = stats.crossover_rate([1e8, 1e9], [0.1, 0.05], 0.15)
+    above = effects.crossover_rate([1e8, 1e9], [0.3, 0.2], 0.15)
+    below = effects.crossover_rate([1e8, 1e9], [0.1, 0.05], 0.15)
     assert above.rate_bps is None and "every" in above.note
     assert below.rate_bps is None and "no measured" in below.note
 
@@ -175,8 +175,8 @@ def test_no_crossover_inside_range():
 # ---------------------------------------------------------------- RTT projection and summaries
 
 def test_rtt_projection_adds_round_trips_times_rtt():
-    assert stats.project_latency_ms(5.0, 3) == pytest.approx([5.03, 5.3, 8.0])
-    assert stats.project_latency_ms(2.0, 10, rtts_s=[0.002]) == pytest.approx([22.0])
+    assert effects.project_latency_ms(5.0, 3) == pytest.approx([5.03, 5.3, 8.0])
+    assert effects.project_latency_ms(2.0, 10, rtts_s=[0.002]) == pytest.approx([22.0])
 
 
 def test_iqr_median_and_blocked_median():

@@ -8,7 +8,7 @@ import torch
 from semgap.client import generate
 
 from semgap.model import presets
-from semgap.bench.harness import cases
+from semgap.bench.design import cases
 from semgap.client.modes import ModeContext, make_mode
 from semgap.model.sampling import Sampler
 from semgap.techniques import TECHNIQUES, Message, Step, TechniqueSet, ablation_chain, ablation_sets, token_of

@@ -11,7 +11,9 @@ import time
 import pytest
 
 from semgap.wire import transport
-from semgap.bench.harness import Case, ExperimentSession, RoundRecord
+from semgap.bench.design import Case
+from semgap.bench.session import ExperimentSession
+from semgap.schema import RoundRecord
 from semgap.client.modes import MODES, PHASES
 from semgap.bench.testbed.link import NetnsLink
 from semgap.bench.testbed.serverproc import ServerProcess

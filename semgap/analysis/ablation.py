@@ -11,7 +11,7 @@ from typing import Sequence
 import pandas as pd
 
 from semgap.analysis import frames
-from semgap.analysis.measurements import CANDIDATE_LABEL
+from semgap.schema import CANDIDATE_LABEL
 from semgap.report.render import Section, Table, count, fixed, general, pct, percent, ratio
 from semgap.analysis.summaries import CaseSummary, TaxEntry
 from semgap.analysis.verdicts import RunVerdicts

@@ -9,17 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from semgap.analysis import stats
+from semgap import schema
+from semgap.analysis import effects, stats
+from semgap.schema import LEVEL_PREFIX
 
-#: Field-name prefix in ``extra_info`` for each byte level.
-LEVEL_PREFIX = {"payload": "payload_bytes", "tcp": "wire_tcp_bytes", "link": "wire_link_bytes"}
 #: The role of each mode of JSON written before modes declared one.
 LEGACY_ROLES = {"local": "local", "naive": "blind", "remote_cache": "blind", "semantic": "semantic"}
 ROLES = ("local", "blind", "semantic")
-#: The row judged against the blind baselines (other labels, e.g. ablations, are reported only).
-CANDIDATE_LABEL = "semantic"
-#: Labels of ablation variants: ``semantic:<techniques>``, one per technique set the run measured.
-ABLATION_PREFIX = CANDIDATE_LABEL + ":"
 MODE_ORDER = ("local", "naive", "remote_cache", "op_sync", "op_pipelined", "semantic")
 PHASE_ORDER = ("prefill", "decode")
 LEGACY_NOTE = ("old JSON without blocks: each benchmark counts as one block and a mode's role comes from "
@@ -196,27 +192,19 @@ def _int(value: Any) -> int | None:
     return None if number is None else int(number)
 
 
-def _level_values(extra: dict, prefix: str, direction: str) -> tuple[float, ...] | None:
-    """Per-round values of one byte counter, falling back to the scalar."""
-    rounds = extra.get(f"{prefix}_{direction}_rounds")
-    if isinstance(rounds, list) and rounds and all(_num(v) is not None for v in rounds):
-        return tuple(float(v) for v in rounds)
-    scalar = _num(extra.get(f"{prefix}_{direction}"))
-    return None if scalar is None else (scalar,)
-
-
 def _byte_rounds(extra: dict, role: str) -> tuple[dict, dict]:
     """Sent/received rounds for every available level (local: zeros everywhere)."""
-    listed = extra.get("wire_levels")
+    listed = extra.get(schema.WIRE_LEVELS)
     sent: dict[str, tuple[float, ...]] = {}
     received: dict[str, tuple[float, ...]] = {}
-    for level, prefix in LEVEL_PREFIX.items():
+    for level in LEVEL_PREFIX:
         if role == "local":
             sent[level] = received[level] = (0.0,)
             continue
         if isinstance(listed, list) and level != "payload" and level not in listed:
             continue
-        s, r = _level_values(extra, prefix, "sent"), _level_values(extra, prefix, "received")
+        s = schema.round_values(extra, schema.level_key(level, "sent"))
+        r = schema.round_values(extra, schema.level_key(level, "received"))
         if s is not None and r is not None:
             sent[level], received[level] = s, r
     return sent, received
@@ -224,8 +212,8 @@ def _byte_rounds(extra: dict, role: str) -> tuple[dict, dict]:
 
 def _retransmitted(extra: dict) -> dict[str, tuple[float | None, ...]]:
     out = {}
-    for direction in ("sent", "received"):
-        values = extra.get(f"wire_tcp_bytes_retransmitted_{direction}_rounds")
+    for direction in schema.DIRECTIONS:
+        values = extra.get(schema.rounds_key(schema.retransmitted_key(direction)))
         if isinstance(values, list):
             out[direction] = tuple(_num(v) for v in values)
     return out
@@ -244,12 +232,6 @@ def _latency_rounds(bench: dict, name: str) -> tuple[tuple[float, ...], bool]:
     if _num(st.get("median")) is not None and st["median"] > 0:
         return (float(st["median"]),), False
     raise InvalidBenchmarkJSON(f"benchmark {name!r}: stats has neither 'data' nor a positive 'median'")
-
-
-def legacy_case_id(extra: dict) -> str:
-    """The case id the harness would give: ``mode-phase[-rate]``."""
-    rate = extra.get("link_rate")
-    return f"{extra['mode']}-{extra['phase']}" + (f"-{rate}" if rate else "")
 
 
 def _role(extra: dict, name: str) -> str:
@@ -272,40 +254,28 @@ def _block(bench: dict, extra: dict, name: str, role: str) -> BlockRecord:
     return BlockRecord(
         name=name, block=int(block), position_in_block=None if position is None else int(position),
         latency_s=latency, raw_rounds=raw, bytes_sent_rounds=sent, bytes_received_rounds=received,
-        retransmitted_rounds=_retransmitted(extra), round_trips=_num(extra.get("rpc_round_trips")),
-        server_compute_ms=_num(extra.get("server_compute_ms")),
-        token_agreement_with_local=_num(extra.get("token_agreement_with_local")),
-        load_avg_1m=_num(extra.get("load_avg_1m")), cpu_steal_pct=_num(extra.get("cpu_steal_pct")),
+        retransmitted_rounds=_retransmitted(extra), round_trips=_num(extra.get(schema.ROUND_TRIPS)),
+        server_compute_ms=_num(extra.get(schema.SERVER_COMPUTE_MS)),
+        token_agreement_with_local=_num(extra.get(schema.TOKEN_AGREEMENT)),
+        load_avg_1m=_num(extra.get(schema.LOAD_AVG)), cpu_steal_pct=_num(extra.get(schema.CPU_STEAL)),
     )
-
-
-def techniques_of(extra: dict, role: str) -> str | None:
-    """A semantic row's technique set: ``techniques``, else (JSON from before ablations) the ``semantic`` setting."""
-    if role != "semantic":
-        return None
-    techniques = extra.get("techniques", extra.get("semantic"))
-    return None if techniques is None else str(techniques)
 
 
 def case_of(extra: dict, meta: dict, name: str) -> CaseRecord:
     """The case (without blocks) that a benchmark's ``extra_info`` describes; ``meta`` is the run's semgap section."""
-    role = _role(extra, name)
-    rate_bps = _num(extra.get("link_rate_bps"))
-    lossless = extra.get("lossless")
+    info = schema.CaseInfo.from_extra_info(extra, default_model=meta.get("model"), role=_role(extra, name))
     return CaseRecord(
-        case=str(extra.get("case") or legacy_case_id(extra)), label=str(extra.get("label", extra["mode"])),
-        mode=str(extra["mode"]), role=role, lossless=lossless if isinstance(lossless, bool) else None,
-        weights=extra.get("weights"), model=str(extra.get("model") or meta.get("model") or "unknown"),
-        phase=str(extra["phase"]), decode_steps=int(_num(extra.get("decode_steps")) or 0),
-        link=extra.get("link"), link_rate=extra.get("link_rate"),
-        link_rate_bps=None if rate_bps is None else int(rate_bps), techniques=techniques_of(extra, role),
+        case=info.case, label=info.label, mode=info.mode, role=info.role, lossless=info.lossless,
+        weights=info.weights, model=info.model, phase=info.phase, decode_steps=info.decode_steps,
+        link=info.link, link_rate=info.link_rate, link_rate_bps=info.link_rate_bps,
+        techniques=info.techniques if info.role == "semantic" else None,
     )
 
 
 def is_case_benchmark(extra: Any) -> bool:
     """Whether a benchmark's extra_info is a case of the mode x phase matrix: it names a mode and no KV-recovery
     scenario (those benchmarks, benchmarks/test_kv_recovery.py, have a report table of their own)."""
-    return isinstance(extra, dict) and "mode" in extra and "scenario" not in extra
+    return isinstance(extra, dict) and schema.KIND_MATRIX in extra and schema.KIND_KV_RECOVERY not in extra
 
 
 def read_run(output_json: Any) -> Run:
@@ -348,11 +318,6 @@ def read_run(output_json: Any) -> Run:
     return Run(list(cases.values()), RunInfo.from_json(output_json, legacy), notes)
 
 
-def is_ablation(label: str) -> bool:
-    """Whether a label names an ablation variant (reported in the ablation table, never judged)."""
-    return label.startswith(ABLATION_PREFIX)
-
-
 def mode_rank(label: str) -> tuple[int, str]:
     return (MODE_ORDER.index(label) if label in MODE_ORDER else len(MODE_ORDER), label)
 
@@ -371,4 +336,4 @@ def judged_level(cases: Sequence[CaseRecord]) -> str:
     remote = [case for case in cases if case.role != "local"]
     if not remote:
         return "payload"
-    return stats.choose_byte_level(sorted(set.intersection(*(case.levels for case in remote))))
+    return effects.choose_byte_level(sorted(set.intersection(*(case.levels for case in remote))))

@@ -8,9 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from semgap.analysis import stats
+from semgap.analysis import effects, stats
+from semgap.schema import CANDIDATE_LABEL
 from semgap.analysis.measurements import (
-    CANDIDATE_LABEL,
     CaseRecord,
     Run,
     blind_baselines,
@@ -200,7 +200,7 @@ def tax_entries(reference_label: str, key: tuple, groups: dict, level: str, conf
 def rtt_projection(key: tuple, group: dict[str, CaseRecord], rtts_s: Sequence[float]) -> RttProjection:
     """Latency projected to each RTT for every case with a round-trip count, and the candidate's reductions."""
     trips = {label: case.round_trips for label, case in group.items() if case.round_trips is not None}
-    projected = {label: stats.project_latency_ms(latency_ms(group[label]), count, rtts_s)
+    projected = {label: effects.project_latency_ms(latency_ms(group[label]), count, rtts_s)
                  for label, count in trips.items()}
     reductions = {}
     if CANDIDATE_LABEL in projected:
@@ -224,7 +224,7 @@ def crossovers(verdicts: Sequence[Any], h2: float) -> list[CrossoverRecord]:
             continue
         vs = sorted(vs, key=lambda v: v.link_rate_bps)
         rates, reductions = [float(v.link_rate_bps) for v in vs], [float(v.estimate) for v in vs]
-        c = stats.crossover_rate(rates, reductions, h2)
+        c = effects.crossover_rate(rates, reductions, h2)
         out.append(CrossoverRecord(model=model, phase=phase, decode_steps=steps, baseline=baseline, threshold=h2,
                                    rates_bps=rates, reductions=reductions, rate_bps=c.rate_bps,
                                    holds_below=c.holds_below, interpolated=c.interpolated,

@@ -15,9 +15,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
-from semgap.analysis import stats, summaries
+from semgap.analysis import effects, stats, summaries
+from semgap.analysis.load import LoadWarning, load_warnings, loaded_blocks
+from semgap.schema import CANDIDATE_LABEL
 from semgap.analysis.measurements import (
-    CANDIDATE_LABEL,
     CaseRecord,
     InvalidBenchmarkJSON,
     RunInfo,
@@ -33,8 +34,6 @@ __all__ = ["InvalidBenchmarkJSON", "RunVerdicts", "Verdict", "compute", "any_not
 
 LOSSY = "LOSSY"
 DEFAULT_THRESHOLDS = {"h1": 0.30, "h2": 0.15, "alpha": 0.05, "min_agreement": 1.0}
-#: CPU steal above this share of a block's time makes its latencies suspect, as load above the core count does.
-STEAL_WARN_PCT = 10.0
 PAYLOAD_ONLY_NOTE = "payload only, not kernel-counted"
 
 GroupKey = tuple  # (model, phase, link_rate, decode_steps)
@@ -95,18 +94,6 @@ class ByteCrossCheck:
     link_estimate: float | None
     candidate_retransmitted_per_round: float | None
     baseline_retransmitted_per_round: float | None
-
-
-@dataclass(frozen=True)
-class LoadWarning:
-    """A block that ran with load above the core count or high CPU steal, and the H2 verdicts it fed."""
-
-    block: int
-    max_load_avg_1m: float | None
-    cores: int | None
-    max_cpu_steal_pct: float | None
-    reason: str
-    verdicts: list[str]
 
 
 @dataclass
@@ -226,7 +213,7 @@ def h1_verdict(pair: _Pair, h1: float, min_agreement: float) -> tuple[Verdict, B
         return _verdict("H1", pair, "payload", h1, None, judgement, min_agreement), None
     cand, base = pair.candidate, pair.group[pair.baseline]
     level = judged_level([cand, base])
-    red = stats.byte_reduction(cand.bytes_blocks(level), base.bytes_blocks(level))
+    red = effects.byte_reduction(cand.bytes_blocks(level), base.bytes_blocks(level))
     if red.estimate is None:
         judgement = stats.Judgement(stats.INCONCLUSIVE, red.note)
     else:
@@ -238,7 +225,7 @@ def h1_verdict(pair: _Pair, h1: float, min_agreement: float) -> tuple[Verdict, B
                        rounds_per_block=_rounds_per_block(cand, base))
     link = None
     if "link" in cand.levels and "link" in base.levels:
-        link = stats.byte_reduction(cand.bytes_blocks("link"), base.bytes_blocks("link")).estimate
+        link = effects.byte_reduction(cand.bytes_blocks("link"), base.bytes_blocks("link")).estimate
     model, phase, rate, steps = pair.key
     check = ByteCrossCheck(model, phase, rate, steps, pair.baseline, level, red.estimate, link,
                            _retransmitted(cand), _retransmitted(base))
@@ -298,39 +285,10 @@ def _holm_over(values: Sequence[float | None]) -> list[float | None]:
     return out
 
 
-# ---------------------------------------------------------------- load
-
-def loaded_blocks(cases: Sequence[CaseRecord], cores: int | None) -> dict[int, tuple[float | None, float | None, str]]:
-    """Blocks where some item's 1-minute load exceeded ``cores`` or its CPU steal exceeded STEAL_WARN_PCT."""
-    per_block: dict[int, list] = {}
-    for case in cases:
-        for index, block in case.blocks.items():
-            per_block.setdefault(index, []).append(block)
-    out = {}
-    for index, blocks in sorted(per_block.items()):
-        loads = [b.load_avg_1m for b in blocks if b.load_avg_1m is not None]
-        steals = [b.cpu_steal_pct for b in blocks if b.cpu_steal_pct is not None]
-        top_load, top_steal = (max(loads) if loads else None), (max(steals) if steals else None)
-        reasons = []
-        if cores and top_load is not None and top_load > cores:
-            reasons.append(f"load {top_load:.2f} > {cores} cores")
-        if top_steal is not None and top_steal > STEAL_WARN_PCT:
-            reasons.append(f"CPU steal {top_steal:.1f} % > {STEAL_WARN_PCT:g} %")
-        if reasons:
-            out[index] = (top_load, top_steal, "; ".join(reasons))
-    return out
-
-
 def describe(v: Verdict) -> str:
     """A verdict's short name: ``H2 gpt2-mini decode 1gbit (5 steps) vs remote_cache``."""
     parts = [v.hypothesis, v.model, v.phase, v.link_rate or "", f"({v.decode_steps} steps)" if v.decode_steps else ""]
     return " ".join(p for p in parts if p) + f" vs {v.baseline or '-'}"
-
-
-def _load_warnings(flagged: dict, cores: int | None, verdicts: Sequence[Verdict]) -> list[LoadWarning]:
-    return [LoadWarning(index, load, cores, steal, reason,
-                        [describe(v) for v in verdicts if index in v.loaded_blocks])
-            for index, (load, steal, reason) in flagged.items()]
 
 
 # ---------------------------------------------------------------- public API
@@ -352,7 +310,7 @@ def _setting(given: float | None, saved: float | None, name: str) -> float:
 
 def compute(output_json: dict, h1: float | None = None, h2: float | None = None, alpha: float | None = None,
             min_agreement: float | None = None, seed: int = 0, n_resamples: int = 10_000,
-            rtts_s: Sequence[float] = stats.DEFAULT_RTTS_S) -> RunVerdicts:
+            rtts_s: Sequence[float] = effects.DEFAULT_RTTS_S) -> RunVerdicts:
     """All verdicts, cross-checks, load warnings and descriptive tables of one run.
 
     Thresholds not given come from the run's own ``semgap`` section, else the
@@ -393,7 +351,7 @@ def compute(output_json: dict, h1: float | None = None, h2: float | None = None,
     result.verdicts += [h2_verdict(pair, test, p, q, h2, alpha, min_agreement, set(flagged))
                         for pair, test, p, q in zip(h2_pairs, tests, p_for, p_against)]
     result.verdicts.sort(key=_verdict_order(list(groups)))
-    result.load_warnings = _load_warnings(flagged, info.cores, result.verdicts)
+    result.load_warnings = load_warnings(flagged, info.cores, [(describe(v), v.loaded_blocks) for v in result.verdicts])
     _note_holm_reach(result, tests)
     confidence = 1.0 - 2.0 * alpha
     tables = summaries.tables(groups, result.verdicts, h2, confidence, seed, n_resamples, rtts_s)

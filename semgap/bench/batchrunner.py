@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from semgap import schema
 from semgap.client import generate
 
 from semgap.bench.testbed import hostload
@@ -11,7 +12,9 @@ from semgap.model import presets
 
 from semgap.wire import transport
 from semgap.bench.config import SemgapConfig
-from semgap.bench.harness import ExperimentSession, per_round_fields
+from semgap.bench import lossless
+from semgap.bench.design import measured
+from semgap.bench.session import ExperimentSession
 from semgap.client.modes.local import LocalMode
 from semgap.client.sessions import FLAVOURS, ConcurrentRound, ConcurrentSessions, session_prompts
 from semgap.bench.testbed.tcpcounters import delta
@@ -63,7 +66,7 @@ class BatchRunner:
 
     def run(self, benchmark) -> None:
         session, settings, case = self.session, self.session.settings, self.case
-        session.mode(SERVER_MODE)  # the one weight upload, if no benchmark made it yet
+        session.upload_weights()
         benchmark.group = f"batching, {settings.max_decode_steps} decode steps per session"
         connect = lambda: transport.connect(settings.transport, *session.server_address, timeout_s=settings.rpc_timeout_s,
                                             secret=session.secret)
@@ -76,13 +79,14 @@ class BatchRunner:
             cpu_after = hostload.CpuTimes.read()
         finally:
             sessions.close()
-        measured = self.rounds[settings.warmup_rounds:settings.warmup_rounds + settings.batch_rounds]
-        agreement = self.agreement(measured)
-        benchmark.extra_info.update(self.extra_info(sessions, measured, agreement))
+        rounds = measured(self.rounds, settings.warmup_rounds, settings.batch_rounds)
+        agreement = self.agreement(rounds)
+        benchmark.extra_info.update(self.extra_info(sessions, rounds, agreement))
         benchmark.extra_info.update(session.gpu_summary(SERVER_MODE, gpu_mark))
         benchmark.extra_info.update(load_avg_1m=hostload.load_avg_1m(), cpu_busy_pct=hostload.busy_pct(cpu_before, cpu_after))
-        if sessions.lossless:
-            assert agreement == 1.0, f"{case.id}: the lossless flavour generated other tokens than local (agreement {agreement})"
+        for index, expected in enumerate(self.reference.tokens[:case.sessions]):
+            lossless.check(case.id, f"flavour {case.flavour} (session {index})", sessions.lossless, expected,
+                           [round_.sessions[index].tokens for round_ in rounds])
 
     def _round(self, sessions: ConcurrentSessions) -> None:
         tcp_before = self.session.tcp_counter.snapshot() if self.session.tcp_counter else None
@@ -92,7 +96,7 @@ class BatchRunner:
 
     def agreement(self, rounds: list[ConcurrentRound]) -> float:
         """The worst session's share of decoded tokens equal to local's for its prompt, over the rounds."""
-        shares = [sum(a == b for a, b in zip(result.tokens, expected)) / len(expected)
+        shares = [schema.agreement(expected, result.tokens)
                   for round_ in rounds for result, expected in zip(round_.sessions, self.reference.tokens)]
         return min(shares)
 
@@ -105,11 +109,11 @@ class BatchRunner:
             values["wire_tcp_bytes_received"] = tcp.bytes_received if tcp else None
             values["wire_tcp_bytes_per_token"] = (tcp.bytes_sent + tcp.bytes_received) / round_.tokens_decoded if tcp else None
         return {
-            "batching": case.id, "sessions": case.sessions, "flavour": case.flavour, "role": sessions.role,
+            schema.KIND_BATCHING: case.id, "sessions": case.sessions, "flavour": case.flavour, "role": sessions.role,
             "lossless": sessions.lossless, "model": settings.model, "weights": presets.weights_kind(settings.model),
             "device": self.session.device(SERVER_MODE), "fast_path": sessions.fixed_decode_path or self.session.decode_path(SERVER_MODE),
             "prompt_tokens": settings.prompt_tokens, "decode_steps": settings.max_decode_steps, "link": settings.link,
             "semantic": str(settings.semantic) if sessions.role == "semantic" else None,
             "token_agreement_with_local": agreement,
-            **per_round_fields(figures),
+            **schema.per_round_fields(figures),
         }

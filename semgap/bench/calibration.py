@@ -21,8 +21,11 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Callable
 
+from semgap.wire import names
+from semgap import schema
+from semgap.bench.design import measured
 from semgap.wire import transport
-from semgap.bench.testbed.link import Placement
+from semgap.bench.testbed.placement import Placement
 from semgap.bench.testbed.serverproc import ServerProcess, free_port
 from semgap.wire.transport import auth
 from semgap.bench.testbed.tcpcounters import TcpCounter, delta, tcp_counters_available
@@ -156,7 +159,7 @@ class Calibration:
             if raw:
                 raw.close()
         median_s = benchmark.stats.stats.median
-        interleaved_raw_s = statistics.median(raw_s[warmup_rounds:]) if raw else median_s
+        interleaved_raw_s = statistics.median(measured(raw_s, warmup_rounds, rounds)) if raw else median_s
         benchmark.extra_info.update(self._extra_info(probe, peer, median_s, interleaved_raw_s, moved, rounds + warmup_rounds))
 
     def _target(self, probe: Probe, message: bytes) -> tuple[Callable[[], object], str, Callable[[], None]]:
@@ -164,7 +167,7 @@ class Calibration:
         if probe.transport == RAW:
             client = RawClient(self.host, self._peer(RAW).port, probe)
             return functools.partial(client.round_trip, message), "calibration peer", client.close
-        op = "echo" if probe.kind == SMALL else "sink"
+        op = names.ECHO if probe.kind == SMALL else names.SINK
         connection, peer = self._connection(probe.transport)
         return functools.partial(connection.call, op, message), peer, lambda: None
 
@@ -193,7 +196,7 @@ class Calibration:
 
     def _extra_info(self, probe: Probe, peer: str, median_s: float, raw_s: float, moved, requests: int) -> dict:
         info = {
-            "calibration": probe.kind, "transport": probe.transport, "message_bytes": probe.message_bytes,
+            schema.KIND_CALIBRATION: probe.kind, "transport": probe.transport, "message_bytes": probe.message_bytes,
             "peer": peer, "link": self.settings.link, "median_us": median_s * 1e6,
             "raw_tcp_interleaved_median_us": raw_s * 1e6,
         }
@@ -219,7 +222,7 @@ def summarize(benchmarks: list[dict]) -> dict:
     25 MB throughput (bytes/s), the raw socket's alongside it and the fraction; the framing.
     """
     found = {(info["transport"], info["calibration"]): info for info in
-             (bench.get("extra_info") or {} for bench in benchmarks) if "calibration" in info}
+             (bench.get("extra_info") or {} for bench in benchmarks) if schema.KIND_CALIBRATION in info}
     if not found:
         return {}
     section: dict = {"link": next(iter(found.values()))["link"], "transports": {}}

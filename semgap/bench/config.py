@@ -114,7 +114,7 @@ def _secret_file(text: str) -> Path:
 
 
 def _rates(text: str) -> tuple[int, ...]:
-    from semgap.bench.testbed.link import parse_rate
+    from semgap.bench.testbed.rates import parse_rate
 
     try:
         return tuple(parse_rate(part.strip()) for part in text.split(",") if part.strip())

@@ -17,10 +17,13 @@ from semgap.bench.testbed import hostload, interrupts
 from semgap.model import presets
 
 from semgap.wire import transport
-from semgap.bench.harness import (ExperimentSession, RoundRecord, Snapshot, first_mismatch, per_round_fields, spawn_server,
-                            token_info, total)
+from semgap import schema
+from semgap.bench import lossless
+from semgap.bench.design import measured
+from semgap.bench.session import ExperimentSession, Snapshot, spawn_server
+from semgap.schema import RoundRecord
 from semgap.client.kvrecovery import SCENARIOS, ResidentSteps, begin_session, continue_after, make_strategy
-from semgap.bench.testbed.link import format_rate
+from semgap.bench.testbed.rates import format_rate
 from semgap.client.modes import ModeContext
 from semgap.bench.testbed.tcpcounters import TcpCounter
 
@@ -139,12 +142,12 @@ class RecoveryRunner:
         rounds = ROUNDS_PER_BLOCK * settings.blocks
         benchmark.pedantic(self._recover, setup=self._setup, teardown=self._teardown,
                            rounds=rounds, warmup_rounds=settings.warmup_rounds)
-        window = slice(settings.warmup_rounds, settings.warmup_rounds + rounds)
-        benchmark.extra_info.update(self.extra_info(self.rounds[window], self.recovery_ms[window], self.tokens[window]))
-        benchmark.extra_info.update(load_avg_1m=hostload.load_avg_1m())
-        if self.strategy.lossless:
-            mismatch = first_mismatch(self.expected_tokens(), self.tokens[window])
-            assert mismatch is None, f"{self.case.id}: the lossless strategy generated other tokens than local: {mismatch}"
+        window = lambda samples: measured(samples, settings.warmup_rounds, rounds)
+        tokens = window(self.tokens)
+        benchmark.extra_info.update(self.extra_info(window(self.rounds), window(self.recovery_ms), tokens))
+        benchmark.extra_info.update({schema.LOAD_AVG: hostload.load_avg_1m()})
+        lossless.check(self.case.id, f"strategy {self.case.strategy}", self.strategy.lossless, self.expected_tokens(),
+                       tokens)
 
     def expected_tokens(self) -> list[int]:
         """`local`'s tokens after the recovery point: reference token 0 comes from the prefill."""
@@ -164,7 +167,7 @@ class RecoveryRunner:
 
     def _teardown(self):
         after = [host.snapshot() for host in self._hosts()]
-        self.rounds.append(total([self.hosts.session.record(b, a) for b, a in zip(self.before, after)]))
+        self.rounds.append(RoundRecord.total([self.hosts.session.record(b, a) for b, a in zip(self.before, after)]))
         self.recovery_ms.append(self.round_ms)
         self.tokens.append(continue_after(self.target.steps, self.state, self.recovered, self.after_steps))
 
@@ -174,7 +177,7 @@ class RecoveryRunner:
     def extra_info(self, measured: list[RoundRecord], recovery_ms: list[float], tokens: list[list[int]]) -> dict:
         settings, expected = self.hosts.session.settings, self.expected_tokens()
         info: dict = {
-            "scenario": self.case.scenario, "mode": self.case.strategy, "case": self.case.id,
+            schema.KIND_KV_RECOVERY: self.case.scenario, schema.KV_STRATEGY: self.case.strategy, "case": self.case.id,
             "role": self.strategy.role, "lossless": self.strategy.lossless, "model": settings.model,
             "weights": presets.weights_kind(settings.model),
             "link": settings.link, "link_rate": format_rate(self.case.link_rate_bps) if self.case.link_rate_bps else None,
@@ -182,8 +185,9 @@ class RecoveryRunner:
             "cached_positions": settings.prompt_tokens + self.before_steps,
             "decode_steps_before": self.before_steps, "decode_steps_after": self.after_steps,
         }
-        info.update(per_round_fields([{**asdict(record), "recovery_ms": ms} for record, ms in zip(measured, recovery_ms)]))
-        info["wire_levels"] = ["payload"] + [level for level in ("tcp", "link")
-                                             if info[f"wire_{level}_bytes_sent"] is not None]
-        info.update(token_info(expected, tokens))
+        info.update(schema.per_round_fields([{**asdict(record), "recovery_ms": ms}
+                                             for record, ms in zip(measured, recovery_ms)]))
+        info[schema.WIRE_LEVELS] = ["payload"] + [level for level in ("tcp", "link")
+                                                  if info[schema.level_key(level, "sent")] is not None]
+        info.update(asdict(schema.TokenRecord.measure(expected, tokens)))
         return info

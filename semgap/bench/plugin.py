@@ -16,7 +16,9 @@ from semgap.report import writer
 from semgap.analysis import verdicts
 from semgap.bench.batchrunner import BatchCase, BatchReference, BatchRunner, batch_cases
 from semgap.bench.config import SemgapConfig, add_options
-from semgap.bench.harness import BlockItem, CaseRunner, ExperimentSession, schedule
+from semgap.bench.design import BlockItem, schedule
+from semgap.bench.runner import CaseRunner
+from semgap.bench.session import ExperimentSession
 from semgap.client.modes import MODES
 from semgap.bench.runrecord import CaseItem, RunRecord, SessionFailure, one_line
 
@@ -53,7 +55,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "semgap_case" in metafunc.fixturenames:
-        # One benchmark per (case, block), in the order they run: block after block (see harness.schedule).
+        # One benchmark per (case, block), in the order they run: block after block (see design.schedule).
         matrix = schedule(metafunc.config.stash[settings_key])
         metafunc.parametrize("semgap_case", matrix, ids=[item.id for item in matrix])
     if "semgap_probe" in metafunc.fixturenames:

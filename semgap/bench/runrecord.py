@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from semgap.bench.harness import ExperimentSession
+from semgap.bench.session import ExperimentSession
 from semgap.bench.testbed.interrupts import SignalGuard
 
 def one_line(error: BaseException) -> str:
@@ -70,7 +70,7 @@ class RunRecord:
         """Which of `nodeids` are semgap benchmarks whose call never ended: an interrupt stopped them.
 
         A benchmark that failed ended; whether its rounds are kept is pytest-benchmark's and the
-        harness's decision (an error inside the rounds drops them, a failed check after them keeps them).
+        runner's decision (an error inside the rounds drops them, a failed check after them keeps them).
         """
         return [nodeid for nodeid in nodeids if nodeid in self.cases and nodeid not in self.ended]
 

@@ -13,6 +13,7 @@ from typing import ClassVar
 
 import torch
 
+from semgap.wire import names
 from semgap.wire import codec
 
 from semgap.client import generate
@@ -86,9 +87,9 @@ class FullCache(Strategy):
     name, role, lossless = "full_cache", "blind", True
 
     def recover(self, source, target, state):
-        rows, _ = source.call("kv_export", {}, {"kv_handle": state.kv_handle, "release": "1"})
-        _, meta = target.call("kv_import", rows, {"weights_handle": target.weights_handle})
-        return meta["kv_handle"]
+        rows, _ = source.call(names.KV_EXPORT, {}, {names.KV_HANDLE: state.kv_handle, names.RELEASE_AFTER: "1"})
+        _, meta = target.call(names.KV_IMPORT, rows, {names.WEIGHTS_HANDLE: target.weights_handle})
+        return meta[names.KV_HANDLE]
 
 
 class Recompute(Strategy):
@@ -97,10 +98,10 @@ class Recompute(Strategy):
     name, role, lossless = "recompute", "semantic", False
 
     def recover(self, source, target, state):
-        source.call("release", {}, {"kv_handle": state.kv_handle})
-        _, meta = target.call("kv_extend", {"input_ids": _ids(state.cached_ids)},
-                              {"weights_handle": target.weights_handle})
-        return meta["kv_handle"]
+        source.call(names.RELEASE, {}, {names.KV_HANDLE: state.kv_handle})
+        _, meta = target.call(names.KV_EXTEND, {names.INPUT_IDS: _ids(state.cached_ids)},
+                              {names.WEIGHTS_HANDLE: target.weights_handle})
+        return meta[names.KV_HANDLE]
 
 
 class RecomputeSinceSync(Strategy):
@@ -109,10 +110,10 @@ class RecomputeSinceSync(Strategy):
     name, role, lossless, syncs_prompt = "recompute_since_sync", "semantic", False, True
 
     def recover(self, source, target, state):
-        source.call("release", {}, {"kv_handle": state.kv_handle})
-        _, meta = target.call("kv_extend", {"input_ids": _ids(state.cached_ids[state.synced_positions:])},
-                              {"weights_handle": target.weights_handle, "base_handle": state.synced_handle})
-        return meta["kv_handle"]
+        source.call(names.RELEASE, {}, {names.KV_HANDLE: state.kv_handle})
+        _, meta = target.call(names.KV_EXTEND, {names.INPUT_IDS: _ids(state.cached_ids[state.synced_positions:])},
+                              {names.WEIGHTS_HANDLE: target.weights_handle, names.BASE_HANDLE: state.synced_handle})
+        return meta[names.KV_HANDLE]
 
 
 class KvSinceSync(Strategy):
@@ -121,11 +122,11 @@ class KvSinceSync(Strategy):
     name, role, lossless, syncs_prompt = "kv_since_sync", "semantic", True, True
 
     def recover(self, source, target, state):
-        rows, _ = source.call("kv_export", {}, {"kv_handle": state.kv_handle, "release": "1", "compress": "1",
-                                                "since": str(state.synced_positions)})
-        _, meta = target.call("kv_import", rows, {"weights_handle": target.weights_handle,
-                                                  "base_handle": state.synced_handle}, zstd_level=codec.ZSTD_LEVEL)
-        return meta["kv_handle"]
+        rows, _ = source.call(names.KV_EXPORT, {}, {names.KV_HANDLE: state.kv_handle, names.RELEASE_AFTER: "1", names.COMPRESS: "1",
+                                                names.SINCE: str(state.synced_positions)})
+        _, meta = target.call(names.KV_IMPORT, rows, {names.WEIGHTS_HANDLE: target.weights_handle,
+                                                  names.BASE_HANDLE: state.synced_handle}, zstd_level=codec.ZSTD_LEVEL)
+        return meta[names.KV_HANDLE]
 
 
 def _ids(token_ids: list[int]) -> torch.Tensor:

@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from typing import ClassVar
 
+from semgap.wire import names
 from semgap.client import generate
 
 from semgap.wire import transport
@@ -26,8 +27,8 @@ class BatchedSemanticMode(SemanticMode):
 
     name = "semantic-batched"
     fixed_decode_path = EAGER_DYNAMIC  # the batching runtime's caches change batch size: no static cache, no graph
-    OPERATIONS: ClassVar[dict[str, str]] = {"prefill": "batch_prefill", "decode": "batch_decode",
-                                            "release": "batch_release"}
+    OPERATIONS: ClassVar[dict[str, str]] = {names.PREFILL: names.BATCH_PREFILL, names.DECODE: names.BATCH_DECODE,
+                                            names.RELEASE: names.BATCH_RELEASE}
 
     def __init__(self, context: ModeContext):
         super().__init__(context)
@@ -36,9 +37,9 @@ class BatchedSemanticMode(SemanticMode):
 
     def call(self, op, tensors, meta=None, zstd_level=None, timeout_s=None):
         response, response_meta = super().call(self.OPERATIONS.get(op, op), tensors, meta, zstd_level, timeout_s)
-        if op == "decode":
+        if op == names.DECODE:
             self.batched_steps += 1
-            self.batch_size_sum += int(response_meta["batch_size"])
+            self.batch_size_sum += int(response_meta[names.BATCH_SIZE])
         return response, response_meta
 
     def counters(self) -> dict[str, float]:

@@ -9,7 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from semgap.analysis.measurements import is_ablation, mode_rank
+from semgap.analysis.measurements import mode_rank
+from semgap.schema import is_ablation
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

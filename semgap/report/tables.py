@@ -8,8 +8,8 @@ from typing import Any, Sequence
 
 import pandas as pd
 
+from semgap import schema
 from semgap.analysis import ablation, costmodel, frames, stats
-from semgap.analysis.measurements import LEVEL_PREFIX
 from semgap.report.plots import format_bps
 from semgap.report.render import Section, Table, count, fixed, general, pct, percent, ratio, share
 from semgap.analysis.verdicts import LOSSY, PAYLOAD_ONLY_NOTE, RunVerdicts, Verdict
@@ -249,7 +249,7 @@ def batching(output_json: dict) -> list[Section]:
     """The batching benchmark (benchmarks/test_batching.py): N sessions decoding at once, served one forward per
     request (blind) or one batched forward per step of all sessions (semantic); medians over rounds."""
     infos = [bench["extra_info"] for bench in output_json.get("benchmarks", [])
-             if isinstance(bench.get("extra_info"), dict) and "batching" in bench["extra_info"]]
+             if isinstance(bench.get("extra_info"), dict) and schema.KIND_BATCHING in bench["extra_info"]]
     if not infos:
         return []
     blind = {(info["model"], info["sessions"]): info["tokens_per_s"] for info in infos if info["role"] == "blind"}
@@ -277,26 +277,28 @@ def kv_recovery(output_json: dict) -> list[Section]:
     """KV recovery (benchmarks/test_kv_recovery.py): each strategy's bytes and latency per recovery, and its
     saving against the blind strategy of its scenario and link rate (1 - strategy / blind: positive = cheaper)."""
     infos = [bench["extra_info"] for bench in output_json.get("benchmarks", [])
-             if isinstance(bench.get("extra_info"), dict) and "scenario" in bench["extra_info"]]
+             if isinstance(bench.get("extra_info"), dict) and schema.KIND_KV_RECOVERY in bench["extra_info"]]
     if not infos:
         return []
     level = "tcp" if all(info.get("wire_tcp_bytes_sent") is not None for info in infos) else "payload"
 
     def bytes_per_round(info: dict) -> float:  # the median over rounds of sent + received
-        sent, received = (info[f"{LEVEL_PREFIX[level]}_{direction}_rounds"] for direction in ("sent", "received"))
+        sent, received = (info[schema.rounds_key(schema.level_key(level, direction))] for direction in schema.DIRECTIONS)
         return stats.median([a + b for a, b in zip(sent, received)])
 
     def saving(value: float, blind: dict | None, of) -> float | None:
         return None if blind is None or not of(blind) else 1 - value / of(blind)
 
     def where(info: dict) -> tuple:
-        return info["scenario"], info.get("link_rate")
+        return info[schema.KIND_KV_RECOVERY], info.get("link_rate")
 
     blind = {where(info): info for info in infos if info.get("role") == "blind"}
     rows = []
     for info in infos:
         baseline, recovered_bytes = blind.get(where(info)), bytes_per_round(info)
-        rows.append((info.get("model"), info.get("weights"), info["scenario"], info.get("link_rate"), info["mode"],
+        rows.append((info.get("model"), info.get("weights"), info[schema.KIND_KV_RECOVERY], info.get("link_rate"),
+                     info.get(schema.KV_STRATEGY, info.get("mode")),  # JSON from before the strategy key: "mode"
+                    
                      info["role"], info["lossless"], info.get("cached_positions"), recovered_bytes,
                      info["rpc_round_trips"], info["recovery_ms"], info["server_compute_ms"],
                      saving(recovered_bytes, baseline, bytes_per_round),

@@ -29,6 +29,7 @@ from typing import Callable
 
 import torch
 
+from semgap.wire import names
 from semgap.wire import codec
 from semgap.model.runtime import StepOutput, cache_to_tensors, forward, stopwatch, tensors_to_cache
 from semgap.server.semantic import SemanticSessions
@@ -85,9 +86,9 @@ class DecodeBatcher:
         self.condition = threading.Condition()
         # They wait for other sessions, so the server calls them outside its lock (ModelServer.handle).
         self.operations = {
-            "batch_prefill": self.prefill,
-            "batch_decode": self.decode,
-            "batch_release": self.release,
+            names.BATCH_PREFILL: self.prefill,
+            names.BATCH_DECODE: self.decode,
+            names.BATCH_RELEASE: self.release,
         }
 
     def prefill(self, tensors, meta) -> bytes:
@@ -95,8 +96,8 @@ class DecodeBatcher:
         self.check_weights(meta)
         handle = uuid.uuid4().hex
         # a bad `techniques` field fails before any compute; a refused session leaves none behind
-        with self.semantic.opening(handle, meta, tensors["input_ids"]):
-            step, compute_ms = self.run_exclusive(self._forward, tensors["input_ids"].long().to(self.device))
+        with self.semantic.opening(handle, meta, tensors[names.INPUT_IDS]):
+            step, compute_ms = self.run_exclusive(self._forward, tensors[names.INPUT_IDS].long().to(self.device))
             with self.condition:
                 if len(self.cohort_of) >= MAX_SESSIONS:
                     raise RuntimeError(f"{MAX_SESSIONS} batched sessions are live already; release some first")
@@ -105,9 +106,9 @@ class DecodeBatcher:
 
     def decode(self, tensors, meta) -> bytes:
         """One decode step of one session, run in a batch with the other live sessions' steps."""
-        handle = meta.get("kv_handle", "")
+        handle = meta.get(names.KV_HANDLE, "")
         tensors = self.semantic.decode_request(handle, tensors, meta)
-        step = PendingStep(handle, tensors["input_ids"].reshape(-1)[-1:].long(), time.perf_counter())
+        step = PendingStep(handle, tensors[names.INPUT_IDS].reshape(-1)[-1:].long(), time.perf_counter())
         with self.condition:
             self._check_handle(handle)
             if handle in self.pending:
@@ -125,7 +126,7 @@ class DecodeBatcher:
         return self._respond(handle, step.logits, step.compute_ms, prefill=False, batch_size=str(step.batch_size))
 
     def release(self, tensors, meta) -> bytes:
-        handle = meta.get("kv_handle", "")
+        handle = meta.get(names.KV_HANDLE, "")
         with self.condition:
             self._check_handle(handle)
             if handle in self.pending:
@@ -139,7 +140,7 @@ class DecodeBatcher:
         """A step's answer: through the session's techniques, or every logit for a session without any."""
         if handle in self.semantic:
             return self.semantic.respond(handle, logits, compute_ms, prefill, **extra)
-        return self.blind_respond(logits, compute_ms, **({"kv_handle": handle} if prefill else {}), **extra)
+        return self.blind_respond(logits, compute_ms, **({names.KV_HANDLE: handle} if prefill else {}), **extra)
 
     def _check_handle(self, handle: str) -> None:
         if handle not in self.cohort_of:

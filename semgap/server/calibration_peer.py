@@ -12,6 +12,7 @@ import socket
 import sys
 import threading
 
+from semgap.wire import names
 from semgap.wire import transport
 from semgap.bench.calibration import RAW, RAW_START
 from semgap.bench.testbed.serverproc import READY_LINE
@@ -20,9 +21,9 @@ from semgap.wire.transport import auth
 
 def handle(op: str, request: bytes) -> bytes:
     """A transport peer's whole handler: echo answers the request, sink answers nothing."""
-    if op == "echo":
+    if op == names.ECHO:
         return request
-    if op == "sink":
+    if op == names.SINK:
         return b""
     raise ValueError(f"unknown operation {op!r}; a calibration peer knows echo and sink")
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from semgap.wire import names
 from semgap.wire import codec, transport
 
 from semgap.model import presets, runtime
@@ -59,15 +60,15 @@ class ModelServer:
         self.batcher = DecodeBatcher(self.engine.model, self._exclusive, self.check_weights, self.semantic,
                                      self._logits_response)
         self.operations = {
-            "hello": self.hello,
-            "echo": self.echo,
-            "sink": self.sink,
-            "upload_weights": self.upload_weights,
-            "naive_step": self.naive_step,
-            "prefill": self.prefill,
-            "decode": self.decode,
-            "release": self.release,
-            "gpu_summary": self.gpu_summary,
+            names.HELLO: self.hello,
+            names.ECHO: self.echo,
+            names.SINK: self.sink,
+            names.UPLOAD_WEIGHTS: self.upload_weights,
+            names.NAIVE_STEP: self.naive_step,
+            names.PREFILL: self.prefill,
+            names.DECODE: self.decode,
+            names.RELEASE: self.release,
+            names.GPU_SUMMARY: self.gpu_summary,
             **self.oplevel.operations,
             **self.batcher.operations,
             **KvRecoveryServer(self).operations,
@@ -76,9 +77,9 @@ class ModelServer:
     def handle(self, op: str, request: bytes) -> bytes:
         if op not in self.operations:
             raise ValueError(f"unknown operation {op!r}; this server knows {', '.join(self.operations)}")
-        if op == "echo":  # byte-exact: no decoding, so wire tests see exactly what they sent
+        if op == names.ECHO:  # byte-exact: no decoding, so wire tests see exactly what they sent
             return request
-        if op == "sink":  # one way: the request is received whole and dropped
+        if op == names.SINK:  # one way: the request is received whole and dropped
             return b""
         tensors, meta = codec.decode(request)
         if op in self.batcher.operations:  # they wait for other sessions' steps, taking the lock only to compute
@@ -138,7 +139,7 @@ class ModelServer:
             for name, tensor in tensors.items():
                 state[name].copy_(tensor)
         self.weights_handle = uuid.uuid4().hex
-        return codec.encode({}, {"weights_handle": self.weights_handle})
+        return codec.encode({}, {names.WEIGHTS_HANDLE: self.weights_handle})
 
     def naive_step(self, tensors, meta) -> bytes:
         """Stateless: weights, input ids and the whole KV cache arrive; logits and the whole cache leave."""
@@ -148,38 +149,38 @@ class ModelServer:
         kv = {name[3:]: t.to(device) for name, t in tensors.items() if name.startswith("kv.")}
         with stopwatch(device) as timing:
             cache = tensors_to_cache(kv) if kv else None
-            step = self.engine.decode_one_token(tensors["input_ids"], cache, weights) if kv else (
-                self.engine.prefill(tensors["input_ids"], weights)
+            step = self.engine.decode_one_token(tensors[names.INPUT_IDS], cache, weights) if kv else (
+                self.engine.prefill(tensors[names.INPUT_IDS], weights)
             )
-        response = {"logits": step.logits}
+        response = {names.LOGITS: step.logits}
         response.update({f"kv.{name}": t for name, t in cache_to_tensors(step.cache).items()})
-        return codec.encode(response, {"server_compute_ms": codec.milliseconds_text(timing["ms"])})
+        return codec.encode(response, {names.SERVER_COMPUTE_MS: codec.milliseconds_text(timing["ms"])})
 
     def prefill(self, tensors, meta) -> bytes:
         self.check_weights(meta)
         # 64 random bits: a semantic decode request carries the handle, and its whole request fits in 64 B.
         handle = secrets.token_hex(8)
         # a bad `techniques` field fails before any compute
-        with self.semantic.opening(handle, meta, tensors["input_ids"]), stopwatch(self.engine.device) as timing:
-            step = self.engine.prefill(tensors["input_ids"])
+        with self.semantic.opening(handle, meta, tensors[names.INPUT_IDS]), stopwatch(self.engine.device) as timing:
+            step = self.engine.prefill(tensors[names.INPUT_IDS])
         self.keep(step.cache, handle)
         if handle in self.semantic:
             return self.semantic.respond(handle, step.logits, timing["ms"], prefill=True)
         return self._logits_response(step.logits, timing["ms"], kv_handle=handle)
 
     def decode(self, tensors, meta) -> bytes:
-        handle = meta.get("kv_handle", "")
+        handle = meta.get(names.KV_HANDLE, "")
         cache = self.cache(handle)
         tensors = self.semantic.decode_request(handle, tensors, meta)
         with stopwatch(self.engine.device) as timing:
-            step = self.engine.decode_one_token(tensors["input_ids"], cache)
+            step = self.engine.decode_one_token(tensors[names.INPUT_IDS], cache)
         self.caches[handle] = step.cache
         if handle in self.semantic:
             return self.semantic.respond(handle, step.logits, timing["ms"], prefill=False)
         return self._logits_response(step.logits, timing["ms"])
 
     def release(self, tensors, meta) -> bytes:
-        handle = meta.get("kv_handle", "")
+        handle = meta.get(names.KV_HANDLE, "")
         summary = self.semantic.close(handle)  # the decode steps' figures, before take() forgets the session
         self.engine.release(self.take(handle))
         return codec.encode({}, summary)
@@ -187,14 +188,14 @@ class ModelServer:
     def gpu_summary(self, tensors, meta) -> bytes:
         """The GPU monitor's figures since a mark the client set earlier (`mark` in meta), as JSON."""
         if self.monitor is None:
-            return codec.encode({}, {"summary": "", "mark": ""})
-        if meta.get("since", "") == "":
-            return codec.encode({}, {"summary": "", "mark": str(self.monitor.mark())})
-        summary = self.monitor.summary(int(meta["since"]))
-        return codec.encode({}, {"summary": json.dumps(summary.to_dict()), "mark": str(self.monitor.mark())})
+            return codec.encode({}, {names.SUMMARY: "", names.MARK: ""})
+        if meta.get(names.SINCE, "") == "":
+            return codec.encode({}, {names.SUMMARY: "", names.MARK: str(self.monitor.mark())})
+        summary = self.monitor.summary(int(meta[names.SINCE]))
+        return codec.encode({}, {names.SUMMARY: json.dumps(summary.to_dict()), names.MARK: str(self.monitor.mark())})
 
     def check_weights(self, meta: dict[str, str]) -> None:
-        if meta.get("weights_handle") != self.weights_handle:
+        if meta.get(names.WEIGHTS_HANDLE) != self.weights_handle:
             raise KeyError(
                 f"weights handle {meta.get('weights_handle')!r} is not the server's current one; "
                 "upload the weights again (another client may have replaced them)"
@@ -234,7 +235,7 @@ class ModelServer:
 
     def _logits_response(self, logits: torch.Tensor, compute_ms: float, **extra: str) -> bytes:
         """A blind session's answer: every logit the model produced, as it produced them."""
-        return codec.encode({"logits": logits}, {"server_compute_ms": codec.milliseconds_text(compute_ms), **extra})
+        return codec.encode({names.LOGITS: logits}, {names.SERVER_COMPUTE_MS: codec.milliseconds_text(compute_ms), **extra})
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -13,6 +13,7 @@ from typing import Callable
 import torch
 from torch.utils._pytree import tree_flatten, tree_map
 
+from semgap.wire import names
 from semgap.wire import codec
 from semgap.wire import op_protocol
 from semgap.wire.op_protocol import ProtocolError
@@ -36,7 +37,7 @@ class OpLevelServer:
         self.device = next(model.parameters()).device
         self.check_weights = check_weights
         self.sessions: OrderedDict[str, OpSession] = OrderedDict()
-        self.operations = {"op_batch": self.op_batch, "op_stats": self.op_stats}
+        self.operations = {names.OP_BATCH: self.op_batch, names.OP_STATS: self.op_stats}
 
     def op_batch(self, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> bytes:
         """Run a request's ops in order, then drop the storages it frees; answer the last op's reply."""
@@ -70,7 +71,7 @@ class OpLevelServer:
         if document.get("post"):  # nobody reads this response: its time goes with the next one
             return codec.encode({})
         compute_ms, session.compute_ms = session.compute_ms, 0.0
-        return codec.encode(returned, {"server_compute_ms": codec.milliseconds_text(compute_ms),
+        return codec.encode(returned, {names.SERVER_COMPUTE_MS: codec.milliseconds_text(compute_ms),
                                        op_protocol.REPLY_KEY: op_protocol.dumps(reply)})
 
     def op_stats(self, tensors, meta) -> bytes:
@@ -84,7 +85,7 @@ class OpLevelServer:
             return self.sessions[session_id]
         if not isinstance(session_id, str) or opening is None:
             raise ProtocolError(f"unknown op-level session {session_id!r}: it was closed, evicted or the server restarted")
-        self.check_weights({"weights_handle": opening.get("weights", "")})
+        self.check_weights({names.WEIGHTS_HANDLE: opening.get("weights", "")})
         entries = op_protocol.resident_tensors(self.model)
         if (opening.get("tensors"), opening.get("names_sha256")) != (len(entries), op_protocol.manifest_sha256(entries)):
             raise ProtocolError("the client's model names other weights than the server's: same model and seed needed")

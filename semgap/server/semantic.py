@@ -14,6 +14,7 @@ from typing import Iterator
 
 import torch
 
+from semgap.wire import names
 from semgap.wire import codec
 from semgap.model.sampling import Sampler
 from semgap.techniques import Message, Step, TechniqueSet
@@ -33,9 +34,9 @@ class Session:
 
 def figures(compute_ms: float, max_abs_logit_error: float | None) -> dict[str, str]:
     """A response's metadata for figures other than the codec's own time."""
-    meta = {"server_compute_ms": codec.milliseconds_text(compute_ms)}
+    meta = {names.SERVER_COMPUTE_MS: codec.milliseconds_text(compute_ms)}
     if max_abs_logit_error is not None:
-        meta["max_abs_logit_error"] = repr(max_abs_logit_error)
+        meta[names.MAX_ABS_LOGIT_ERROR] = repr(max_abs_logit_error)
     return meta
 
 
@@ -74,14 +75,14 @@ class SemanticSessions:
         """The session's response to a step whose logits ([batch, seq, vocab]) the model just computed; `extra`
         joins its metadata (the batching runtime's batch size)."""
         session, start = self.sessions[handle], time.perf_counter()
-        message = session.techniques.encode_response(Message({"logits": logits}), Step(session.sampler, session.position))
+        message = session.techniques.encode_response(Message({names.LOGITS: logits}), Step(session.sampler, session.position))
         technique_s = time.perf_counter() - start
         session.position += 1
         error = self._logit_error(session.techniques, message, logits)
-        compress = {"compress": message.zstd_level is not None, "level": message.zstd_level or codec.ZSTD_LEVEL}
+        compress = {names.COMPRESS: message.zstd_level is not None, "level": message.zstd_level or codec.ZSTD_LEVEL}
         start = time.perf_counter() - technique_s  # the check of the error above is not codec time
         if prefill:
-            meta = {**message.meta, **figures(compute_ms, error), "kv_handle": handle, **extra}
+            meta = {**message.meta, **figures(compute_ms, error), names.KV_HANDLE: handle, **extra}
             return codec.encode(message.tensors, meta, stamp=("server_codec_ms", start), **compress)
         response = codec.encode(message.tensors, {**message.meta, **extra}, **compress)
         session.codec_ms += (time.perf_counter() - start) * 1e3
@@ -96,7 +97,7 @@ class SemanticSessions:
         if session is None:
             return {}
         return {**figures(session.compute_ms, session.max_abs_logit_error),
-                "server_codec_ms": codec.milliseconds_text(session.codec_ms)}
+                names.SERVER_CODEC_MS: codec.milliseconds_text(session.codec_ms)}
 
     def forget(self, handle: str) -> None:
         self.sessions.pop(handle, None)
@@ -108,10 +109,10 @@ class SemanticSessions:
         Lossless sets return the computed values exactly (0.0 by construction, tested), so only a lossy
         set pays for decoding its own response here; that time is in the round, not in the codec ms.
         """
-        if "logits" not in message.tensors:
+        if names.LOGITS not in message.tensors:
             return None
         if techniques.lossless:
             return 0.0
-        returned = techniques.decode_response(Message(dict(message.tensors), dict(message.meta))).tensors["logits"]
+        returned = techniques.decode_response(Message(dict(message.tensors), dict(message.meta))).tensors[names.LOGITS]
         reference = logits[:, -returned.shape[1]:, :].float()  # the rows that went back
         return float((returned.float() - reference).abs().max())

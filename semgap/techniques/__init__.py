@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from semgap.wire import names
 from semgap.techniques.base import Message, Step, Technique
 from semgap.techniques.cast import Cast
 from semgap.techniques.compress import Compress
@@ -28,14 +29,14 @@ TECHNIQUES: dict[str, type[Technique]] = {
     "logprobs": Logprobs,
     "cast": Cast,
     "int8": Int8,
-    "compress": Compress,
+    names.COMPRESS: Compress,
     "narrow-ids": NarrowIds,
 }
 # Pairs that decide the same thing two ways: a set holds at most one of each.
 EXCLUSIVE = (("token-only", "logprobs"), ("cast", "int8"))
 NONE = "none"
 # The chain `--semgap-ablation all` adds one by one: today's logits techniques, then token return.
-ABLATION_ORDER = ("prune", "cast", "int8", "compress", "narrow-ids", "token-only", "logprobs")
+ABLATION_ORDER = ("prune", "cast", "int8", names.COMPRESS, "narrow-ids", "token-only", "logprobs")
 
 
 def make_technique(spec: str) -> Technique:

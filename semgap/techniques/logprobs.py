@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from semgap.wire import names
 from semgap.techniques.base import Message, Step
 from semgap.techniques.token_only import TokenOnly
 
@@ -18,8 +19,8 @@ class Logprobs(TokenOnly):
             raise ValueError(f"logprobs needs k >= 1, got {self.value!r}")
 
     def encode_response(self, message: Message, step: Step) -> None:
-        logits = message.tensors.pop("logits")
+        logits = message.tensors.pop(names.LOGITS)
         row = logits.reshape(-1, logits.shape[-1])[-1].float()
         logprobs, ids = row.log_softmax(-1).topk(int(self.value))
         message.tensors.update(top_ids=ids.to(torch.int32), top_logprobs=logprobs)  # each [k]
-        message.meta["token"] = str(step.sampler(row, step.position))
+        message.meta[names.TOKEN] = str(step.sampler(row, step.position))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from semgap.wire import names
 from semgap.techniques.base import Message, Technique
 
 
@@ -10,5 +11,5 @@ class NarrowIds(Technique):
     name = "narrow-ids"
 
     def encode_request(self, message: Message) -> None:
-        if "input_ids" in message.tensors:
-            message.tensors["input_ids"] = message.tensors["input_ids"].to(torch.int32)
+        if names.INPUT_IDS in message.tensors:
+            message.tensors[names.INPUT_IDS] = message.tensors[names.INPUT_IDS].to(torch.int32)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from semgap.wire import names
 from semgap.techniques.base import Message, Step, Technique
 
 
@@ -16,18 +17,18 @@ class TokenOnly(Technique):
     name = "token-only"
 
     def encode_request(self, message: Message) -> None:
-        ids = message.tensors.get("input_ids")
+        ids = message.tensors.get(names.INPUT_IDS)
         if ids is not None and ids.numel() == 1:
-            message.meta["token"] = str(int(message.tensors.pop("input_ids")))
+            message.meta[names.TOKEN] = str(int(message.tensors.pop(names.INPUT_IDS)))
 
     def decode_request(self, message: Message) -> None:
-        if "token" in message.meta:
-            message.tensors["input_ids"] = torch.tensor([[int(message.meta.pop("token"))]])  # [batch=1, seq=1]
+        if names.TOKEN in message.meta:
+            message.tensors[names.INPUT_IDS] = torch.tensor([[int(message.meta.pop(names.TOKEN))]])  # [batch=1, seq=1]
 
     def encode_response(self, message: Message, step: Step) -> None:
-        message.meta["token"] = str(step.sampler(message.tensors.pop("logits"), step.position))
+        message.meta[names.TOKEN] = str(step.sampler(message.tensors.pop(names.LOGITS), step.position))
 
 
 def token_of(message: Message) -> int | None:
     """The token a token-returning technique put in a response, or None where logits came back."""
-    return int(message.meta["token"]) if "token" in message.meta else None
+    return int(message.meta[names.TOKEN]) if names.TOKEN in message.meta else None

@@ -8,6 +8,7 @@ from typing import ClassVar
 
 import torch
 
+from semgap.wire import names
 from semgap.wire import codec
 from semgap.model.presets import weights_of
 from semgap.model.runtime import EAGER_DYNAMIC, Engine
@@ -45,6 +46,16 @@ class ModeContext:
     @property
     def counter(self) -> PayloadCounter:
         return self.transport.counter if self.transport is not None else _NO_TRAFFIC
+
+    def resident_weights(self) -> str:
+        """The server's handle of the client's weights: the one place they are uploaded, once per context."""
+        if self.weights_handle is None:
+            start = time.perf_counter()
+            request = codec.encode(weights_of(self.model))
+            self.counter.encode_ms += (time.perf_counter() - start) * 1e3
+            _, meta = codec.decode(self.transport.call(names.UPLOAD_WEIGHTS, request, self.upload_timeout_s))
+            self.weights_handle = meta[names.WEIGHTS_HANDLE]
+        return self.weights_handle
 
 
 _NO_TRAFFIC = PayloadCounter()
@@ -93,20 +104,13 @@ class Mode(ABC):
     def counters(self) -> dict[str, float]:
         """Cumulative counts of what the mode did beyond payload bytes (ops forwarded, flushes, ...).
 
-        The harness records each one's per-round delta in extra_info as `<name>` (median) and
+        The runner records each one's per-round delta in extra_info as `<name>` (median) and
         `<name>_rounds`; a mode with nothing more to count returns {}.
         """
         return {}
 
     def close(self) -> None:
         """Free what `setup` left on the server, once the mode's last round is over (no-op for most modes)."""
-
-    def resident_weights(self) -> str:
-        """The server's handle of the weights, uploaded once per session by the first resident mode that asks."""
-        if self.context.weights_handle is None:
-            _, meta = self.call("upload_weights", weights_of(self.context.model), timeout_s=self.context.upload_timeout_s)
-            self.context.weights_handle = meta["weights_handle"]
-        return self.context.weights_handle
 
     def call(self, op: str, tensors: dict[str, torch.Tensor], meta: dict[str, str] | None = None,
              zstd_level: int | None = None, timeout_s: float | None = None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -117,7 +121,7 @@ class Mode(ABC):
         start = time.perf_counter()
         tensors, meta = codec.decode(response)
         counter.decode_ms += (time.perf_counter() - start) * 1e3
-        counter.server_compute_ms += float(meta.get("server_compute_ms", 0.0))
+        counter.server_compute_ms += float(meta.get(names.SERVER_COMPUTE_MS, 0.0))
         self.received(response, meta)
         return tensors, meta
 

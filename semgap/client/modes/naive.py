@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from semgap.wire import names
 from semgap.model.presets import weights_of
 from semgap.client.modes.base import Mode, last_row
 from semgap.model.runtime import EAGER_DYNAMIC
@@ -26,7 +27,7 @@ class NaiveMode(Mode):
         return self._step([token_id], kv=state)
 
     def _step(self, token_ids: list[int], kv: dict[str, torch.Tensor]):
-        request = {**self.weights, **kv, "input_ids": torch.tensor([token_ids])}
-        response, _ = self.call("naive_step", request)
+        request = {**self.weights, **kv, names.INPUT_IDS: torch.tensor([token_ids])}
+        response, _ = self.call(names.NAIVE_STEP, request)
         new_kv = {name: tensor for name, tensor in response.items() if name.startswith("kv.")}
-        return last_row(response["logits"]), new_kv
+        return last_row(response[names.LOGITS]), new_kv

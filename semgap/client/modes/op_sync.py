@@ -27,7 +27,7 @@ class OpSyncMode(Mode):
     fixed_decode_path = EAGER_DYNAMIC  # a remoting layer sees each kernel of the eager code
 
     def setup(self) -> None:
-        self.session = RemoteSession(self.call, self.post, self.resident_weights(), pipelined=self.pipelined)
+        self.session = RemoteSession(self.call, self.post, self.context.resident_weights(), pipelined=self.pipelined)
         self.engine = Engine(self.session.remote_model(self.context.model))
 
     def prefill(self, token_ids):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from semgap.wire import names
 from semgap.client.modes.base import Mode, last_row
 
 
@@ -14,15 +15,15 @@ class RemoteCacheMode(Mode):
     role = "blind"
 
     def setup(self) -> None:
-        self.weights_handle = self.resident_weights()
+        self.weights_handle = self.context.resident_weights()
 
     def prefill(self, token_ids):
-        response, meta = self.call("prefill", {"input_ids": torch.tensor([token_ids])}, {"weights_handle": self.weights_handle})
-        return last_row(response["logits"]), meta["kv_handle"]
+        response, meta = self.call(names.PREFILL, {names.INPUT_IDS: torch.tensor([token_ids])}, {names.WEIGHTS_HANDLE: self.weights_handle})
+        return last_row(response[names.LOGITS]), meta[names.KV_HANDLE]
 
     def decode_one_token(self, token_id, state):
-        response, _ = self.call("decode", {"input_ids": torch.tensor([[token_id]])}, {"kv_handle": state})
-        return last_row(response["logits"]), state
+        response, _ = self.call(names.DECODE, {names.INPUT_IDS: torch.tensor([[token_id]])}, {names.KV_HANDLE: state})
+        return last_row(response[names.LOGITS]), state
 
     def release(self, state) -> None:
-        self.call("release", {}, {"kv_handle": state})
+        self.call(names.RELEASE, {}, {names.KV_HANDLE: state})

@@ -5,6 +5,7 @@ import time
 
 import torch
 
+from semgap.wire import names
 from semgap.wire import codec
 from semgap.client.modes.base import last_row
 from semgap.client.modes.remote_cache import RemoteCacheMode
@@ -32,30 +33,30 @@ class SemanticMode(RemoteCacheMode):
         return self.context.semantic.lossless
 
     def prefill(self, token_ids):
-        meta = {"weights_handle": self.weights_handle, TECHNIQUES_FIELD: self.techniques.spec,
+        meta = {names.WEIGHTS_HANDLE: self.weights_handle, TECHNIQUES_FIELD: self.techniques.spec,
                 SAMPLER_FIELD: str(self.context.sampler)}
-        output, meta = self._step("prefill", token_ids, meta)
-        return output, meta["kv_handle"]
+        output, meta = self._step(names.PREFILL, token_ids, meta)
+        return output, meta[names.KV_HANDLE]
 
     def decode_one_token(self, token_id, state):
-        return self._step("decode", [token_id], {"kv_handle": state})[0], state
+        return self._step(names.DECODE, [token_id], {names.KV_HANDLE: state})[0], state
 
     def _step(self, op: str, token_ids: list[int], meta: dict[str, str]):
         """One request through the techniques: the token the server chose, or the last position's logits."""
         counter, start = self.context.counter, time.perf_counter()
-        request = self.techniques.encode_request(Message({"input_ids": torch.tensor([token_ids])}, meta))
+        request = self.techniques.encode_request(Message({names.INPUT_IDS: torch.tensor([token_ids])}, meta))
         counter.encode_ms += (time.perf_counter() - start) * 1e3
         tensors, meta = self.call(op, request.tensors, request.meta, request.zstd_level)
         start = time.perf_counter()
         response = self.techniques.decode_response(Message(tensors, meta))
         counter.decode_ms += (time.perf_counter() - start) * 1e3
         token = token_of(response)
-        return (token if token is not None else last_row(response.tensors["logits"])), meta
+        return (token if token is not None else last_row(response.tensors[names.LOGITS])), meta
 
     def received(self, response: bytes, meta: dict[str, str]) -> None:
-        self.totals["server_codec_ms"] += float(meta.get("server_codec_ms", 0.0))
+        self.totals["server_codec_ms"] += float(meta.get(names.SERVER_CODEC_MS, 0.0))
         if "max_abs_logit_error" in meta:
-            self.logit_errors.append(float(meta["max_abs_logit_error"]))
+            self.logit_errors.append(float(meta[names.MAX_ABS_LOGIT_ERROR]))
         sizes = codec.compression(response)
         if sizes is not None:
             self.totals["zstd_bytes_before"] += sizes[0]

@@ -29,6 +29,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map, tree_unflatten
 
+from semgap.wire import names
 from semgap.client.oplevel import plan
 from semgap.wire import op_protocol
 from semgap.client.oplevel.tensor import Layout, RemoteStorage, RemoteTensor, layout_of, remote_device
@@ -265,10 +266,10 @@ class RemoteSession:
         try:
             if not wait:
                 self.counters.posts += 1
-                self.post("op_batch", *request)
+                self.post(names.OP_BATCH, *request)
                 return None
             self.counters.flushes += 1
-            tensors, meta = self.call("op_batch", *request)
+            tensors, meta = self.call(names.OP_BATCH, *request)
             return op_protocol.loads(meta.get(op_protocol.REPLY_KEY, "null")), tensors
         finally:
             self._sending_ms += (time.perf_counter() - start) * 1e3
@@ -288,7 +289,7 @@ class RemoteSession:
         """Drop this session's handle table on the server (a post: nothing to wait for)."""
         if self.opened and not self.closed:
             self.closed = True
-            self.post("op_batch", {}, {op_protocol.REQUEST_KEY: op_protocol.dumps({"session": self.id, "close": True})})
+            self.post(names.OP_BATCH, {}, {op_protocol.REQUEST_KEY: op_protocol.dumps({"session": self.id, "close": True})})
 
     def _new_storage(self, layout, dtype: torch.dtype) -> RemoteStorage:
         self.live += 1

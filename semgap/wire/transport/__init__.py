@@ -3,9 +3,9 @@
 Every transport sits behind one boundary: `call(op, request) -> response`, `post(op, request)` (one
 way) and `close()`. Two are registered in TRANSPORTS:
 
-- `tcp` (semgap/transport/tcp.py, the default): one persistent TCP connection per client,
+- `tcp` (semgap/wire/transport/tcp.py, the default): one persistent TCP connection per client,
   length-prefixed frames, a shared secret proven by HMAC at connect, no pickle.
-- `rpc` (semgap/transport/rpc.py): PyTorch RPC over TensorPipe, which the seed names. It cannot
+- `rpc` (semgap/wire/transport/rpc.py): PyTorch RPC over TensorPipe, which the seed names. It cannot
   authenticate its peers and unpickles what it receives, so it serves on loopback only unless told
   otherwise, and IPv4 only.
 
@@ -14,77 +14,16 @@ the name against the registry.
 """
 from __future__ import annotations
 
-import ipaddress
 import threading
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar, Protocol
+from typing import Callable
 
-Handler = Callable[[str, bytes], bytes]
-DEFAULT_TRANSPORT = "tcp"
-
-
-class ServerUnreachable(ConnectionError):
-    """No semgap server answered at the given address in time."""
-
-
-class AuthenticationFailed(ConnectionError):
-    """One side did not prove the shared secret, or the other demanded one it does not have."""
-
-
-class ServerError(RuntimeError):
-    """The server refused or failed a request; it goes on serving."""
-
-
-class BindRefused(ValueError):
-    """A server was asked to listen where its transport cannot do so safely."""
-
-
-class Transport(Protocol):
-    broken: bool  # the connection was lost: every later call would fail
-
-    def call(self, op: str, request: bytes, timeout_s: float | None = None) -> bytes: ...
-
-    def post(self, op: str, request: bytes) -> None:
-        """Send a request whose answer nobody waits for; the server runs it before any later request
-        of this connection, and a failure surfaces as ServerError on a later `call`."""
-
-    def close(self) -> None: ...
-
-
-@dataclass(frozen=True)
-class FramingBound:
-    """What a transport may add to the payload per request on the wire (kernel TCP bytes), per direction.
-
-    Set from the framing measured per call (tests/test_wire_truth.py measures it again and fails
-    if a bound is exceeded or looser than the measurement plus a small margin). A post is one
-    request sent; only where posts wait for their answer (rpc) is it also one received.
-    """
-
-    sent_bytes_per_request: int
-    received_bytes_per_request: int
-    posts_answered: bool = False
-
-    def sent(self, calls: int, posts: int) -> int:
-        return self.sent_bytes_per_request * (calls + posts)
-
-    def received(self, calls: int, posts: int) -> int:
-        return self.received_bytes_per_request * (calls + (posts if self.posts_answered else 0))
-
-
-class TransportKind(Protocol):
-    """A registered transport: a client class that connects in its constructor, and its server."""
-
-    name: ClassVar[str]
-    framing: ClassVar[FramingBound]
-    authenticates: ClassVar[bool]  # proves a shared secret at connect
-    ipv6: ClassVar[bool]  # can listen on an IPv6 address, and only there
-
-    def __call__(self, host: str, port: int, *, timeout_s: float, connect_timeout_s: float,
-                 secret: bytes | None) -> Transport: ...
-
-    @staticmethod
-    def serve(host: str, port: int, handler: Handler, stop: threading.Event, on_ready: Callable[[], None],
-              secret: bytes | None) -> None: ...
+from semgap.wire.transport.base import (  # noqa: F401 (the boundary's names, for callers of semgap.wire.transport)
+    DEFAULT_TRANSPORT, AuthenticationFailed, BindRefused, FramingBound, Handler, ServerError, ServerUnreachable,
+    Transport, TransportKind, describe, is_ipv6, is_loopback, unreachable,
+)
+from semgap.wire.transport.rpc import RpcTransport
+from semgap.wire.transport.tcp import TcpTransport
 
 
 def transport_kind(name: str) -> TransportKind:
@@ -110,7 +49,7 @@ def serve(name: str, host: str, port: int, handler: Handler, stop: threading.Eve
 
 def check_bind(kind: TransportKind, host: str, has_secret: bool, allow_unauthenticated: bool = False) -> None:
     """Refuse an address the transport cannot serve on safely, saying what would make it safe."""
-    if _is_ipv6(host) and not kind.ipv6:
+    if is_ipv6(host) and not kind.ipv6:
         raise BindRefused(
             f"the {kind.name} transport cannot serve on the IPv6 address {host}: TensorPipe listens on the first "
             "address of the interface, IPv4 on lo, not on the address asked for; use --transport tcp"
@@ -129,36 +68,6 @@ def check_bind(kind: TransportKind, host: str, has_secret: bool, allow_unauthent
             "tunnel the port over SSH, use --transport tcp with a secret, or pass --allow-unauthenticated-rpc "
             "on a network only trusted hosts can reach"
         )
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _is_ipv6(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).version == 6
-    except ValueError:
-        return False
-
-
-def unreachable(host: str, port: int, transport_name: str, error: OSError) -> ServerUnreachable:
-    """The error for a server that does not answer, with the command that would start one."""
-    return ServerUnreachable(
-        f"no semgap server answers at {host}:{port} ({error}); start one with `python -m semgap.server "
-        f"--transport {transport_name} --host {host} --port {port}` or leave out --semgap-server to let the "
-        "suite start its own"
-    )
-
-
-def describe(error: BaseException) -> str:
-    """An exception as the one line a client sees in its ServerError."""
-    return f"{type(error).__name__}: {error.args[0] if len(error.args) == 1 else error}"
 
 
 @dataclass
@@ -202,10 +111,6 @@ class CountingTransport:
     def close(self) -> None:
         self.inner.close()
 
-
-# The transports build on the definitions above, so they are imported last.
-from semgap.wire.transport.rpc import RpcTransport  # noqa: E402
-from semgap.wire.transport.tcp import TcpTransport  # noqa: E402
 
 TRANSPORTS: dict[str, TransportKind] = {
     TcpTransport.name: TcpTransport,

@@ -19,7 +19,7 @@ from datetime import timedelta
 from typing import Callable
 from urllib.parse import parse_qs, urlparse
 
-from semgap.wire.transport import FramingBound, Handler, ServerError, describe, unreachable
+from semgap.wire.transport.base import FramingBound, Handler, ServerError, describe, unreachable
 
 SERVER_NAME = "semgap_server"
 SHUTDOWN_GRACE_S = 15.0
@@ -92,9 +92,9 @@ class RpcTransport:
 
     name = "rpc"
     # Measured on loopback and across the netns veth (tests/test_wire_truth.py): TensorPipe's message
-    # descriptor plus the pickled (op, bytes) call, 238-260 B per request (it grows with the op name
+    # descriptor plus the pickled (op, bytes) call (whose module path counts), 247-273 B per request (it grows with the op name
     # and by 16 B from 64 KiB of payload) and 149-165 B per answer. A post waits for its answer.
-    framing = FramingBound(sent_bytes_per_request=272, received_bytes_per_request=176, posts_answered=True)
+    framing = FramingBound(sent_bytes_per_request=277, received_bytes_per_request=176, posts_answered=True)
     authenticates = False
     ipv6 = False
 

@@ -26,7 +26,7 @@ import sys
 import threading
 from typing import Callable
 
-from semgap.wire.transport import (
+from semgap.wire.transport.base import (
     AuthenticationFailed, FramingBound, Handler, ServerError, describe, unreachable,
 )
 from semgap.wire.transport import auth

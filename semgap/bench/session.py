@@ -1,101 +1,34 @@
-"""The experiment's moving parts for one pytest session: link, server, connection, and per-round records."""
+"""The session's experiment: the model, the spawned or external server, the connection, the one weight upload,
+the byte counters at every level, GPU marks, and the run's conditions; `close` undoes all of it."""
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
-import random
-import statistics
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, field, fields
-from typing import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Callable
 
 import torch
 import transformers
 
-from semgap.wire import codec, transport
-
-from semgap.client import generate
-
-from semgap.bench.testbed import hostload, interrupts
-
-from semgap.model import presets, runtime
+from semgap.wire import names
 from semgap.bench.config import SemgapConfig
-from semgap.bench.testbed.link import LinkCounters, NetnsLink, Placement, cleanup_stale, format_rate
-from semgap.client.modes import MODES, ModeContext, make_mode
-from semgap.client.modes.local import LocalMode
+from semgap.bench.design import Case
+from semgap.bench.testbed import hostload, interrupts
+from semgap.bench.testbed.link import LinkCounters, NetnsLink, cleanup_stale
+from semgap.bench.testbed.placement import Placement
 from semgap.bench.testbed.monitor import GpuMonitor, GpuSummary, unavailable_summary
 from semgap.bench.testbed.serverproc import ServerProcess, free_port
-from semgap.techniques import TechniqueSet
-from semgap.wire.transport import auth
 from semgap.bench.testbed.tcpcounters import TcpBytes, TcpCounter, delta, tcp_counters_available
-
-
-@dataclass(frozen=True)
-class Case:
-    """One case of the matrix: a mode, a phase, and in sweeps a decode length and a link rate; for an
-    ablation variant of the semantic mode, its technique set (None: the mode as configured)."""
-
-    mode: str
-    phase: str
-    link_rate_bps: int | None = None
-    decode_steps: int = 0  # tokens per decode round; 0 for prefill
-    steps_in_id: bool = False  # a decode-length sweep names the length in the id
-    techniques: TechniqueSet | None = None
-
-    @property
-    def id(self) -> str:
-        steps = f"-{self.decode_steps}steps" if self.steps_in_id else ""
-        rate = f"-{format_rate(self.link_rate_bps)}" if self.link_rate_bps else ""
-        variant = "" if self.techniques is None else "+" + self.techniques.spec.replace(",", "+")
-        return f"{self.mode}{variant}-{self.phase}{steps}{rate}"
-
-    @property
-    def label(self) -> str:
-        """The row the report shows: the mode, or `semantic:<techniques>` for an ablation variant."""
-        return self.mode if self.techniques is None else f"{self.mode}:{self.techniques}"
-
-
-@dataclass(frozen=True)
-class BlockItem:
-    """One benchmark of the run: `rounds` rounds of one case inside one block of the interleaved design."""
-
-    case: Case
-    block: int  # 0-based
-    blocks: int
-    position: int  # where in its block the case runs, 0-based
-
-    @property
-    def id(self) -> str:
-        return f"{self.case.id}-b{self.block:02d}"
-
-
-def cases(settings: SemgapConfig) -> list[Case]:
-    sweep = len(settings.decode_steps) > 1
-    lengths = {"prefill": (0,), "decode": settings.decode_steps}
-    variants = {"semantic": (None, *settings.ablation_sets)}
-    return [Case(mode, phase, rate, steps, sweep and phase == "decode", techniques)
-            for rate in settings.link_rates_bps or (None,) for mode in settings.modes
-            for techniques in variants.get(mode, (None,)) for phase in settings.phases for steps in lengths[phase]]
-
-
-def schedule(settings: SemgapConfig) -> list[BlockItem]:
-    """Every case once per block, blocks one after another, cases in a seeded shuffled order inside each.
-
-    Modes compared with each other then run minutes apart at most, in every order: drift over the run
-    (another process, clock frequency, page cache) lands on every mode of a block alike, and the
-    verdicts compare them block by block. Link rates stay the outer loop, so a shaper changes rate once
-    per rate, not once per benchmark.
-    """
-    items = []
-    for rate in settings.link_rates_bps or (None,):
-        rate_cases = [case for case in cases(settings) if case.link_rate_bps == rate]
-        for block in range(settings.blocks):
-            order = list(rate_cases)
-            random.Random(f"{settings.block_seed}/{rate}/{block}").shuffle(order)
-            items.extend(BlockItem(case, block, settings.blocks, position) for position, case in enumerate(order))
-    return items
+from semgap.client import generate
+from semgap.client.modes import MODES, ModeContext, make_mode
+from semgap.client.modes.local import LocalMode
+from semgap.model import presets, runtime
+from semgap.schema import RoundRecord
+from semgap.techniques import TechniqueSet
+from semgap.wire import codec, transport
+from semgap.wire.transport import auth
 
 
 @dataclass
@@ -105,37 +38,6 @@ class Snapshot:
     link: LinkCounters | None
     server_tcp: TcpBytes | None  # the spawned server's sockets: what it retransmitted
 
-
-@dataclass
-class RoundRecord:
-    """What one round moved and spent, per level and direction (client's view)."""
-
-    payload_bytes_sent: int
-    payload_bytes_received: int
-    wire_tcp_bytes_sent: int | None
-    wire_tcp_bytes_received: int | None
-    wire_link_bytes_sent: int | None
-    wire_link_bytes_received: int | None
-    rpc_round_trips: int
-    rpc_posts: int  # requests sent without waiting for an answer
-    server_compute_ms: float
-    encode_ms: float
-    decode_ms: float
-    tcp_sockets_closed: int = 0
-    # Retransmitted TCP bytes, each way: in the link bytes, not in the TCP bytes.  Received is what
-    # the server retransmitted, known only for a server this session spawned.
-    wire_tcp_bytes_retransmitted_sent: int | None = None
-    wire_tcp_bytes_retransmitted_received: int | None = None
-
-
-def total(records: Sequence[RoundRecord]) -> RoundRecord:
-    """One round's records over several connections (one per server) added up; a level none measured stays None."""
-    def add(values: list) -> float | int | None:
-        present = [value for value in values if value is not None]
-        return sum(present) if present else None
-
-    return RoundRecord(**{item.name: add([getattr(record, item.name) for record in records])
-                          for item in fields(RoundRecord)})
 
 
 class ExperimentSession:
@@ -177,7 +79,8 @@ class ExperimentSession:
             self.reference_tokens = generate.generate(self._local(), self.prompt, settings.max_decode_steps)
             if any(MODES[name].needs_server for name in settings.modes):
                 self._connect()
-                self.upload_weights()
+                if any(resident(MODES[name]) for name in settings.modes):
+                    self.upload_weights()
         except BaseException:
             self.close()
             raise
@@ -202,7 +105,7 @@ class ExperimentSession:
         ))
         self.resources.callback(self.transport.close)
         self.context.transport = self.transport
-        self.server_info = codec.decode(self.transport.call("hello", codec.encode({})))[1]
+        self.server_info = codec.decode(self.transport.call(names.HELLO, codec.encode({})))[1]
         if self.server_info.get("model") != settings.model or self.server_info.get("seed") != str(settings.seed):
             raise RuntimeError(
                 f"the server at {host}:{port} holds {self.server_info.get('model')!r} (seed "
@@ -233,9 +136,12 @@ class ExperimentSession:
             )
 
     def upload_weights(self) -> None:
-        """Ship the weights once, before any link shaping, if a mode keeps them on the server."""
-        if any(_resident(MODES[name]) for name in self.settings.modes):
-            self.mode("remote_cache")
+        """The session's one weight upload, before any link shaping; its bytes are the setup bytes of every
+        resident mode. Every benchmark that needs the weights on the server calls it; it uploads once."""
+        if self.context.weights_handle is None:
+            before = self.context.counter.snapshot()
+            self.context.resident_weights()
+            self.setup_bytes = self.context.counter.since(before)
 
     def decode_path(self, mode_name: str) -> str:
         """Which decode path ran `mode_name`'s steps (extra_info `fast_path`)."""
@@ -262,19 +168,15 @@ class ExperimentSession:
 
     def mode(self, name: str, techniques: TechniqueSet | None = None):
         """The session's ready mode `name` (with `techniques` instead of the headline set, for an ablation
-        variant), set up once; the first resident mode uploads the weights, counted as setup bytes."""
+        variant), set up once, after its last round closed before the connection."""
         if MODES[name].needs_server:
             self.check_server()
         key = (name, techniques)
         if key not in self.modes:
-            before = self.context.counter.snapshot()
             context = self.context if techniques is None else dataclasses.replace(self.context, semantic=techniques)
             mode = make_mode(name, context)
             mode.setup()
             self.resources.callback(mode.close)  # after its last round, before the connection closes
-            uploaded = self.context.counter.since(before)
-            if uploaded.bytes_sent:
-                self.setup_bytes = uploaded
             self.modes[key] = mode
         return self.modes[key]
 
@@ -324,15 +226,15 @@ class ExperimentSession:
 
     def gpu_mark(self, mode_name: str) -> str:
         if MODES[mode_name].needs_server:
-            return codec.decode(self.transport.call("gpu_summary", codec.encode({}, {"since": ""})))[1]["mark"]
+            return codec.decode(self.transport.call(names.GPU_SUMMARY, codec.encode({}, {names.SINCE: ""})))[1][names.MARK]
         return str(self._client_monitor().mark())
 
     def gpu_summary(self, mode_name: str, mark: str) -> dict:
         if MODES[mode_name].needs_server:
-            meta = codec.decode(self.transport.call("gpu_summary", codec.encode({}, {"since": mark})))[1]
-            if not meta.get("summary"):
+            meta = codec.decode(self.transport.call(names.GPU_SUMMARY, codec.encode({}, {names.SINCE: mark})))[1]
+            if not meta.get(names.SUMMARY):
                 return unavailable_summary("the server runs without a GPU monitor").to_extra_info()
-            return GpuSummary.from_dict(json.loads(meta["summary"])).to_extra_info()
+            return GpuSummary.from_dict(json.loads(meta[names.SUMMARY])).to_extra_info()
         return self._client_monitor().summary(int(mark)).to_extra_info()
 
     def _client_monitor(self):
@@ -435,7 +337,7 @@ def spawn_server(settings: SemgapConfig, secret: bytes, resources: ExitStack,
     return SpawnedServer(server, place.host, port, link)
 
 
-def _resident(mode: type) -> bool:
+def resident(mode: type) -> bool:
     """Whether the mode keeps weights and KV cache on the server (and so shares the one upload)."""
     return mode.needs_server and not mode.ships_cache
 
@@ -462,145 +364,3 @@ def _tcp_delta(before, after):
     if before is None or after is None:
         return None
     return delta(before, after)
-
-
-def per_round_fields(rounds: list[dict[str, float | None]]) -> dict:
-    """`name` (the median over rounds) and `name_rounds` (every round) for each field of the rounds."""
-    fields: dict = {}
-    for name in dict.fromkeys(name for record in rounds for name in record):
-        values = [record.get(name) for record in rounds]
-        fields[name], fields[f"{name}_rounds"] = median(values), values
-    return fields
-
-
-def median(values: list[float | int | None]) -> float | int | None:
-    present = [value for value in values if value is not None]
-    return statistics.median(present) if present else None
-
-
-@dataclass
-class CaseRunner:
-    """Runs one case of one block as `benchmark.pedantic` rounds and turns what they moved into extra_info.
-
-    A round is everything its requests cause, the release of its state included: a decode round is
-    the decode steps plus the release of the cache its (untimed, uncounted) prefill made.
-    """
-
-    session: ExperimentSession
-    item: BlockItem
-    rounds: list[RoundRecord] = field(default_factory=list)
-    counter_rounds: list[dict[str, float]] = field(default_factory=list)  # the mode's own counters, per round
-    tokens: list[list[int]] = field(default_factory=list)
-
-    @property
-    def case(self) -> Case:
-        return self.item.case
-
-    def run(self, benchmark) -> None:
-        settings, case = self.session.settings, self.case
-        self.session.set_link_rate(case.link_rate_bps)
-        benchmark.group = case.phase + (f" at {format_rate(case.link_rate_bps)}" if case.link_rate_bps else "")
-        self.mode = self.session.mode(case.mode, case.techniques)
-        gpu_mark = self.session.gpu_mark(case.mode)
-        cpu_before = hostload.CpuTimes.read()
-        target = self._prefill_round if case.phase == "prefill" else self._decode_round
-        benchmark.pedantic(
-            target, setup=self._setup, teardown=self._teardown,
-            rounds=settings.rounds, warmup_rounds=settings.warmup_rounds,
-        )
-        cpu_after = hostload.CpuTimes.read()
-        # --benchmark-cprofile runs setup and teardown once more after the measured rounds: not a round.
-        window = slice(settings.warmup_rounds, settings.warmup_rounds + settings.rounds)
-        measured = self.rounds[window]
-        framing_warning = self.session.check_framing(case, measured)
-        benchmark.extra_info.update(self.extra_info(measured, self.tokens[window]))
-        benchmark.extra_info.update(per_round_fields(self.counter_rounds[window]))
-        benchmark.extra_info.update(self.session.gpu_summary(case.mode, gpu_mark))
-        benchmark.extra_info.update(
-            load_avg_1m=hostload.load_avg_1m(), cpu_steal_pct=hostload.steal_pct(cpu_before, cpu_after),
-            cpu_busy_pct=hostload.busy_pct(cpu_before, cpu_after),
-        )
-        # The measurements are in the JSON by now; what follows fails the benchmark, it does not hide it.
-        if self.mode.lossless:
-            mismatch = first_mismatch(self._expected_tokens(), self.tokens[window])
-            assert mismatch is None, f"{case.id}: the lossless mode {case.mode} generated other tokens than local: {mismatch}"
-        assert framing_warning is None, framing_warning
-
-    def _setup(self):
-        state = None
-        if self.case.phase == "decode":  # the prompt is processed outside the measured round
-            state = generate.prefill(self.mode, self.session.prompt)
-        self.before = self.session.snapshot()
-        self.counters_before = self.mode.counters()
-        return (state,), {}
-
-    def _prefill_round(self, _):
-        token, state = generate.prefill(self.mode, self.session.prompt)
-        self.round_tokens = [token]
-        self.mode.release(state)
-
-    def _decode_round(self, prefilled):
-        first_token, state = prefilled
-        self.round_tokens, state = generate.decode_n_tokens(self.mode, first_token, state, self.case.decode_steps,
-                                                            position=len(self.session.prompt))
-        self.mode.release(state)
-
-    def _teardown(self, _):
-        self.rounds.append(self.session.record(self.before, self.session.snapshot()))
-        counters = self.mode.counters()
-        self.counter_rounds.append(self.mode.round_figures(self.counters_before, counters))
-        self.tokens.append(self.round_tokens)
-
-    def _expected_tokens(self) -> list[int]:
-        reference = self.session.reference_tokens
-        return reference[:1] if self.case.phase == "prefill" else reference[1:1 + self.case.decode_steps]
-
-    def extra_info(self, measured: list[RoundRecord], tokens: list[list[int]]) -> dict:
-        settings, session, case, item = self.session.settings, self.session, self.case, self.item
-        info: dict = {
-            "case": case.id, "block": item.block, "blocks": item.blocks, "position_in_block": item.position,
-            "mode": case.mode, "phase": case.phase, "model": settings.model,
-            "role": self.mode.role, "lossless": self.mode.lossless, "weights": presets.weights_kind(settings.model),
-            "device": session.device(case.mode),
-            "prompt_tokens": settings.prompt_tokens, "decode_steps": case.decode_steps,
-            "link": settings.link, "link_rate": format_rate(case.link_rate_bps) if case.link_rate_bps else None,
-            "link_rate_bps": case.link_rate_bps, "label": case.label, "sampler": str(settings.sampler),
-        }
-        if self.mode.role == "semantic":
-            info.update(techniques=str(self.mode.context.semantic), technique_spec=self.mode.context.semantic.spec,
-                        zstd_level=self.mode.zstd_level)
-        info.update(per_round_fields([asdict(record) for record in measured]))
-        info["wire_levels"] = ["payload"] + [
-            level for level in ("tcp", "link") if info[f"wire_{level}_bytes_sent"] is not None
-        ]
-        resident = _resident(MODES[case.mode])
-        info["fast_path"] = session.decode_path(case.mode)
-        info["setup_bytes_sent"] = session.setup_bytes.bytes_sent if resident else 0
-        info["setup_bytes_received"] = session.setup_bytes.bytes_received if resident else 0
-        info.update(token_info(self._expected_tokens(), tokens))
-        return info
-
-
-
-def token_info(expected: list[int], rounds: list[list[int]]) -> dict:
-    """The last measured round's tokens, and their agreement with local's (`expected`), position by position."""
-    tokens = rounds[-1]
-    agreement = sum(a == b for a, b in zip(tokens, expected)) / len(expected)
-    return {
-        "token_ids": tokens,
-        "tokens_sha256": hashlib.sha256(json.dumps(tokens).encode()).hexdigest(),
-        "tokens_same_every_round": all(round_tokens == tokens for round_tokens in rounds),
-        "token_agreement_with_local": agreement,
-    }
-
-
-def first_mismatch(expected: list[int], rounds: list[list[int]]) -> str | None:
-    """Where the first round that differs from `expected` first differs, in words, or None."""
-    for index, tokens in enumerate(rounds):
-        if tokens == expected:
-            continue
-        position = next((p for p, (a, b) in enumerate(zip(tokens, expected)) if a != b), min(len(tokens), len(expected)))
-        got = tokens[position] if position < len(tokens) else "nothing"
-        want = expected[position] if position < len(expected) else "nothing"
-        return f"measured round {index}, token {position}: {got} where local has {want}"
-    return None
