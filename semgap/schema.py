@@ -189,6 +189,15 @@ TOKEN_AGREEMENT = "token_agreement_with_local"
 assert TOKEN_AGREEMENT in {item.name for item in fields(TokenRecord)}
 
 
+def matrix_extra_info(identity: CaseInfo, rounds: Sequence[RoundRecord], tokens: TokenRecord) -> dict:
+    """A matrix benchmark's extra_info from its identity, its measured rounds and its tokens."""
+    info = identity.to_extra_info()
+    info.update(per_round_fields([asdict(record) for record in rounds]))
+    info[WIRE_LEVELS] = ["payload"] + [level for level in ("tcp", "link") if info[level_key(level, "sent")] is not None]
+    info.update(asdict(tokens))
+    return info
+
+
 def agreement(expected: list[int], tokens: list[int]) -> float:
     """The share of `expected`'s positions where `tokens` has the same id."""
     return sum(a == b for a, b in zip(tokens, expected)) / len(expected)

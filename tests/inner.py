@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from semgap.bench import rundir
-from semgap.bench.testbed.link import link_available
+from semgap.bench.testbed.netns import link_available
 from semgap.bench.testbed.tcpcounters import tcp_counters_available
 
 QUICK = ("--semgap-rounds", "3", "--semgap-warmup-rounds", "1", "--semgap-prompt-tokens", "32",

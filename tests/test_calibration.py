@@ -11,7 +11,7 @@ from semgap.bench import calibration
 from semgap.analysis import measurements
 
 from semgap.wire import transport
-from semgap.bench.testbed.link import link_available
+from semgap.bench.testbed.netns import link_available
 
 from .conftest import CALIBRATION, INNER_CONFTEST
 from .inner import latest_json

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from semgap.bench.testbed.link import cleanup_stale
+from semgap.bench.testbed.netns import cleanup_stale
 from semgap.bench.testbed.serverproc import READY_LINE
 
 from .conftest import INNER_CONFTEST

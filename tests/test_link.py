@@ -1,4 +1,4 @@
-"""Tests of semgap.bench.testbed.link on real network namespaces, veth pairs and tbf qdiscs (needs root and iproute2)."""
+"""Tests of semgap.bench.testbed.netns on real network namespaces, veth pairs and tbf qdiscs (needs root and iproute2)."""
 from __future__ import annotations
 
 import gzip
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from semgap.bench.testbed.link import (
+from semgap.bench.testbed.netns import (
     LinkCounters,
     LinkUnavailable,
     NetnsLink,
@@ -24,7 +24,7 @@ from semgap.bench.testbed.link import (
 )
 from semgap.bench.testbed.placement import Placement
 from semgap.bench.testbed.rates import format_rate, parse_rate
-from semgap.bench.testbed.link import _owner_alive
+from semgap.bench.testbed.netns import _owner_alive
 from semgap.bench.testbed.tcpcounters import TcpBytes, TcpCounter, delta
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -53,7 +53,7 @@ while True:
 
 # A process that builds a link and then waits to be killed: a crashed owner.
 CRASHING_OWNER = r"""
-from semgap.bench.testbed.link import NetnsLink
+from semgap.bench.testbed.netns import NetnsLink
 link = NetnsLink()
 print(link.namespace, link.client_ifname, flush=True)
 import time; time.sleep(60)

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from semgap.wire import codec, transport
-from semgap.bench.testbed.link import NetnsLink, link_available
+from semgap.bench.testbed.netns import NetnsLink, link_available
 from semgap.bench.testbed.serverproc import READY_LINE, ServerProcess, free_port
 from semgap.wire.transport import auth, tcp
 

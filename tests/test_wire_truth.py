@@ -15,7 +15,7 @@ from semgap.bench.design import Case
 from semgap.bench.session import ExperimentSession
 from semgap.schema import RoundRecord
 from semgap.client.modes import MODES, PHASES
-from semgap.bench.testbed.link import NetnsLink
+from semgap.bench.testbed.netns import NetnsLink
 from semgap.bench.testbed.serverproc import ServerProcess
 from semgap.wire.transport import FramingBound, auth
 from semgap.bench.testbed.tcpcounters import TcpCounter, delta

@@ -278,7 +278,7 @@ class SemgapConfig:
                 "(bytes are counted on the connection to it)"
             )
         if self.link == "netns":
-            from semgap.bench.testbed.link import link_available
+            from semgap.bench.testbed.netns import link_available
 
             available, reason = link_available()
             if not available:

@@ -1,8 +1,6 @@
 """The pytest plugin: semgap's options, the mode x phase matrix, fixtures, and the post-run verdicts."""
 from __future__ import annotations
 
-import json
-import shutil
 import warnings
 
 import pytest
@@ -244,7 +242,7 @@ def pytest_benchmark_update_json(config: pytest.Config, benchmarks, output_json:
     record = config.stash[run_key]
     if record.session is not None:
         record.conditions = record.session.conditions()
-    output_json["semgap"] = _semgap_section(record, output_json)
+    output_json["semgap"] = record.full_section(output_json)
     if record.output_json is None:  # the --benchmark-json file's, with raw data, comes before the autosave's
         record.output_json = output_json
         config.getoption("benchmark_json").parent.mkdir(parents=True, exist_ok=True)  # pytest-benchmark does not
@@ -256,7 +254,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     record, settings = config.stash[run_key], config.stash[settings_key]
     if not record.started:
         return  # no semgap benchmark started (none selected, --collect-only, benchmarking disabled)
-    _save_json(config, record, settings)
+    record.save_json(config.getoption("benchmark_json"), settings.run_dir)
     try:
         record.verdicts = verdicts.compute(
             record.output_json, h1=settings.h1, h2=settings.h2, alpha=settings.alpha,
@@ -268,31 +266,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
     if record.output_json["benchmarks"]:
         rundir.point_latest(settings.results_dir, settings.run_dir)
-    _save_json(config, record, settings)  # again, should a signal have come while the report was written
+    record.save_json(config.getoption("benchmark_json"), settings.run_dir)  # again, should a signal have come while the report was written
     if not record.report_error and settings.enforce and verdicts.any_not_supported(record.verdicts):
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
-
-
-def _semgap_section(record: RunRecord, output_json: dict) -> dict:
-    """The JSON's `semgap` section: the run's conditions and status, and its transport calibration."""
-    return {**record.semgap_section(), "calibration": calibration.summarize(output_json["benchmarks"])}
-
-
-def _save_json(config: pytest.Config, record: RunRecord, settings: SemgapConfig) -> None:
-    """The run's JSON in its folder, also when pytest-benchmark wrote none (nothing was measured), and
-    written again when a signal came after pytest-benchmark wrote it (during teardown)."""
-    written = config.getoption("benchmark_json")
-    settings.run_dir.mkdir(parents=True, exist_ok=True)
-    if record.output_json is None:
-        record.output_json = {"benchmarks": []}
-    section = _semgap_section(record, record.output_json)
-    if record.output_json.get("semgap") != section:
-        record.output_json["semgap"] = section
-        written.parent.mkdir(parents=True, exist_ok=True)
-        written.write_text(json.dumps(record.output_json, indent=2, default=str))
-    in_run_dir = settings.run_dir / "benchmark.json"
-    if written.resolve() != in_run_dir.resolve():  # --benchmark-json named another place: keep a copy here too
-        shutil.copyfile(written, in_run_dir)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:

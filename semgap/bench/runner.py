@@ -1,7 +1,7 @@
 """One case of one block as `benchmark.pedantic` rounds, and what they moved as extra_info."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from semgap import schema
 from semgap.bench import lossless
@@ -105,10 +105,4 @@ class CaseRunner:
             techniques=str(semantic) if semantic else None, technique_spec=semantic.spec if semantic else None,
             zstd_level=self.mode.zstd_level if semantic else None,
         )
-        info = identity.to_extra_info()
-        info.update(schema.per_round_fields([asdict(record) for record in rounds]))
-        info[schema.WIRE_LEVELS] = ["payload"] + [
-            level for level in ("tcp", "link") if info[schema.level_key(level, "sent")] is not None
-        ]
-        info.update(asdict(schema.TokenRecord.measure(self._expected_tokens(), tokens)))
-        return info
+        return schema.matrix_extra_info(identity, rounds, schema.TokenRecord.measure(self._expected_tokens(), tokens))

@@ -16,7 +16,7 @@ from semgap.wire import names
 from semgap.bench.config import SemgapConfig
 from semgap.bench.design import Case
 from semgap.bench.testbed import hostload, interrupts
-from semgap.bench.testbed.link import LinkCounters, NetnsLink, cleanup_stale
+from semgap.bench.testbed.netns import LinkCounters, NetnsLink, cleanup_stale
 from semgap.bench.testbed.placement import Placement
 from semgap.bench.testbed.monitor import GpuMonitor, GpuSummary, unavailable_summary
 from semgap.bench.testbed.serverproc import ServerProcess, free_port
