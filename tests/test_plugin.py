@@ -1,11 +1,13 @@
 """The plugin end to end, the way a user runs it: inner pytest sessions of the real benchmark suite."""
 import json
+import os
 import subprocess
 import sys
 
 import pytest
 
 from semgap.bench import calibration
+from semgap.model import cpus
 from semgap.model.presets import named as presets
 
 from .conftest import CALIBRATION, INNER_CONFTEST, TEST_MODEL
@@ -45,6 +47,12 @@ def test_a_run_writes_bytes_tokens_verdicts_report_plots_and_logs_into_its_own_d
     assert sorted(path.name for path in (suite.path / "results").iterdir()) == [run_dir.name, "latest"]
     assert latest_json(suite.path) == output
     assert output["semgap"]["failures"] == []
+    # Client and server computed on disjoint CPUs with the same thread count (a 2-core machine: one each).
+    meta = output["semgap"]
+    if len(os.sched_getaffinity(0)) >= 2:
+        client, server = cpus.parse_cpus(meta["client_cpus"]), cpus.parse_cpus(meta["server_cpus"])
+        assert meta["cpus_pinned"] and client and server and not client & server, meta
+        assert meta["client_threads"] == meta["server_threads"] == min(len(client), len(server))
     # The one weight upload is setup, shared by the resident modes; naive ships weights in its rounds.
     setup = {case: info["setup_bytes_sent"] for case, info in cases.items()}
     assert setup["remote_cache-decode"] == setup["semantic-prefill"] == setup["op_sync-decode"] > 400_000
@@ -205,6 +213,8 @@ def test_the_suite_runs_twice_against_one_external_server(suite, preset_server):
             # The client's sockets are its own; another process's server is not read.
             assert all(isinstance(v, int) for v in info["wire_tcp_bytes_retransmitted_sent_rounds"])
             assert set(info["wire_tcp_bytes_retransmitted_received_rounds"]) == {None}
+        meta = latest_json(suite.path)["semgap"]  # nothing is pinned against an external server; it says where it ran
+        assert not meta["cpus_pinned"] and meta["server_cpus"] and meta["server_threads"] >= 1
     assert preset_server.alive
     assert not list((suite.path / "results").glob("*/logs/server-*.log"))  # nothing was spawned
 

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 from semgap.analysis import effects, stats, summaries
 from semgap.analysis.load import LoadWarning, load_warnings, loaded_blocks
+from semgap.analysis.premise import ComputeCheck, compute_checks
 from semgap.schema import CANDIDATE_LABEL
 from semgap.analysis.measurements import (
     CaseRecord,
@@ -109,6 +110,7 @@ class RunVerdicts:
     verdicts: list[Verdict] = field(default_factory=list)
     cross_checks: list[ByteCrossCheck] = field(default_factory=list)
     load_warnings: list[LoadWarning] = field(default_factory=list)
+    compute_checks: list[ComputeCheck] = field(default_factory=list)  # the premise of H2 (analysis/premise.py)
     summaries: list[summaries.CaseSummary] = field(default_factory=list)
     taxes: list[summaries.TaxEntry] = field(default_factory=list)
     crossovers: list[summaries.CrossoverRecord] = field(default_factory=list)
@@ -352,6 +354,7 @@ def compute(output_json: dict, h1: float | None = None, h2: float | None = None,
                         for pair, test, p, q in zip(h2_pairs, tests, p_for, p_against)]
     result.verdicts.sort(key=_verdict_order(list(groups)))
     result.load_warnings = load_warnings(flagged, info.cores, [(describe(v), v.loaded_blocks) for v in result.verdicts])
+    result.compute_checks = compute_checks(run.cases)
     _note_holm_reach(result, tests)
     confidence = 1.0 - 2.0 * alpha
     tables = summaries.tables(groups, result.verdicts, h2, confidence, seed, n_resamples, rtts_s)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from semgap.model import presets
+from semgap.model import cpus, presets
 
 from semgap.bench import rundir
 
@@ -136,6 +136,11 @@ def add_options(parser: pytest.Parser) -> None:
            help="decode with a static KV cache and torch.compile (CUDA graphs) wherever the cache stays resident "
                 "(local, remote_cache, semantic; naive ships its cache and stays eager): on, off, static (static "
                 "cache, no compile), or auto = on for CUDA, off for CPU. Default: auto")
+    option("--semgap-cpus", metavar="POLICY", choices=cpus.POLICIES, default="auto",
+           help="auto: a spawned server and this client run on disjoint halves of the CPUs this process may use, "
+                "each with that many intra-op threads, and local computes with the server's thread count (needs "
+                "two CPUs; an external server reports its own); off: both use every CPU, as the OS schedules. "
+                "Default: auto")
     option("--semgap-modes", metavar="LIST", type=_choices(list(MODES), "mode"), default=tuple(MODES),
            help=f"comma list of modes ({', '.join(MODES)}) or all. Default: all")
     option("--semgap-phases", metavar="LIST", type=_choices(PHASES, "phase"), default=PHASES,
@@ -213,6 +218,10 @@ class SemgapConfig:
     dtype: str
     device: str
     fast_path: str
+    cpus: str  # the CPU policy (semgap.model.cpus.POLICIES)
+    # Where a spawned server and this client compute, decided once before the client pins itself; None when
+    # nothing is pinned (policy off, an external server, or fewer than two CPUs).
+    cpu_plan: cpus.CpuPlan | None
     modes: tuple[str, ...]
     phases: tuple[str, ...]
     prompt_tokens: int
@@ -247,7 +256,8 @@ class SemgapConfig:
         get = config.getoption
         settings = cls(
             model=get("semgap_model"), seed=get("semgap_seed"), dtype=get("semgap_dtype"), device=get("semgap_device"),
-            fast_path=get("semgap_fast_path"),
+            fast_path=get("semgap_fast_path"), cpus=get("semgap_cpus"),
+            cpu_plan=cpus.plan(get("semgap_cpus")) if get("semgap_server") is None else None,
             modes=get("semgap_modes"), phases=get("semgap_phases"), prompt_tokens=get("semgap_prompt_tokens"),
             decode_steps=get("semgap_decode_steps"), blocks=get("semgap_blocks"), rounds=get("semgap_rounds"),
             warmup_rounds=get("semgap_warmup_rounds"), block_seed=get("semgap_block_seed"),
@@ -329,5 +339,7 @@ class SemgapConfig:
         return max(self.decode_steps)
 
     def server_args(self) -> tuple[str, ...]:
+        plan = self.cpu_plan
+        pinned = ("--cpus", cpus.format_cpus(plan.server_cpus), "--threads", str(plan.threads)) if plan else ()
         return ("--seed", str(self.seed), "--dtype", self.dtype, "--device", self.device, "--transport", self.transport,
-                "--fast-path", self.fast_path, "--max-cache-len", str(self.max_cache_len))
+                "--fast-path", self.fast_path, "--max-cache-len", str(self.max_cache_len), *pinned)

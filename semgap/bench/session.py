@@ -24,7 +24,7 @@ from semgap.bench.testbed.tcpcounters import TcpBytes, TcpCounter, delta, tcp_co
 from semgap.client import generate
 from semgap.client.modes import MODES, ModeContext, make_mode
 from semgap.client.modes.local import LocalMode
-from semgap.model import presets, runtime
+from semgap.model import cpus, presets, runtime
 from semgap.schema import RoundRecord
 from semgap.techniques import TechniqueSet
 from semgap.wire import codec, transport
@@ -62,10 +62,12 @@ class ExperimentSession:
         self.warnings: list[str] = []
         self.gpu_monitor = None
         self.modes: dict[str, object] = {}
+        self.cores = hostload.cores()  # the run's CPUs, counted before the client pins itself to its share
 
     def open(self) -> "ExperimentSession":
         settings = self.settings
         try:
+            self._pin_client()
             self.progress(f"semgap: building {settings.model} in the client")
             self.model = presets.build_model(settings.spec)
             self.prompt = presets.prompt_ids(settings.prompt_tokens, self.model.config.vocab_size)
@@ -85,6 +87,15 @@ class ExperimentSession:
             self.close()
             raise
         return self
+
+    def _pin_client(self) -> None:
+        """Run this client on its half of the CPUs, with the server's thread count, until `close`."""
+        plan = self.settings.cpu_plan
+        if plan is None:
+            return
+        previous = cpus.Placement.current()
+        cpus.Placement(plan.client_cpus, plan.threads).apply()
+        self.resources.callback(previous.apply)
 
     def _local(self) -> LocalMode:
         mode = LocalMode(self.context)
@@ -286,7 +297,12 @@ class ExperimentSession:
             "rounds_per_block": settings.rounds,
             "warmup_rounds_per_block": settings.warmup_rounds,
             "block_order_seed": settings.block_seed,
-            "cores": hostload.cores(),
+            "cores": self.cores,
+            "cpu_policy": settings.cpus, "cpus_pinned": settings.cpu_plan is not None,
+            "client_cpus": cpus.format_cpus(cpus.Placement.current().cpus),
+            "client_threads": torch.get_num_threads(),
+            "server_cpus": self.server_info.get(names.CPUS, ""),
+            "server_threads": int(self.server_info.get(names.THREADS, 0) or 0) or None,
             "h1": settings.h1, "h2": settings.h2, "alpha": settings.alpha, "min_agreement": settings.min_agreement,
             "prompt_tokens": settings.prompt_tokens,
             "decode_steps": list(settings.decode_steps),

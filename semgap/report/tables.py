@@ -9,7 +9,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from semgap import schema
-from semgap.analysis import ablation, costmodel, frames, stats
+from semgap.analysis import ablation, costmodel, frames, premise, stats
 from semgap.report.plots import format_bps
 from semgap.report.render import Section, Table, count, fixed, general, pct, percent, ratio, share
 from semgap.analysis.verdicts import LOSSY, PAYLOAD_ONLY_NOTE, RunVerdicts, Verdict
@@ -122,6 +122,31 @@ def load(rv: RunVerdicts) -> Section:
     table = Table.from_rows("load", "Blocks run under load", header, rows,
                             {"max load 1m": fixed(2), "max steal %": fixed(1)}, prose=("why", "H2 verdicts it fed"))
     return Section("Load", tuple(before), (table,))
+
+
+def equal_compute(rv: RunVerdicts, output_json: dict) -> list[Section]:
+    """The premise of H2: each remote mode's server compute per step against local's, and the CPU policy."""
+    if not rv.compute_checks:
+        return []
+    meta = output_json.get("semgap") or {}
+    if meta.get("cpus_pinned"):
+        policy = (f"Client and server ran pinned on disjoint CPUs (client {meta.get('client_cpus')}, "
+                  f"{meta.get('client_threads')} thread(s); server {meta.get('server_cpus')}, "
+                  f"{meta.get('server_threads')} thread(s)); local computed with the server's thread count.")
+    else:
+        policy = (f"Client and server were not pinned (policy {meta.get('cpu_policy', 'unknown')}; client CPUs "
+                  f"{meta.get('client_cpus', '?')}, server CPUs {meta.get('server_cpus') or '?'}): they may have "
+                  "shared cores.")
+    rows = [(c.model, c.phase, c.link_rate, _steps(c.decode_steps), c.label, c.local_ms_per_step, c.server_ms_per_step,
+             c.ratio, {True: "yes", False: "NO", None: None}[c.within]) for c in rv.compute_checks]
+    header = ("model", "phase", "rate", "steps", "mode", "local ms/step", "server ms/step", "server/local",
+              f"within ±{premise.TOLERANCE:.0%}")
+    formats = {"local ms/step": fixed(2), "server ms/step": fixed(2), "server/local": fixed(2)}
+    before = (policy, "H2 reads a latency difference as the wire's only where both sides compute a step alike: "
+              "a server slower or faster than local by more than the tolerance makes part of the difference "
+              "the CPU's.", "")
+    return [Section("Equal compute", before, (Table.from_rows("equal_compute", "Server compute per step against local's",
+                                                              header, rows, formats),))]
 
 
 # ---------------------------------------------------------------- descriptive tables
@@ -369,7 +394,7 @@ def conditions(rv: RunVerdicts, output_json: dict) -> list[Section]:
 def sections(rv: RunVerdicts, output_json: dict) -> list[Section]:
     """Every section of report.md, in order; the tables in them are report.tex's and tables/*.csv's."""
     rounds = frames.rounds(output_json) if rv.summaries else pd.DataFrame(columns=frames.IDENTITY)
-    return [design(rv), *verdicts(rv), cross_check(rv), load(rv), cases(rv), *taxes(rv),
+    return [design(rv), *verdicts(rv), cross_check(rv), load(rv), *equal_compute(rv, output_json), cases(rv), *taxes(rv),
             *ablation.sections(rv, rounds), crossovers(rv), rtt_projection(rv), cost_model(rv, output_json, rounds),
             *calibration(output_json), *batching(output_json), *kv_recovery(output_json), failures(rv), *notes(rv), *conditions(rv, output_json)]
 

@@ -165,6 +165,7 @@ def terminal_lines(run_verdicts: RunVerdicts) -> list[str]:
         lines.append(f"{others} further verdict(s) against weaker blind baselines: see report.md")
     lines += [f"load warning: block {w.block}: {w.reason}; fed {len(w.verdicts)} H2 verdict(s)"
               for w in rv.load_warnings]
+    lines += [check.warning() for check in rv.compute_checks if check.within is False]
     return lines
 
 

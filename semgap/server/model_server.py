@@ -21,7 +21,7 @@ import torch
 from semgap.wire import names
 from semgap.wire import codec, transport
 
-from semgap.model import presets, runtime
+from semgap.model import cpus, presets, runtime
 from semgap.server.batching import DecodeBatcher
 from semgap.server.kvrecovery import KvRecoveryServer
 from semgap.server.oplevel import OpLevelServer
@@ -117,6 +117,8 @@ class ModelServer:
             "compressor": codec.compressor_name(),
             "gpu_name": torch.cuda.get_device_name() if self.engine.device.type == "cuda" else "",
             "fast_path": self.engine.decode_path,
+            names.CPUS: cpus.format_cpus(cpus.Placement.current().cpus),
+            names.THREADS: str(torch.get_num_threads()),
             "max_cache_len": str(self.engine.max_cache_len),
             "warmup_s": f"{self.engine.stats.warmup_s:.3f}",
             "engine_stats": json.dumps(asdict(self.engine.read_compile_counters())),
@@ -262,6 +264,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="decode path of resident caches: on = static KV cache + torch.compile (CUDA graphs), "
                              "static = static cache without compiling, off = eager with a dynamic cache, "
                              "auto = on for CUDA, off for CPU (default: auto)")
+    parser.add_argument("--cpus", type=cpus.parse_cpus, default=None, metavar="LIST",
+                        help="run on these CPUs only, e.g. 1 or 2-3 (default: every CPU this process may use)")
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="torch intra-op threads (default: torch's own choice, one per core)")
     parser.add_argument("--max-cache-len", type=int, default=None,
                         help="positions of each static KV cache: prompt plus generated tokens (default: the model's context)")
     return parser.parse_args(argv)
@@ -279,6 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:  # UnknownModelError is one
         print(f"semgap server: {error}", file=sys.stderr)
         return 2
+    if args.cpus is not None or args.threads is not None:  # before the model exists, so every thread it starts inherits
+        current = cpus.Placement.current()
+        cpus.Placement(args.cpus or current.cpus, args.threads or current.threads).apply()
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())

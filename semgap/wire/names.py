@@ -39,6 +39,10 @@ RELEASE_AFTER = "release"  # kv_export: free the cache once exported
 COMPRESS = "compress"
 MAX_ABS_LOGIT_ERROR = "max_abs_logit_error"
 
+# hello: where the server computes.
+CPUS = "cpus"  # the CPUs it runs on, as taskset writes them
+THREADS = "threads"  # torch's intra-op threads
+
 # Tensor names.
 INPUT_IDS = "input_ids"
 LOGITS = "logits"
