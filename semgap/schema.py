@@ -173,6 +173,7 @@ class TokenRecord:
     tokens_sha256: str
     tokens_same_every_round: bool
     token_agreement_with_local: float  # the worst measured round's share of positions equal to local's
+    first_mismatch: str | None  # where the first round unlike local's first differs, in words; None: all alike
 
     @classmethod
     def measure(cls, expected: list[int], rounds: list[list[int]]) -> "TokenRecord":
@@ -182,6 +183,7 @@ class TokenRecord:
             tokens_sha256=hashlib.sha256(json.dumps(tokens).encode()).hexdigest(),
             tokens_same_every_round=all(round_tokens == tokens for round_tokens in rounds),
             token_agreement_with_local=min(agreement(expected, round_tokens) for round_tokens in rounds),
+            first_mismatch=first_mismatch(expected, rounds),
         )
 
 
@@ -196,6 +198,18 @@ def matrix_extra_info(identity: CaseInfo, rounds: Sequence[RoundRecord], tokens:
     info[WIRE_LEVELS] = ["payload"] + [level for level in ("tcp", "link") if info[level_key(level, "sent")] is not None]
     info.update(asdict(tokens))
     return info
+
+
+def first_mismatch(expected: list[int], rounds: list[list[int]]) -> str | None:
+    """Where the first round that differs from `expected` first differs, in words, or None."""
+    for index, tokens in enumerate(rounds):
+        if tokens == expected:
+            continue
+        position = next((p for p, (a, b) in enumerate(zip(tokens, expected)) if a != b), min(len(tokens), len(expected)))
+        got = tokens[position] if position < len(tokens) else "nothing"
+        want = expected[position] if position < len(expected) else "nothing"
+        return f"measured round {index}, token {position}: {got} where local has {want}"
+    return None
 
 
 def agreement(expected: list[int], tokens: list[int]) -> float:

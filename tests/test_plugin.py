@@ -23,6 +23,10 @@ def test_a_run_writes_bytes_tokens_verdicts_report_plots_and_logs_into_its_own_d
     result.stdout.fnmatch_lines([f"semgap: building {TEST_MODEL} in the client",
                                  "*semgap verdicts*", "H1 bytes*prefill*", "H2 latency*decode*",
                                  f"semgap: run complete; *in results/{run_dir.name}/ (results/latest points there)"])
+    lines = result.stdout.lines
+    last_table = max(i for i, line in enumerate(lines) if line.startswith("test_semantic_gap["))
+    verdicts_at = next(i for i, line in enumerate(lines) if "semgap verdicts" in line)
+    assert last_table < verdicts_at, "the verdicts must come after pytest-benchmark's tables"
     output = run_json(run_dir)
     assert (output["semgap"]["run_status"], output["semgap"]["interrupted_by"]) == ("complete", None)
     cases = by_case(output)

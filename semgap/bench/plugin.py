@@ -271,6 +271,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
+@pytest.hookimpl(trylast=True)  # after pytest-benchmark's tables: the verdicts are the last thing on the screen
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
     record, settings = config.stash[run_key], config.stash[settings_key]
     if not record.started or record.output_json is None:
