@@ -188,7 +188,8 @@ class TokenRecord:
 
 
 TOKEN_AGREEMENT = "token_agreement_with_local"
-assert TOKEN_AGREEMENT in {item.name for item in fields(TokenRecord)}
+FIRST_MISMATCH = "first_mismatch"
+assert {TOKEN_AGREEMENT, FIRST_MISMATCH} <= {item.name for item in fields(TokenRecord)}
 
 
 def matrix_extra_info(identity: CaseInfo, rounds: Sequence[RoundRecord], tokens: TokenRecord) -> dict:

@@ -45,7 +45,15 @@ def test_what_the_runner_writes_the_analysis_reads_back():
     assert block.retransmitted_rounds == {"sent": (0, 1, 2), "received": (0, 0, 0)}
     assert block.round_trips == 5 and block.server_compute_ms == 11.0
     assert block.token_agreement_with_local == 0.8  # the worst round's: one token of five differs
+    assert block.first_mismatch == "measured round 2, token 2: 0 where local has 9"
+    assert case.invalid == f"{IDENTITY.case} generated other tokens than local (block 3, {block.first_mismatch})"
     assert CaseInfo.from_extra_info(info) == IDENTITY
+
+
+def test_a_lossy_case_with_other_tokens_is_not_invalid():
+    lossy = CaseInfo(**{**asdict(IDENTITY), "lossless": False})
+    (case,) = read_run(benchmark_json(schema.matrix_extra_info(lossy, ROUNDS, TOKENS))).cases
+    assert case.invalid is None and case.token_agreement == 0.8
 
 
 def test_a_level_no_round_measured_is_not_read_as_zero():

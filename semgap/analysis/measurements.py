@@ -41,6 +41,7 @@ class BlockRecord:
     round_trips: float | None
     server_compute_ms: float | None
     token_agreement_with_local: float | None
+    first_mismatch: str | None  # where this block's tokens first left local's (schema.TokenRecord)
     load_avg_1m: float | None
     cpu_steal_pct: float | None
 
@@ -127,6 +128,15 @@ class CaseRecord:
     @property
     def server_compute_ms(self) -> float | None:
         return self._blocked("server_compute_ms")
+
+    @property
+    def invalid(self) -> str | None:
+        """Why no verdict may use this case, or None: a lossless case whose tokens left local's in some block
+        (its benchmark failed its token check, but its rounds are in the JSON)."""
+        if not self.lossless:
+            return None
+        block = next((b for i, b in sorted(self.blocks.items()) if b.first_mismatch), None)
+        return None if block is None else f"{self.case} generated other tokens than local (block {block.block}, {block.first_mismatch})"
 
     @property
     def token_agreement(self) -> float | None:
@@ -257,6 +267,7 @@ def _block(bench: dict, extra: dict, name: str, role: str) -> BlockRecord:
         retransmitted_rounds=_retransmitted(extra), round_trips=_num(extra.get(schema.ROUND_TRIPS)),
         server_compute_ms=_num(extra.get(schema.SERVER_COMPUTE_MS)),
         token_agreement_with_local=_num(extra.get(schema.TOKEN_AGREEMENT)),
+        first_mismatch=extra.get(schema.FIRST_MISMATCH) if isinstance(extra.get(schema.FIRST_MISMATCH), str) else None,
         load_avg_1m=_num(extra.get(schema.LOAD_AVG)), cpu_steal_pct=_num(extra.get(schema.CPU_STEAL)),
     )
 
