@@ -136,7 +136,8 @@ def _measured_rows(kind: str, scenario: Callable[[dict], tuple[Any, str]], infos
             byte_reduction = _saving(bytes_of(info), bytes_of(fewest) if fewest else None)
             latency_reduction = _saving(latency_of(info), latency_of(fastest) if fastest else None)
             agreement = info.get(schema.TOKEN_AGREEMENT)
-            lossy = f"LOSSY: token agreement {agreement:.3f}" if agreement is not None and agreement < min_agreement else ""
+            short = agreement is not None and agreement < min_agreement
+            lossy = f"LOSSY: token agreement {agreement:.3f}" if short else ""
             rows.append(GapRow(
                 scenario=scenario(info)[1], kind=kind, model=str(info.get("model")), candidate=name_of(info),
                 byte_level=level, bytes_baseline=name_of(fewest) if fewest else None, byte_reduction=byte_reduction,

@@ -133,7 +133,7 @@ class Headline:
 
 
 def binding(pairwise: Sequence[Verdict]) -> Verdict:
-    """The pairwise verdict with the smallest estimated reduction; a missing estimate binds first; ties: report order."""
+    """The pairwise verdict with the smallest estimated reduction; a missing one binds first, ties in report order."""
     return min(pairwise, key=lambda v: (v.estimate is not None, v.estimate or 0.0))
 
 

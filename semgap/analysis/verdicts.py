@@ -337,7 +337,7 @@ def _verdict_order(keys: list[GroupKey]):
 
 
 def _note_holm_reach(result: RunVerdicts, tests: Sequence[stats.ThresholdTest | None]) -> None:
-    """A note when Holm leaves the smallest attainable p no chance below alpha, over the pairwise tests or the headlines."""
+    """A note when, after Holm over the pairwise tests or the headlines, no attainable p can get below alpha."""
     powered = [t for t in tests if t is not None and t.powered]
     heads = [h for h in result.headlines if h.hypothesis == "H2" and h.p_value is not None]
     for count, what in ((len(powered), "pairwise H2 tests"), (len(heads), "H2 headlines")):

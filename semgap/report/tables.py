@@ -85,10 +85,11 @@ VERDICT_FORMATS = {"reduction": pct, "low": pct, "high": pct, "p": general, "p H
 
 def _verdict_table(key: str, title: str, verdicts: Sequence[Verdict]) -> Table:
     rows = [(v.hypothesis, v.model, v.weights, v.phase, v.link_rate, _steps(v.decode_steps), v.baseline,
-             "binding" if v.binding else None, v.byte_level if v.hypothesis == "H1" else None, v.estimate, v.ci_low, v.ci_high, v.p_value, v.p_holm,
-             v.n_blocks, v.rounds_per_block, v.threshold, verdict_label(v), v.reason) for v in verdicts]
-    header = ("hypothesis", "model", "weights", "phase", "rate", "steps", "baseline", "binding", "byte level", "reduction",
-              "low", "high", "p", "p Holm", "blocks", "rounds/block", "threshold", "verdict", "reason")
+             "binding" if v.binding else None, v.byte_level if v.hypothesis == "H1" else None, v.estimate, v.ci_low,
+             v.ci_high, v.p_value, v.p_holm, v.n_blocks, v.rounds_per_block, v.threshold, verdict_label(v), v.reason)
+            for v in verdicts]
+    header = ("hypothesis", "model", "weights", "phase", "rate", "steps", "baseline", "binding", "byte level",
+              "reduction", "low", "high", "p", "p Holm", "blocks", "rounds/block", "threshold", "verdict", "reason")
     return Table.from_rows(key, title, header, rows, VERDICT_FORMATS, prose=("reason",))
 
 

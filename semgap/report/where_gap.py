@@ -1,4 +1,4 @@
-"""The "where the gap is" report section, and the same table as stand-alone Markdown (``where_gap.md``) for the README."""
+"""The "where the gap is" report section, and its table as stand-alone Markdown (``where_gap.md``) for the README."""
 from __future__ import annotations
 
 from semgap.analysis.gap import NO_TEST, GapRow
