@@ -342,3 +342,13 @@ def test_non_semgap_benchmarks_are_ignored():
 def test_invalid_input_raises(bad):
     with pytest.raises(verdicts.InvalidBenchmarkJSON):
         verdicts.compute(bad)
+
+
+def test_any_blind_mode_joins_the_headline_and_op_replay_reads_after_op_pipelined():
+    specs = [case("op_replay", latency_s=0.065, payload=(350, 350)), case("remote_cache", latency_s=0.1),
+             case("semantic", latency_s=0.06, payload=(300, 300)), case("op_pipelined", latency_s=0.2)]
+    rv = verdicts.compute(run_json(specs))  # synthetic rows of an unlisted mode have role "blind"
+    assert [s.label for s in rv.summaries] == ["remote_cache", "op_pipelined", "op_replay", "semantic"]
+    head = find(rv, "H2")
+    assert head.baselines == ["remote_cache", "op_pipelined", "op_replay"] and head.binding_baseline == "op_replay"
+    assert head.verdict == stats.NOT_SUPPORTED
