@@ -64,13 +64,15 @@ def test_a_run_writes_bytes_tokens_verdicts_report_plots_and_logs_into_its_own_d
     # The report regenerates from the saved JSON alone, with the same verdicts.
     again = subprocess.run([sys.executable, "-m", "semgap.report", "results/latest/benchmark.json", "--out", "again"],
                            cwd=suite.path, capture_output=True, text=True, check=True)
-    first, second = (json.loads((suite.path / folder / "verdicts.json").read_text())["verdicts"]
+    first, second = (json.loads((suite.path / folder / "verdicts.json").read_text())
                      for folder in ("results/latest", "again"))
-    assert [(v["hypothesis"], v["phase"], v["verdict"]) for v in first] == \
-        [(v["hypothesis"], v["phase"], v["verdict"]) for v in second]
-    assert len(first) == 16 and sum(v["headline"] for v in first) == 4  # against each of the 4 blind baselines
-    assert "wrote again/verdicts.json" in again.stdout, again.stdout
-    assert all(v["verdict"] in again.stdout for v in second), again.stdout  # and prints the verdicts
+    assert [(v["hypothesis"], v["phase"], v["verdict"]) for v in first["verdicts"]] == \
+        [(v["hypothesis"], v["phase"], v["verdict"]) for v in second["verdicts"]]
+    # 2 hypotheses x 2 phases, each against every one of the 4 blind baselines, one of them binding
+    assert len(first["verdicts"]) == 16 and sum(v["binding"] for v in first["verdicts"]) == 4
+    assert len(second["headlines"]) == 4 and all(len(h["pairwise"]) == 4 for h in second["headlines"])
+    assert "wrote again/verdicts.json" in again.stdout and "wrote again/where_gap.md" in again.stdout, again.stdout
+    assert all(h["verdict"] in again.stdout for h in second["headlines"]), again.stdout  # and prints the headlines
 
 
 def test_blocks_interleave_every_case_in_a_seeded_order(suite):

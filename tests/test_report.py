@@ -28,27 +28,36 @@ def test_write_creates_report_files_with_their_source(tmp_path):
     paths = writer.write(verdicts.compute(data), data, tmp_path / "out")
     tables = {p.name for p in paths if p.parent.name == "tables"}
     assert sorted(p.name for p in paths if p.parent.name == "out") == [
-        "latency_vs_bytes.png", "report.md", "report.tex", "tradeoff.png", "verdicts.json"]
+        "latency_vs_bytes.png", "report.md", "report.tex", "tradeoff.png", "verdicts.json", "where_gap.md"]
     assert {"headline_verdicts.csv", "cases.csv", "ablation.csv", "conditions.csv"} <= tables
     assert "load.csv" not in tables and "failures.csv" not in tables  # a table without rows has no CSV
     saved = json.loads((tmp_path / "out" / "verdicts.json").read_text())
     assert saved["source"] == {"run_id": "2026-11-30T00:00:00.000001 abc123", "written_by": "plugin"}
-    assert [(v["hypothesis"], v["baseline"], v["headline"]) for v in saved["verdicts"][:4]] == [
+    assert [(h["hypothesis"], h["binding_baseline"], h["verdict"]) for h in saved["headlines"][:2]] == [
+        ("H1", "remote_cache", "SUPPORTED"), ("H2", "remote_cache", "SUPPORTED")]
+    assert [p["baseline"] for p in saved["headlines"][0]["pairwise"]] == ["naive", "remote_cache"]
+    assert [(v["hypothesis"], v["baseline"], v["binding"]) for v in saved["verdicts"][:4]] == [
         ("H1", "remote_cache", True), ("H1", "naive", False), ("H2", "remote_cache", True), ("H2", "naive", False)]
     md = (tmp_path / "out" / "report.md").read_text()
-    for heading in ("## Design and method", "## Headline verdicts (against the strongest blind baseline)",
-                    "## Verdicts against every other blind baseline", "## H1 cross-check", "## Load",
+    for heading in ("## Design and method", "## Headline verdicts (against every blind baseline)",
+                    "## Pairwise verdicts (each blind baseline)", "## H1 cross-check", "## Load",
                     "## Per case", "## Against local", "## Against naive", "## Against remote_cache", "## Ablation",
-                    "## RTT projection", "## Cost model", "## Failures", "## Conditions"):
+                    "## RTT projection", "## Cost model", "## Failures", "## Conditions", "## Where the gap is"):
         assert heading in md
     assert "- Blocks: 10 measured of 10 planned; 3 rounds per block after 1 warm-up(s); block order seed 7" in md
-    assert "Holm-adjusted over the run's 4 H2 test(s)" in md
-    h2_decode = next(r for r in rows(md, "Headline verdicts (against the strongest blind baseline)")
+    assert "Holm-adjusted over the run's 4 pairwise H2 test(s)" in md
+    assert "Holm-adjusted over the run's 2 H2 headline(s)" in md
+    h2_decode = next(r for r in rows(md, "Headline verdicts (against every blind baseline)")
                      if r["hypothesis"] == "H2" and r["phase"] == "decode")
-    assert {k: h2_decode[k] for k in ("model", "weights", "steps", "baseline", "p", "p Holm", "blocks",
-                                      "rounds/block", "threshold", "verdict")} == {
-        "model": "gpt2-test", "weights": "random", "steps": "5", "baseline": "remote_cache", "p": "0.000977",
-        "p Holm": "0.00391", "blocks": "10", "rounds/block": "3", "threshold": "15%", "verdict": "SUPPORTED"}
+    assert {k: h2_decode[k] for k in ("model", "weights", "steps", "blind baselines", "binding baseline", "p",
+                                      "p Holm", "blocks", "threshold", "verdict", "pairwise")} == {
+        "model": "gpt2-test", "weights": "random", "steps": "5", "blind baselines": "2",
+        "binding baseline": "remote_cache", "p": "0.000977", "p Holm": "0.00195", "blocks": "10", "threshold": "15%",
+        "verdict": "SUPPORTED", "pairwise": "naive SUPPORTED; remote_cache SUPPORTED"}
+    pairwise = [r for r in rows(md, "Pairwise verdicts (each blind baseline)")
+                if r["hypothesis"] == "H2" and r["phase"] == "decode"]
+    assert [(r["baseline"], r["binding"], r["p Holm"], r["rounds/block"]) for r in pairwise] == [
+        ("remote_cache", "binding", "0.00391", "3"), ("naive", "-", "0.00391", "3")]
     assert "**tcp**: kernel TCP socket counters" in md and "**link**" not in md
     conditions = {r["item"]: r["value"] for r in rows(md, "Conditions")}
     assert conditions["machine (CPU)"] == "Test CPU 9000" and conditions["commit"] == "abc123 (dirty)"
@@ -89,10 +98,10 @@ def test_report_shows_lossy_labels_load_warnings_and_an_incomplete_run():
     md = writer.markdown(rv, data)
     assert md.splitlines()[2] == ("> **This run is INTERRUPTED by SIGTERM: its verdicts rest only on the blocks that "
                                   "finished and must not be quoted as a complete run's.**")
-    verdict_cells = [r["verdict"] for heading in ("Headline verdicts (against the strongest blind baseline)",
-                                                  "Verdicts against every other blind baseline")
+    verdict_cells = [r["verdict"] for heading in ("Headline verdicts (against every blind baseline)",
+                                                  "Pairwise verdicts (each blind baseline)")
                      for r in rows(md, heading)]
-    assert verdict_cells == ["LOSSY (agreement 0.800)"] * 4
+    assert verdict_cells == ["LOSSY (agreement 0.800)"] * 6
     assert "**Warning: these blocks ran on an overloaded machine" in md
     (warning,) = rows(md, "Load")
     assert list(warning.values())[:5] == ["2", "3.10", "2", "0.0", "load 3.10 > 2 cores"]
@@ -132,7 +141,8 @@ def test_failures_only_run_still_writes_a_report(tmp_path):
                                          "warnings": ["netns unavailable"]}}
     rv = verdicts.compute(data)
     paths = writer.write(rv, data, tmp_path)
-    assert sorted(p.name for p in paths) == ["conditions.csv", "failures.csv", "report.md", "report.tex", "verdicts.json"]
+    assert sorted(p.name for p in paths) == ["conditions.csv", "failures.csv", "report.md", "report.tex", "verdicts.json",
+                                               "where_gap.md"]
     md = (tmp_path / "report.md").read_text()
     assert rows(md, "Failures") == [{"benchmark": "test_semantic_gap[semantic-decode]", "reason": "RuntimeError: boom"}]
     assert "measurement warning: netns unavailable" in md
@@ -161,14 +171,21 @@ def test_plot_legends_mark_a_lossy_candidate():
 
 def test_terminal_lines_show_the_headline_verdicts():
     meaning, design, *lines, others = writer.terminal_lines(verdicts.compute(both_phases(semantic_latency=0.095)))
-    assert meaning.startswith("reduction = 1 - semantic/baseline")
-    assert design == "thresholds H1 30%, H2 15%; H2 on 10 blocks x 3 rounds, p Holm-adjusted over 4 test(s)"
-    assert len(lines) == 4 and others == "4 further verdict(s) against weaker blind baselines: see report.md"
+    assert meaning.startswith("reduction = 1 - semantic/baseline") and "every blind baseline (2)" in meaning
+    assert design == "thresholds H1 30%, H2 15%; H2 on 10 blocks x 3 rounds, headline p Holm-adjusted over 2 headline(s)"
+    assert len(lines) == 4 and others == "8 pairwise verdict(s) beneath the headlines: see report.md"
     h1_decode = next(ln for ln in lines if ln.startswith("H1") and "decode" in ln)
     assert h1_decode.endswith("+63.6% exact tcp vs remote_cache  SUPPORTED")
     h2_decode = next(ln for ln in lines if ln.startswith("H2") and "decode" in ln)
     assert "p=1 vs remote_cache" in h2_decode and h2_decode.endswith("NOT SUPPORTED")
     assert all(len(ln) < 100 for ln in lines)
+
+
+def test_terminal_lines_name_the_binding_baseline_not_the_most_favourable():
+    specs = [case("remote_cache", latency_s=0.1), case("op_sync", latency_s=0.065, payload=(350, 350)),
+             case("semantic", latency_s=0.06, payload=(300, 300))]
+    _, _, h1, h2, _ = writer.terminal_lines(verdicts.compute(run_json(specs), n_resamples=500))
+    assert h1.endswith("+11.1% exact tcp vs op_sync  NOT SUPPORTED") and h2.endswith("vs op_sync  NOT SUPPORTED")
 
 
 def test_terminal_lines_say_lossy_load_and_status():

@@ -3,8 +3,8 @@
 The simulated machine: every round's latency is lognormal around its case's true median
 (sigma 0.25, the spread of a CPU run's RPC rounds), times a drift that wanders through the run as
 a Gaussian random walk in log space (sd 0.10 per block's worth of time, within blocks too). A run
-has the default matrix's 8 cases; the candidate is the last (semantic-decode), the baseline two
-cases before it (remote_cache-decode), as in the mode-major order semgap used to run.
+has the default matrix's 12 cases (6 modes x 2 phases); the candidate is the last (semantic-decode),
+the baseline two cases before it (remote_cache-decode), as in the mode-major order semgap used to run.
 
 - The interleaved design (10 blocks x 3 rounds, shuffled inside each block) judged on paired
   blocks must say SUPPORTED at most alpha + 2 pp of the time when the true reduction is exactly
@@ -12,6 +12,13 @@ cases before it (remote_cache-decode), as in the mode-major order semgap used to
 - The old design and method (each case's 30 rounds back to back, pooled; independent bootstrap
   of medians and a Mann-Whitney test of "any shift") must fail the first criterion: the drift
   between the two cases' stretches of time reads as a mode effect.
+- The headline (semgap.analysis.verdicts.judge_headlines, the code the report runs: pairwise tests
+  Holm-adjusted over the group's baselines, the intersection-union rule over them) against two blind
+  baselines, one at exactly the threshold and one 40 pp beyond it (the least favourable case for an
+  intersection-union test), must say SUPPORTED at most alpha + 2 pp of the time: a rule that judged
+  against the most favourable baseline would say it nearly always. With both baselines at the
+  threshold + 20 pp it must still say SUPPORTED most of the time. One group is simulated: Holm over
+  a run's other headlines only makes the headline more conservative.
 
 The bootstrap uses 1,000 resamples instead of the verdicts' 10,000, to keep the test fast.
 """
@@ -21,22 +28,28 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from semgap.analysis import stats
+from semgap.analysis import stats, verdicts
+from semgap.analysis.headlines import Verdict
 
 ALPHA, THRESHOLD = 0.05, 0.15
-BLOCKS, ROUNDS, CASES = 10, 3, 8
-CANDIDATE, BASELINE = 7, 5
+BLOCKS, ROUNDS, CASES = 10, 3, 12
+CANDIDATE, BASELINE, SECOND_BASELINE = 11, 9, 7
 NOISE_SIGMA, DRIFT_SD_PER_BLOCK = 0.25, 0.10
 RESAMPLES, SIMULATIONS = 1000, 500
 
 
 def simulate(rng, reduction, interleaved):
     """One run's candidate and baseline rounds, as per-block lists (the old design: one block of all rounds)."""
+    rounds = simulate_cases(rng, {CANDIDATE: np.log(1.0 - reduction), BASELINE: 0.0}, interleaved)
+    return rounds[CANDIDATE], rounds[BASELINE]
+
+
+def simulate_cases(rng, log_median, interleaved=True):
+    """Rounds of every case in ``log_median`` (case index -> log of its true median), as per-block lists."""
     slots_per_block = CASES * ROUNDS
     drift = np.cumsum(rng.normal(0.0, DRIFT_SD_PER_BLOCK / np.sqrt(slots_per_block), BLOCKS * slots_per_block))
-    log_median = {CANDIDATE: np.log(1.0 - reduction), BASELINE: 0.0}
-    rounds = {CANDIDATE: [], BASELINE: []}
-    for case in (CANDIDATE, BASELINE):
+    rounds = {case: [] for case in log_median}
+    for case in log_median:
         if interleaved:  # block b holds every case's rounds, in a shuffled order
             orders = [rng.permutation(np.repeat(np.arange(CASES), ROUNDS)) for _ in range(BLOCKS)]
             slot_groups = [b * slots_per_block + np.flatnonzero(order == case) for b, order in enumerate(orders)]
@@ -45,7 +58,7 @@ def simulate(rng, reduction, interleaved):
         for slots in slot_groups:
             noise = rng.normal(0.0, NOISE_SIGMA, slots.size)
             rounds[case].append(list(np.exp(log_median[case] + drift[slots] + noise)))
-    return rounds[CANDIDATE], rounds[BASELINE]
+    return rounds
 
 
 def blocked_verdict(candidate, baseline, seed):
@@ -103,3 +116,50 @@ def test_simulated_runs_hold_the_default_design(interleaved):
     shape = (BLOCKS, ROUNDS) if interleaved else (1, BLOCKS * ROUNDS)
     assert np.shape(candidate) == np.shape(baseline) == shape
     assert np.median(candidate) < np.median(baseline)
+
+
+# ---------------------------------------------------------------- the headline: every blind baseline at once
+
+def pairwise_verdict(baseline, test, p_holm, p_against_holm):
+    """The pairwise H2 verdict semgap.analysis.verdicts builds from one test and its Holm-adjusted p-values."""
+    judgement = stats.judge_threshold_test(test, ALPHA, p_holm, p_against_holm)
+    return Verdict(hypothesis="H2", model="sim", phase="decode", link_rate=None, link_rate_bps=None, decode_steps=5,
+                   weights=None, candidate="semantic", baseline=baseline, binding=False, byte_level="-",
+                   estimate=test.estimate, ci_low=test.low, ci_high=test.high, confidence=test.confidence,
+                   p_value=test.p_value, p_holm=p_holm, p_value_against=test.p_value_against,
+                   p_against_holm=p_against_holm, threshold=THRESHOLD, alpha=ALPHA, verdict=judgement.verdict,
+                   saving_verdict=judgement.verdict, reason=judgement.reason, n_blocks=test.n_blocks,
+                   rounds_per_block=ROUNDS, token_agreement=1.0, loaded_blocks=[])
+
+
+def headline_verdict(candidate, baselines, seed):
+    """The headline of one group against every baseline, as the report judges it."""
+    tests = [stats.threshold_test(candidate, rounds, THRESHOLD, ALPHA, n_resamples=RESAMPLES, seed=seed)
+             for rounds in baselines.values()]
+    p_for, p_against = stats.holm([t.p_value for t in tests]), stats.holm([t.p_value_against for t in tests])
+    pairwise = [pairwise_verdict(name, *parts) for name, *parts in zip(baselines, tests, p_for, p_against)]
+    (head,), _ = verdicts.judge_headlines(pairwise, min_agreement=1.0)
+    return head.verdict
+
+
+@functools.cache
+def headline_rate(reduction, second_reduction, seed, simulations=SIMULATIONS):
+    """How often the headline says SUPPORTED against a baseline at ``reduction`` and a second at ``second_reduction``."""
+    rng = np.random.default_rng(seed)
+    supported = 0
+    for i in range(simulations):
+        rounds = simulate_cases(rng, {CANDIDATE: 0.0, BASELINE: -np.log(1.0 - reduction),
+                                      SECOND_BASELINE: -np.log(1.0 - second_reduction)})
+        baselines = {"at_threshold": rounds[BASELINE], "far": rounds[SECOND_BASELINE]}
+        supported += headline_verdict(rounds[CANDIDATE], baselines, seed=i) == stats.SUPPORTED
+    return supported / simulations
+
+
+def test_the_headline_holds_alpha_when_one_baseline_sits_at_the_threshold_and_another_far_beyond():
+    rate = headline_rate(THRESHOLD, THRESHOLD + 0.40, seed=3)
+    assert rate <= ALPHA + 0.02, f"headline SUPPORTED {rate:.1%} of the time with one baseline at the threshold"
+
+
+def test_the_headline_is_mostly_supported_twenty_points_above_the_threshold_against_both():
+    rate = headline_rate(THRESHOLD + 0.20, THRESHOLD + 0.20, seed=4)
+    assert rate >= 0.75, f"headline SUPPORTED only {rate:.1%} of the time at the threshold + 20 pp"

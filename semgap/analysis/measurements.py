@@ -16,7 +16,7 @@ from semgap.schema import LEVEL_PREFIX
 #: The role of each mode of JSON written before modes declared one.
 LEGACY_ROLES = {"local": "local", "naive": "blind", "remote_cache": "blind", "semantic": "semantic"}
 ROLES = ("local", "blind", "semantic")
-MODE_ORDER = ("local", "naive", "remote_cache", "op_sync", "op_pipelined", "semantic")
+MODE_ORDER = ("local", "naive", "remote_cache", "op_sync", "op_pipelined", "op_replay", "semantic")
 PHASE_ORDER = ("prefill", "decode")
 LEGACY_NOTE = ("old JSON without blocks: each benchmark counts as one block and a mode's role comes from "
                "its name, so latency verdicts have one block and cannot reach alpha")
@@ -70,6 +70,7 @@ class CaseRecord:
     link_rate: str | None
     link_rate_bps: int | None
     techniques: str | None = None  # semantic rows: the technique set, e.g. "prune,cast" or "none"
+    sampler: str | None = None  # how tokens were picked, e.g. "greedy" or "top-k=50,seed=0" (None: not recorded)
     blocks: dict[int, BlockRecord] = field(default_factory=dict)
 
     @property
@@ -279,7 +280,7 @@ def case_of(extra: dict, meta: dict, name: str) -> CaseRecord:
         case=info.case, label=info.label, mode=info.mode, role=info.role, lossless=info.lossless,
         weights=info.weights, model=info.model, phase=info.phase, decode_steps=info.decode_steps,
         link=info.link, link_rate=info.link_rate, link_rate_bps=info.link_rate_bps,
-        techniques=info.techniques if info.role == "semantic" else None,
+        techniques=info.techniques if info.role == "semantic" else None, sampler=info.sampler,
     )
 
 

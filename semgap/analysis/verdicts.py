@@ -1,21 +1,24 @@
 """Turn a pytest-benchmark JSON dict into hypothesis verdicts (pure, no I/O).
 
 H1: the candidate (label ``semantic``) cuts per-round network bytes by at least
-``h1`` against a semantic-blind baseline. H2: it cuts latency by at least
-``h2``. Cases are grouped by (model, phase, link_rate, decode_steps); each group
-is judged against every blind baseline present (every row whose role is
-``blind``), and its headline verdict is the one against the strongest baseline:
-the fewest bytes for H1, the lowest latency for H2. H2's p-values are
-Holm-adjusted over all the run's H2 tests. A candidate whose tokens agree with
-``local`` less than ``min_agreement`` gets LOSSY instead of a verdict. The
-statistics live in :mod:`semgap.analysis.stats`; this module only selects data.
+``h1`` against semantic-blind runtimes. H2: it cuts latency by at least ``h2``.
+Cases are grouped by (model, phase, link_rate, decode_steps); each group is
+judged pairwise against every blind baseline present (every row whose role is
+``blind``), and its headline verdict is the intersection-union test over those
+pairwise verdicts (:mod:`semgap.analysis.headlines`): SUPPORTED only against
+every baseline, with no baseline picked from the data. Pairwise H2 p-values are
+Holm-adjusted over all the run's pairwise H2 tests; the headlines' over the
+run's H2 headlines. A candidate whose tokens agree with ``local`` less than
+``min_agreement`` gets LOSSY instead of a verdict. The statistics live in
+:mod:`semgap.analysis.stats`; this module only selects data.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Sequence
 
-from semgap.analysis import effects, stats, summaries
+from semgap.analysis import effects, gap, headlines, stats, summaries
+from semgap.analysis.headlines import LOSSY, Headline, Verdict
 from semgap.analysis.load import LoadWarning, load_warnings, loaded_blocks
 from semgap.analysis.premise import ComputeCheck, compute_checks
 from semgap.schema import CANDIDATE_LABEL
@@ -31,54 +34,13 @@ from semgap.analysis.measurements import (
     semgap_section,
 )
 
-__all__ = ["InvalidBenchmarkJSON", "RunVerdicts", "Verdict", "compute", "any_not_supported"]
+__all__ = ["InvalidBenchmarkJSON", "Headline", "LOSSY", "RunVerdicts", "Verdict", "compute", "any_not_supported"]
 
-LOSSY = "LOSSY"
 DEFAULT_THRESHOLDS = {"h1": 0.30, "h2": 0.15, "alpha": 0.05, "min_agreement": 1.0}
 PAYLOAD_ONLY_NOTE = "payload only, not kernel-counted"
 
 GroupKey = tuple  # (model, phase, link_rate, decode_steps)
 Group = dict[str, CaseRecord]  # label -> case, in report order
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """One hypothesis verdict: a group's candidate against one blind baseline.
-
-    ``headline`` marks the verdict against the group's strongest baseline.
-    ``p_value``/``p_holm`` test "reduction <= threshold" (H2 only), raw and
-    Holm-adjusted; ``p_value_against``/``p_against_holm`` the mirror null.
-    ``loaded_blocks`` are the blocks this verdict used that ran under too much
-    load or steal (see :class:`LoadWarning`).
-    """
-
-    hypothesis: str
-    model: str
-    phase: str
-    link_rate: str | None
-    link_rate_bps: int | None
-    decode_steps: int
-    weights: str | None
-    candidate: str
-    baseline: str | None
-    headline: bool
-    byte_level: str
-    estimate: float | None
-    ci_low: float | None
-    ci_high: float | None
-    confidence: float | None
-    p_value: float | None
-    p_holm: float | None
-    p_value_against: float | None
-    p_against_holm: float | None
-    threshold: float
-    alpha: float | None
-    verdict: str
-    reason: str
-    n_blocks: int
-    rounds_per_block: int | None
-    token_agreement: float | None
-    loaded_blocks: list[int]
 
 
 @dataclass(frozen=True)
@@ -107,11 +69,13 @@ class RunVerdicts:
     min_agreement: float
     seed: int
     run: RunInfo | None = None
-    verdicts: list[Verdict] = field(default_factory=list)
+    headlines: list[Headline] = field(default_factory=list)
+    verdicts: list[Verdict] = field(default_factory=list)  # pairwise: one per (hypothesis, group, blind baseline)
     cross_checks: list[ByteCrossCheck] = field(default_factory=list)
     load_warnings: list[LoadWarning] = field(default_factory=list)
     compute_checks: list[ComputeCheck] = field(default_factory=list)  # the premise of H2 (analysis/premise.py)
     summaries: list[summaries.CaseSummary] = field(default_factory=list)
+    where_gap: list[gap.GapRow] = field(default_factory=list)
     taxes: list[summaries.TaxEntry] = field(default_factory=list)
     crossovers: list[summaries.CrossoverRecord] = field(default_factory=list)
     rtt_projections: list[summaries.RttProjection] = field(default_factory=list)
@@ -123,10 +87,6 @@ class RunVerdicts:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (dataclasses flattened with ``asdict``)."""
         return asdict(self)
-
-    @property
-    def headlines(self) -> list[Verdict]:
-        return [v for v in self.verdicts if v.headline]
 
 
 # ---------------------------------------------------------------- grouping
@@ -146,16 +106,6 @@ def group_cases(cases: Sequence[CaseRecord]) -> dict[GroupKey, Group]:
             for key, group in sorted(groups.items(), key=order)}
 
 
-def strongest(group: Group, hypothesis: str, level: str) -> str | None:
-    """The blind baseline that is hardest to beat: fewest bytes (H1) or lowest latency (H2)."""
-    blind = blind_baselines(group)
-    if not blind:
-        return None
-    if hypothesis == "H1":
-        return min(blind, key=lambda label: group[label].bytes_per_round(level))
-    return min(blind, key=lambda label: stats.blocked_median(group[label].latency_blocks()))
-
-
 def _missing(group: Group) -> str | None:
     absent = [] if CANDIDATE_LABEL in group else [f"candidate {CANDIDATE_LABEL} missing"]
     if not blind_baselines(group):
@@ -172,7 +122,6 @@ class _Pair:
     key: GroupKey
     group: Group
     baseline: str | None
-    headline: bool
 
     @property
     def candidate(self) -> CaseRecord | None:
@@ -192,14 +141,14 @@ def _verdict(hypothesis: str, pair: _Pair, level: str, threshold: float, alpha: 
     model, phase, rate, steps = pair.key
     first = next(iter(pair.group.values()))
     agreement = pair.candidate.token_agreement if pair.candidate else None
-    judgement = _lossy(judgement, agreement, min_agreement)
+    saving_verdict, judgement = judgement.verdict, _lossy(judgement, agreement, min_agreement)
     fields = dict(estimate=None, ci_low=None, ci_high=None, confidence=None, p_value=None, p_holm=None,
                   p_value_against=None, p_against_holm=None, n_blocks=0, rounds_per_block=None, loaded_blocks=[])
     fields.update(values)
     return Verdict(hypothesis=hypothesis, model=model, phase=phase, link_rate=rate, link_rate_bps=first.link_rate_bps,
                    decode_steps=steps, weights=first.weights, candidate=CANDIDATE_LABEL, baseline=pair.baseline,
-                   headline=pair.headline, byte_level=level, threshold=threshold, alpha=alpha,
-                   verdict=judgement.verdict, reason=judgement.reason, token_agreement=agreement, **fields)
+                   binding=False, byte_level=level, threshold=threshold, alpha=alpha, verdict=judgement.verdict,
+                   saving_verdict=saving_verdict, reason=judgement.reason, token_agreement=agreement, **fields)
 
 
 def _rounds_per_block(*cases: CaseRecord) -> int | None:
@@ -295,12 +244,12 @@ def describe(v: Verdict) -> str:
 
 # ---------------------------------------------------------------- public API
 
-def _pairs(key: GroupKey, group: Group, hypothesis: str) -> list[_Pair]:
+def _pairs(key: GroupKey, group: Group) -> list[_Pair]:
+    """One pair per blind baseline; without a candidate or any baseline, one pair whose verdict says why."""
     baselines = blind_baselines(group)
     if not baselines or CANDIDATE_LABEL not in group:
-        return [_Pair(key, group, baselines[0] if baselines else None, True)]
-    top = strongest(group, hypothesis, judged_level(list(group.values())))
-    return [_Pair(key, group, label, label == top) for label in baselines]
+        return [_Pair(key, group, baselines[0] if baselines else None)]
+    return [_Pair(key, group, label) for label in baselines]
 
 
 def _setting(given: float | None, saved: float | None, name: str) -> float:
@@ -341,44 +290,68 @@ def compute(output_json: dict, h1: float | None = None, h2: float | None = None,
         if CANDIDATE_LABEL not in group and not blind_baselines(group):
             result.notes.append(f"no candidate or blind baseline in {'/'.join(map(str, key))}: no verdict there")
             continue
-        for pair in _pairs(key, group, "H1"):
+        for pair in _pairs(key, group):
             verdict, check = h1_verdict(pair, h1, min_agreement)
             result.verdicts.append(verdict)
             result.cross_checks += [check] if check else []
-        for pair in _pairs(key, group, "H2"):
+        for pair in _pairs(key, group):
             h2_pairs.append(pair)
             tests.append(h2_test(pair, h2, alpha, seed, n_resamples))
     p_for = _holm_over([t.p_value if t else None for t in tests])
     p_against = _holm_over([t.p_value_against if t else None for t in tests])
     result.verdicts += [h2_verdict(pair, test, p, q, h2, alpha, min_agreement, set(flagged))
                         for pair, test, p, q in zip(h2_pairs, tests, p_for, p_against)]
+    result.headlines, result.verdicts = judge_headlines(result.verdicts, min_agreement)
     result.verdicts.sort(key=_verdict_order(list(groups)))
+    result.headlines.sort(key=lambda h: (list(groups).index(h.group_key), h.hypothesis))
     result.load_warnings = load_warnings(flagged, info.cores, [(describe(v), v.loaded_blocks) for v in result.verdicts])
     result.compute_checks = compute_checks(run.cases)
     _note_holm_reach(result, tests)
     confidence = 1.0 - 2.0 * alpha
     tables = summaries.tables(groups, result.verdicts, h2, confidence, seed, n_resamples, rtts_s)
     result.summaries, result.taxes, result.crossovers, result.rtt_projections = tables
+    result.where_gap = gap.where_the_gap_is(groups, result.headlines, result.verdicts, output_json, min_agreement)
     return result
+
+
+def judge_headlines(pairwise: Sequence[Verdict], min_agreement: float) -> tuple[list[Headline], list[Verdict]]:
+    """Each (hypothesis, group)'s intersection-union headline, and the pairwise verdicts with their binding one marked.
+
+    The headlines' H2 p-values (each the largest raw pairwise p of its group) are Holm-adjusted over
+    the run's H2 headlines: each headline is a valid level-alpha test on its own, and Holm holds the
+    family-wise error over the several groups a run judges.
+    """
+    families: dict[tuple, list[Verdict]] = {}
+    for v in pairwise:
+        families.setdefault((v.hypothesis, v.group_key), []).append(v)
+    p_holm = dict(zip(families, _holm_over([headlines.iut_p(vs) if hypothesis == "H2" else None
+                                            for (hypothesis, _), vs in families.items()])))
+    judged = [headlines.headline(vs, p_holm[name], min_agreement) for name, vs in families.items()]
+    bound = {(h.hypothesis, h.group_key, h.binding_baseline) for h in judged}
+    marked = [replace(v, binding=(v.hypothesis, v.group_key, v.baseline) in bound) for v in pairwise]
+    return judged, marked
 
 
 def _verdict_order(keys: list[GroupKey]):
     def order(v: Verdict) -> tuple:
         key = (v.model, v.phase, v.link_rate, v.decode_steps)
-        return (keys.index(key), v.hypothesis, not v.headline, mode_rank(v.baseline or ""))
+        return (keys.index(key), v.hypothesis, not v.binding, mode_rank(v.baseline or ""))
     return order
 
 
 def _note_holm_reach(result: RunVerdicts, tests: Sequence[stats.ThresholdTest | None]) -> None:
+    """A note when, after Holm over the pairwise tests or the headlines, no attainable p can get below alpha."""
     powered = [t for t in tests if t is not None and t.powered]
-    if len(powered) > 1:
-        smallest = min(t.min_attainable_p for t in powered)
-        if smallest * len(powered) >= result.alpha:
-            result.notes.append(f"Holm over {len(powered)} H2 tests: the smallest test needs p < "
-                                f"{result.alpha / len(powered):.3g}, below what {min(t.n_blocks for t in powered)} "
-                                f"blocks can reach ({smallest:.3g}); run more blocks")
+    heads = [h for h in result.headlines if h.hypothesis == "H2" and h.p_value is not None]
+    for count, what in ((len(powered), "pairwise H2 tests"), (len(heads), "H2 headlines")):
+        if count > 1 and powered:
+            smallest = min(t.min_attainable_p for t in powered)
+            if smallest * count >= result.alpha:
+                result.notes.append(f"Holm over {count} {what}: the smallest needs p < {result.alpha / count:.3g}, "
+                                    f"below what {min(t.n_blocks for t in powered)} blocks can reach "
+                                    f"({smallest:.3g}); run more blocks")
 
 
 def any_not_supported(run_verdicts: RunVerdicts) -> bool:
-    """True when any hypothesis verdict is NOT SUPPORTED or LOSSY (the saving does not stand)."""
-    return any(v.verdict in (stats.NOT_SUPPORTED, LOSSY) for v in run_verdicts.verdicts)
+    """True when any headline is NOT SUPPORTED or LOSSY (the saving does not stand against every blind baseline)."""
+    return any(h.verdict in (stats.NOT_SUPPORTED, LOSSY) for h in run_verdicts.headlines)

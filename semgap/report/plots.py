@@ -123,15 +123,15 @@ def latency_vs_bytes(rv: RunVerdicts, path: Path) -> Path:
 
 
 def _threshold_line(rv: RunVerdicts, rows: Sequence[CaseSummary]) -> tuple[list[float], list[float], set[str]]:
-    """(1 - h2) x the latency of each rate's strongest H2 baseline (the headline verdict's)."""
+    """(1 - h2) x the latency of each rate's binding H2 baseline (the one its headline verdict names)."""
     latency = {(s.link_rate_bps, s.label): s.median_latency_ms for s in rows}
     xs, ys, names = [], [], set()
     for v in rv.headlines:
-        key = (v.link_rate_bps, v.baseline)
+        key = (v.link_rate_bps, v.binding_baseline)
         if v.hypothesis == "H2" and key in latency and (v.model, v.phase) == (rows[0].model, rows[0].phase):
             xs.append(v.link_rate_bps)
             ys.append((1 - rv.h2) * latency[key])
-            names.add(v.baseline)
+            names.add(v.binding_baseline)
     return xs, ys, names
 
 
@@ -152,7 +152,7 @@ def latency_vs_rate(rv: RunVerdicts, path: Path) -> Path | None:
         xs, ys, names = _threshold_line(rv, rows)
         if xs:
             ax.plot(xs, ys, linestyle="--", color="black",
-                    label=f"H2 threshold ({1 - rv.h2:.2f} x strongest: {', '.join(sorted(names))})")
+                    label=f"H2 threshold ({1 - rv.h2:.2f} x binding: {', '.join(sorted(names))})")
         local = [s for s in rv.summaries if s.model == model and s.phase == phase and s.role == "local"]
         if local and not any(s.role == "local" for s in rows):
             ax.axhline(local[0].median_latency_ms, color=_style("local")[0], linestyle=":", label="local (no network)")
