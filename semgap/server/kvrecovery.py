@@ -41,16 +41,16 @@ class KvRecoveryServer:
     def kv_import(self, tensors, meta) -> bytes:
         """Keep the shipped cache rows, appended to the cache of `base_handle` if one is named; answer its handle."""
         self.server.check_weights(meta)
-        names = {f"{kind}.{index}" for index in range(self._layers()) for kind in "kv"}
-        if set(tensors) != names:
-            raise ValueError(f"kv_import needs exactly {len(names)} tensors k.0 .. v.{self._layers() - 1}; "
+        layers = {f"{kind}.{index}" for index in range(self._layers()) for kind in "kv"}
+        if set(tensors) != layers:
+            raise ValueError(f"kv_import needs exactly {len(layers)} tensors k.0 .. v.{self._layers() - 1}; "
                              f"got {sorted(tensors)[:6]}")
         device = self.server.engine.device
         with stopwatch(device) as timing:
             rows = {name: tensor.to(device) for name, tensor in tensors.items()}
             if meta.get(names.BASE_HANDLE):
                 base = self.server.engine.cache_tensors(self.server.cache(meta[names.BASE_HANDLE]))
-                rows = {name: torch.cat([base[name], rows[name]], dim=2) for name in names}
+                rows = {name: torch.cat([base[name], rows[name]], dim=2) for name in layers}
                 self.server.engine.release(self.server.take(meta[names.BASE_HANDLE]))
             cache = tensors_to_cache(rows)
         return self._kept(cache, timing["ms"])
