@@ -33,6 +33,7 @@ from semgap.analysis.measurements import (
 __all__ = ["InvalidBenchmarkJSON", "RunVerdicts", "Verdict", "compute", "any_not_supported"]
 
 LOSSY = "LOSSY"
+AS_LOCAL = "as local"  # tokens that agree with local at least --semgap-min-agreement
 DEFAULT_THRESHOLDS = {"h1": 0.30, "h2": 0.15, "alpha": 0.05, "min_agreement": 1.0}
 PAYLOAD_ONLY_NOTE = "payload only, not kernel-counted"
 
@@ -177,9 +178,19 @@ class _Pair:
         return self.group.get(CANDIDATE_LABEL)
 
 
+def is_lossy(agreement: float | None, min_agreement: float) -> bool:
+    """Whether tokens that agree with local's `agreement` of the time fall short of `min_agreement` (unmeasured: no)."""
+    return agreement is not None and agreement < min_agreement
+
+
+def tokens_label(agreement: float | None, min_agreement: float) -> str | None:
+    """How a table shows tokens measured against local's: `as local`, LOSSY below `min_agreement`, None unmeasured."""
+    return None if agreement is None else (LOSSY if is_lossy(agreement, min_agreement) else AS_LOCAL)
+
+
 def _lossy(judgement: stats.Judgement, agreement: float | None, min_agreement: float) -> stats.Judgement:
     """LOSSY in place of the verdict when the candidate's tokens agree with local less than required."""
-    if agreement is None or agreement >= min_agreement:
+    if not is_lossy(agreement, min_agreement):
         return judgement
     return stats.Judgement(LOSSY, f"token agreement {agreement:.3f} < min agreement {min_agreement:g}; "
                                   f"otherwise {judgement.verdict}: {judgement.reason}")
