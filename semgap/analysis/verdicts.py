@@ -287,7 +287,9 @@ def h2_verdict(pair: _Pair, test: stats.ThresholdTest | None, p_holm: float | No
                     loaded_blocks=sorted(loaded & set(blocks)))
 
 
-def _holm_over(values: Sequence[float | None]) -> list[float | None]:
+def holm_over(values: Sequence[float | None]) -> list[float | None]:
+    """Holm-adjusted p-values of the run's H2 family, in order; a test without a p-value (None) stays None and is
+    not counted in the family."""
     present = [i for i, p in enumerate(values) if p is not None]
     adjusted = stats.holm([values[i] for i in present])
     out: list[float | None] = [None] * len(values)
@@ -357,8 +359,8 @@ def compute(output_json: dict, h1: float | None = None, h2: float | None = None,
         for pair in _pairs(key, group, "H2"):
             h2_pairs.append(pair)
             tests.append(h2_test(pair, h2, alpha, seed, n_resamples))
-    p_for = _holm_over([t.p_value if t else None for t in tests])
-    p_against = _holm_over([t.p_value_against if t else None for t in tests])
+    p_for = holm_over([t.p_value if t else None for t in tests])
+    p_against = holm_over([t.p_value_against if t else None for t in tests])
     result.verdicts += [h2_verdict(pair, test, p, q, h2, alpha, min_agreement, set(flagged))
                         for pair, test, p, q in zip(h2_pairs, tests, p_for, p_against)]
     result.verdicts.sort(key=_verdict_order(list(groups)))
