@@ -219,7 +219,9 @@ def test_a_bad_technique_field_is_refused_by_the_server_naming_the_choices(conte
     with pytest.raises(Exception, match="unknown semantic technique 'gzip'; choose from prune"):
         mode.call("prefill", {"input_ids": torch.tensor([prompt])},
                   {"weights_handle": mode.weights_handle, "techniques": "prune,gzip"})
-    assert generate.generate(mode, prompt, 1)  # the connection and server carry on
+    local = make_mode("local", context)
+    local.setup()
+    assert generate.generate(mode, prompt, 1) == generate.generate(local, prompt, 1)  # the connection and server carry on
 
 
 def test_a_prefill_that_fails_leaves_no_semantic_session():
