@@ -2,6 +2,8 @@
 import json
 import os
 import subprocess
+import sys
+import types
 
 import pytest
 
@@ -69,7 +71,19 @@ def test_summary_rows_put_decode_steps_against_the_weight_streaming_floor():
     assert line.split()[:4] == ["gpt2", "remote_cache", "decode", "static+compile"]
 
 
-def test_bandwidth_falls_back_to_the_name_table_and_honours_an_override():
+def test_bandwidth_falls_back_to_the_name_table_and_honours_an_override(monkeypatch):
     assert gpu_summary.hbm_bandwidth("", 4300.0) == gpu_summary.Bandwidth(4.3e12, "given")
-    named = gpu_summary.hbm_bandwidth("NVIDIA H200")
-    assert named.bytes_per_s is not None  # from NVML on a GPU machine, else the H200 entry
+    monkeypatch.setattr(gpu_summary, "_nvml_bandwidth", lambda: None)  # no GPU seen: the name table decides
+    assert gpu_summary.hbm_bandwidth("NVIDIA H200") == gpu_summary.Bandwidth(4.8e12, "nominal for H200")
+    assert gpu_summary.hbm_bandwidth("a GPU no table names").bytes_per_s is None
+
+
+def test_nvml_bandwidth_is_bus_width_times_memory_clock_on_both_edges(monkeypatch):
+    fake = types.SimpleNamespace(
+        nvmlInit=lambda: None, nvmlShutdown=lambda: None, nvmlDeviceGetHandleByIndex=lambda index: "gpu0",
+        nvmlDeviceGetMemoryBusWidth=lambda handle: 6144, nvmlDeviceGetMaxClockInfo=lambda handle, clock: 3200,
+        nvmlDeviceGetName=lambda handle: b"NVIDIA H200", NVML_CLOCK_MEM=2)
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    measured = gpu_summary.hbm_bandwidth("NVIDIA H200")
+    assert measured.bytes_per_s == 6144 / 8 * 3200e6 * 2  # 4.9152e12 B/s: NVML wins over the name table
+    assert measured.source == "NVML peak of NVIDIA H200 (6144-bit at 3200 MHz)"

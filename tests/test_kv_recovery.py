@@ -1,4 +1,6 @@
 """KV recovery under eviction and migration: tokens after a recovery are local's, bytes are what each strategy ships."""
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -9,7 +11,8 @@ from semgap.client import generate
 from semgap.model import presets, runtime
 
 from semgap.report import tables
-from semgap.bench.kvrecovery import recovery_cases
+from semgap.bench.kvrecovery import RecoveryCase, RecoveryRunner, recovery_cases
+from semgap.schema import RoundRecord
 from semgap.client.kvrecovery import ResidentSteps, begin_session, continue_after, make_strategy
 from semgap.analysis.measurements import read_run
 from semgap.client.modes import ModeContext
@@ -115,11 +118,11 @@ def test_a_rate_sweep_measures_every_recovery_case_at_each_rate():
     assert [case.id for case in cases][:2] == ["eviction-full_cache-100mbit", "eviction-recompute-100mbit"]
     assert cases[-1].id == "migration-kv_since_sync-1gbit"
 
-def kv_benchmark(scenario, strategy, role, sent, received, recovery_ms):
-    info = {"scenario": scenario, "strategy": strategy, "role": role, "lossless": True, "cached_positions": 133,
+def kv_benchmark(scenario, strategy, role, sent, received, recovery_ms, agreement=1.0):
+    info = {"scenario": scenario, "strategy": strategy, "role": role, "lossless": role == "blind", "cached_positions": 133,
             "model": "gpt2-test", "weights": "random",
             "rpc_round_trips": 2, "recovery_ms": recovery_ms, "server_compute_ms": 0.5,
-            "token_agreement_with_local": 1.0, "wire_tcp_bytes_sent": None,
+            "token_agreement_with_local": agreement, "wire_tcp_bytes_sent": None,
             "payload_bytes_sent_rounds": sent, "payload_bytes_received_rounds": received}
     return {"name": f"test_kv_recovery[{scenario}-{strategy}]", "extra_info": info, "stats": {}}
 
@@ -136,6 +139,27 @@ def test_the_kv_table_shows_each_strategys_saving_against_the_blind_one_and_verd
     assert set(table["weights"]) == {"random"}  # figures on random weights say so
     assert read_run(output_json).cases == []  # not a mode x phase case: no verdict judges it
     assert tables.kv_recovery({"benchmarks": []}) == []
+
+
+def test_the_kv_table_labels_a_strategy_below_the_min_agreement_lossy_as_for_techniques():
+    output_json = {"benchmarks": [kv_benchmark("eviction", "full_cache", "blind", [600], [400], 10.0),
+                                  kv_benchmark("eviction", "recompute", "semantic", [90], [10], 25.0, agreement=0.75)]}
+    for min_agreement, recompute in [(1.0, "LOSSY"), (0.75, "as local")]:
+        table = tables.kv_recovery(output_json, min_agreement)[0].tables[0].frame.set_index("strategy")
+        assert table["tokens"].to_dict() == {"full_cache": "as local", "recompute": recompute}, min_agreement
+        assert table.loc["recompute", "token agreement"] == 0.75
+
+
+def test_a_lossy_strategys_benchmark_records_its_worst_rounds_agreement_with_local():
+    """recompute is lossless=False, so no lossless check compares its tokens: its extra_info must measure them."""
+    settings = SimpleNamespace(model=TEST_MODEL, link="loopback", prompt_tokens=PROMPT_TOKENS)
+    hosts = SimpleNamespace(session=SimpleNamespace(settings=settings, reference_tokens=[9, 1, 2, 3, 4, 5, 6]))
+    runner = RecoveryRunner(hosts, RecoveryCase("eviction", "recompute"))
+    runner.strategy, runner.before_steps, runner.after_steps = make_strategy("recompute"), 2, 4
+    assert runner.expected_tokens() == [3, 4, 5, 6]
+    record = RoundRecord(100, 10, None, None, None, None, 2, 0, 0.5, 0.1, 0.1)
+    info = runner.extra_info([record, record], [1.0, 2.0], [[3, 4, 5, 6], [3, 4, 0, 0]])
+    assert (info["lossless"], info["token_agreement_with_local"], info["tokens_same_every_round"]) == (False, 0.5, False)
 
 
 @pytest.mark.slow
@@ -163,6 +187,7 @@ def test_the_suite_measures_recovery_on_two_hosts_and_removes_both_also_when_a_s
     report = (suite.path / "results" / "latest" / "report.md").read_text()
     strategies = {row["strategy"]: row for row in rows(report, "KV recovery: eviction and migration")}
     assert strategies["kv_since_sync"]["bytes saving"].startswith("+9")
+    assert {row["tokens"] for row in strategies.values()} == {"as local"}  # recompute's too: measured, at 1.0
     # The broken strategy is the run's failure: in the JSON, at the top of the report and in the terminal.
     [failure] = output["semgap"]["failures"]
     assert failure["case"] == "kv-recovery:migration-recompute_since_sync" and "broken on purpose" in failure["reason"]

@@ -79,6 +79,11 @@ def test_every_round_field_is_written_per_round_and_as_its_median(name):
     assert info[schema.rounds_key(name)] == values and info[name] == sorted(values)[1]
 
 
-def test_token_agreement_is_the_worst_measured_round():
-    assert TokenRecord.measure([1, 2], [[1, 0], [1, 2], [1, 2]]).token_agreement_with_local == 0.5
-    assert TokenRecord.measure([1, 2], [[1, 2], [1, 2]]).tokens_same_every_round
+def test_token_agreement_is_the_worst_measured_round_not_the_last():
+    expected = [1, 2, 3, 4]
+    rounds = [[1, 2, 3, 4], [1, 9, 9, 4], [1, 2, 3, 9], [1, 2, 3, 4]]  # the worst round is neither first nor last
+    record = TokenRecord.measure(expected, rounds)
+    assert record.token_agreement_with_local == 0.5 == min(schema.agreement(expected, tokens) for tokens in rounds)
+    assert (record.token_ids, record.tokens_same_every_round) == ([1, 2, 3, 4], False)
+    assert record.first_mismatch == "measured round 1, token 1: 9 where local has 2"
+    assert TokenRecord.measure(expected, [expected, expected]).token_agreement_with_local == 1.0

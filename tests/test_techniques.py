@@ -13,6 +13,8 @@ from semgap.client.modes import ModeContext, make_mode
 from semgap.model.sampling import Sampler
 from semgap.techniques import TECHNIQUES, Message, Step, TechniqueSet, ablation_chain, ablation_sets, token_of
 from semgap.server.semantic import TECHNIQUES_FIELD, SemanticSessions
+from semgap.techniques.compress import Compress
+from semgap.wire import codec, names
 
 STEPS = 4
 SAMPLERS = [Sampler(), Sampler.parse("top-k=20,seed=3"), Sampler.parse("top-p=0.9,seed=1")]
@@ -169,7 +171,10 @@ def test_the_server_samples_the_tokens_local_samples(context, prompt, sampler):
 
 
 def test_lossy_sets_report_their_logit_error_and_lossless_ones_zero(context, prompt):
-    for spec, low, high in [("prune,int8", 1e-4, 0.1), ("prune,cast", 0.0, 0.0), ("prune,compress=9", 0.0, 0.0)]:
+    # Measured for every set, on the response as the client decodes it; cast's float16 holds the test model's
+    # bfloat16 logits exactly, so its measured error is 0 too (a float32 model's would not be).
+    for spec, low, high in [("prune,int8", 1e-4, 0.1), ("prune,cast", 0.0, 0.0), ("prune,compress=9", 0.0, 0.0),
+                            ("compress", 0.0, 0.0), ("none", 0.0, 0.0)]:
         mode = semantic(context, spec)
         token, state = generate.prefill(mode, prompt)
         before = mode.counters()
@@ -186,13 +191,37 @@ def test_lossy_sets_report_their_logit_error_and_lossless_ones_zero(context, pro
     assert mode.round_figures(before, mode.counters())["max_abs_logit_error"] is None  # no logits came back
 
 
+def test_the_logit_error_is_measured_for_lossless_sets_too_on_the_bytes_the_client_decodes(monkeypatch):
+    torch.manual_seed(3)
+    logits = torch.randn(1, 3, 100)  # [batch, seq, vocab]
+
+    def error_of(spec: str, prefill: bool) -> float:
+        sessions = SemanticSessions()
+        sessions.open("h", {TECHNIQUES_FIELD: spec}, torch.zeros(1, 3, dtype=torch.long))
+        response = sessions.respond("h", logits, 1.0, prefill=prefill)
+        meta = codec.decode(response)[1] if prefill else sessions.close("h")
+        return float(meta[names.MAX_ABS_LOGIT_ERROR])
+
+    assert [error_of("prune,compress=9", prefill) for prefill in (True, False)] == [0.0, 0.0]
+    original = Compress.encode_response
+
+    def shifting(self, message, step):  # a "lossless" technique that sends other values than computed
+        original(self, message, step)
+        message.tensors[names.LOGITS] = message.tensors[names.LOGITS] + 0.5
+
+    monkeypatch.setattr(Compress, "encode_response", shifting)
+    assert [error_of("prune,compress=9", prefill) for prefill in (True, False)] == pytest.approx([0.5, 0.5], abs=1e-6)
+
+
 def test_a_bad_technique_field_is_refused_by_the_server_naming_the_choices(context, prompt):
     mode = make_mode("semantic", context)
     mode.setup()
     with pytest.raises(Exception, match="unknown semantic technique 'gzip'; choose from prune"):
         mode.call("prefill", {"input_ids": torch.tensor([prompt])},
                   {"weights_handle": mode.weights_handle, "techniques": "prune,gzip"})
-    assert generate.generate(mode, prompt, 1)  # the connection and server carry on
+    local = make_mode("local", context)
+    local.setup()
+    assert generate.generate(mode, prompt, 1) == generate.generate(local, prompt, 1)  # the connection and server carry on
 
 
 def test_a_prefill_that_fails_leaves_no_semantic_session():

@@ -22,6 +22,7 @@ from semgap.wire.transport import auth, tcp
 from .conftest import REPO, TEST_MODEL
 
 SECRET = auth.new_secret().encode()
+EVERY_OP = Path(__file__).with_name("every_op.py")  # a client calling every operation its server knows
 LINK_OK, LINK_REASON = link_available()
 
 
@@ -377,27 +378,6 @@ from semgap.server.model_server import main
 sys.exit(main(sys.argv[1:]))
 """
 
-# Every operation the server knows, a post and a refused one, from a client process of its own.
-EVERY_OP = r"""
-import sys, torch
-from semgap.wire import codec, transport
-connection = transport.connect(sys.argv[1], sys.argv[2], int(sys.argv[3]), secret=sys.argv[4].encode())
-call = lambda op, tensors={}, meta=None: codec.decode(connection.call(op, codec.encode(tensors, meta)))[1]
-call("hello"); connection.call("echo", b"x"); connection.call("sink", b"y")
-weights = call("upload_weights", {})["weights_handle"]
-handle = call("prefill", {"input_ids": torch.tensor([[1, 2]])}, {"weights_handle": weights})["kv_handle"]
-call("decode", {"input_ids": torch.tensor([[3]])}, {"kv_handle": handle})
-connection.post("release", codec.encode({}, {"kv_handle": handle}))
-call("gpu_summary", {}, {"since": ""})
-try:
-    call("reboot")
-except transport.ServerError:
-    pass
-connection.close()
-print("every op done")
-"""
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("transport_name, unpickles", [("tcp", False), ("rpc", True)])
 def test_nothing_on_the_server_is_unpickled(tmp_path, transport_name, unpickles):
@@ -408,8 +388,10 @@ def test_nothing_on_the_server_is_unpickled(tmp_path, transport_name, unpickles)
                                   str(port), "--no-gpu-monitor", "--transport", transport_name),
                                  "127.0.0.1", port, tmp_path, label="watched", env=env, ready_timeout_s=120)
     try:
-        client = subprocess.run([sys.executable, "-c", EVERY_OP, transport_name, "127.0.0.1", str(port), SECRET.decode()],
-                                env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=120)
+        # Every operation the server knows (it names them; one without a call there fails), a post and a refused one.
+        client = subprocess.run([sys.executable, str(EVERY_OP), transport_name, "127.0.0.1", str(port), SECRET.decode(),
+                                 TEST_MODEL], env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True,
+                                text=True, timeout=300)
         assert client.returncode == 0 and "every op done" in client.stdout, client.stderr[-3000:]
     finally:
         server.stop()

@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import time
+import warnings
 
 import pytest
 
@@ -21,7 +22,7 @@ from semgap.wire.transport import FramingBound, auth
 from semgap.bench.testbed.tcpcounters import TcpCounter, delta
 
 from .conftest import INNER_CONFTEST, REPO, TEST_MODEL
-from .inner import (LINK_OK, QUICK, SMALL, by_case, leftovers, needs_tcp, netns_test, run_suite,
+from .inner import (LINK_OK, LINK_REASON, QUICK, SMALL, by_case, leftovers, needs_tcp, netns_test, run_suite,
                     wait_for_no_leftovers)
 
 ECHO_BYTES = 10_000_000
@@ -198,7 +199,7 @@ def test_echo_across_the_namespace_tcp_is_payload_and_link_is_tcp_plus_headers(n
 # --- 3. bytes are reproducible ------------------------------------------------------------------
 
 # Three runs of the quick suite: the default transport on loopback and over the veth (its link bytes
-# are the cross-check; loopback again where no namespace can be built), then the other transports on
+# are the cross-check; loopback again where no namespace can be built, with a warning), then the other transports on
 # loopback.  Exact, every round of every run: what the client serialised and received, how many
 # calls, and no socket closed mid-round (none of which depends on the transport or the link); what
 # its TCP sockets sent (the same in every run of one transport).  Answers carry their compute time
@@ -206,9 +207,31 @@ def test_echo_across_the_namespace_tcp_is_payload_and_link_is_tcp_plus_headers(n
 # width) and stays out of compression (semgap/codec.py), so answers keep their size.  The framing
 # (TCP received minus payload received) is asserted the same in every round of every run of a
 # transport too, so the TCP counters follow the payload byte for byte.
-RUNS = (("loopback", transport.DEFAULT_TRANSPORT), ("netns" if LINK_OK else "loopback", transport.DEFAULT_TRANSPORT),
-        *(("loopback", name) for name in TRANSPORTS if name != transport.DEFAULT_TRANSPORT))
 PAYLOAD_FIELDS = ("payload_bytes_sent", "payload_bytes_received", "rpc_round_trips", "tcp_sockets_closed")
+
+
+class VethLegNotRun(UserWarning):
+    """The reproducibility test ran its veth leg on loopback: no namespace could be built on this host."""
+
+
+def reproducibility_runs(link_ok: bool, link_reason: str) -> tuple[tuple[str, str], ...]:
+    """The (link, transport) runs of the reproducibility test. Where no namespace can be built, the veth leg runs
+    on loopback instead, and a VethLegNotRun warning says so with the reason: a green run without root must not
+    read as "checked over a veth"."""
+    if not link_ok:
+        warnings.warn(VethLegNotRun(f"the netns leg ran on loopback instead ({link_reason}): bytes were compared "
+                                    "run to run on loopback only, and no link byte was checked over a veth"))
+    return (("loopback", transport.DEFAULT_TRANSPORT), ("netns" if link_ok else "loopback", transport.DEFAULT_TRANSPORT),
+            *(("loopback", name) for name in TRANSPORTS if name != transport.DEFAULT_TRANSPORT))
+
+
+def test_without_namespaces_the_veth_leg_says_it_ran_on_loopback():
+    with pytest.warns(VethLegNotRun, match=r"netns leg ran on loopback instead \(no root here\)"):
+        runs = reproducibility_runs(False, "no root here")
+    assert [link for link, _ in runs] == ["loopback"] * len(runs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", VethLegNotRun)
+        assert reproducibility_runs(True, "")[1] == ("netns", transport.DEFAULT_TRANSPORT)
 
 
 def assert_link_bytes_bounded(case: str, info: dict) -> None:
@@ -241,7 +264,7 @@ def assert_link_bytes_bounded(case: str, info: dict) -> None:
 @pytest.mark.slow
 def test_bytes_are_identical_round_to_round_and_run_to_run(suite):
     runs = []
-    for link, transport_name in RUNS:
+    for link, transport_name in reproducibility_runs(LINK_OK, LINK_REASON):
         result, output, pid = run_suite(suite, *QUICK, "--semgap-link", link, "--semgap-transport", transport_name)
         result.assert_outcomes(passed=len(MODES) * len(PHASES))
         assert output["semgap"]["warnings"] == []  # TCP within payload .. payload + framing everywhere

@@ -14,10 +14,9 @@ from semgap.analysis import frames
 from semgap.schema import CANDIDATE_LABEL
 from semgap.report.render import Section, Table, count, fixed, general, pct, percent, ratio
 from semgap.analysis.summaries import CaseSummary, TaxEntry
-from semgap.analysis.verdicts import RunVerdicts
+from semgap.analysis.verdicts import LOSSY, RunVerdicts, tokens_label
 
 MEDIANS = (*frames.CLIENT_CODEC_COLUMNS, "server_codec_ms", "zstd_level", "compression_ratio")
-AS_LOCAL, LOSSY = "as local", "LOSSY"
 
 
 def _order(row: CaseSummary) -> tuple:
@@ -65,7 +64,7 @@ def frame(rv: RunVerdicts, rounds: pd.DataFrame) -> pd.DataFrame:
             local = _tax(rv.taxes, s, "local")
             record.update({
                 "token agreement": agreement,
-                "tokens": None if agreement is None else (AS_LOCAL if agreement >= rv.min_agreement else LOSSY),
+                "tokens": tokens_label(agreement, rv.min_agreement),
                 "latency vs local": None if local is None else local.latency_ratio,
                 "max abs logit error": worst.get(key, {}).get("max_abs_logit_error"),
                 "client codec ms": client_codec, "server codec ms": extra.get("server_codec_ms"),

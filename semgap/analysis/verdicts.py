@@ -36,6 +36,7 @@ from semgap.analysis.measurements import (
 
 __all__ = ["InvalidBenchmarkJSON", "Headline", "LOSSY", "RunVerdicts", "Verdict", "compute", "any_not_supported"]
 
+AS_LOCAL = "as local"  # tokens that agree with local at least --semgap-min-agreement
 DEFAULT_THRESHOLDS = {"h1": 0.30, "h2": 0.15, "alpha": 0.05, "min_agreement": 1.0}
 PAYLOAD_ONLY_NOTE = "payload only, not kernel-counted"
 
@@ -128,9 +129,19 @@ class _Pair:
         return self.group.get(CANDIDATE_LABEL)
 
 
+def is_lossy(agreement: float | None, min_agreement: float) -> bool:
+    """Whether tokens that agree with local's `agreement` of the time fall short of `min_agreement` (unmeasured: no)."""
+    return agreement is not None and agreement < min_agreement
+
+
+def tokens_label(agreement: float | None, min_agreement: float) -> str | None:
+    """How a table shows tokens measured against local's: `as local`, LOSSY below `min_agreement`, None unmeasured."""
+    return None if agreement is None else (LOSSY if is_lossy(agreement, min_agreement) else AS_LOCAL)
+
+
 def _lossy(judgement: stats.Judgement, agreement: float | None, min_agreement: float) -> stats.Judgement:
     """LOSSY in place of the verdict when the candidate's tokens agree with local less than required."""
-    if agreement is None or agreement >= min_agreement:
+    if not is_lossy(agreement, min_agreement):
         return judgement
     return stats.Judgement(LOSSY, f"token agreement {agreement:.3f} < min agreement {min_agreement:g}; "
                                   f"otherwise {judgement.verdict}: {judgement.reason}")
@@ -227,7 +238,9 @@ def h2_verdict(pair: _Pair, test: stats.ThresholdTest | None, p_holm: float | No
                     loaded_blocks=sorted(loaded & set(blocks)))
 
 
-def _holm_over(values: Sequence[float | None]) -> list[float | None]:
+def holm_over(values: Sequence[float | None]) -> list[float | None]:
+    """Holm-adjusted p-values of the run's H2 family, in order; a test without a p-value (None) stays None and is
+    not counted in the family."""
     present = [i for i, p in enumerate(values) if p is not None]
     adjusted = stats.holm([values[i] for i in present])
     out: list[float | None] = [None] * len(values)
@@ -297,8 +310,8 @@ def compute(output_json: dict, h1: float | None = None, h2: float | None = None,
         for pair in _pairs(key, group):
             h2_pairs.append(pair)
             tests.append(h2_test(pair, h2, alpha, seed, n_resamples))
-    p_for = _holm_over([t.p_value if t else None for t in tests])
-    p_against = _holm_over([t.p_value_against if t else None for t in tests])
+    p_for = holm_over([t.p_value if t else None for t in tests])
+    p_against = holm_over([t.p_value_against if t else None for t in tests])
     result.verdicts += [h2_verdict(pair, test, p, q, h2, alpha, min_agreement, set(flagged))
                         for pair, test, p, q in zip(h2_pairs, tests, p_for, p_against)]
     result.headlines, result.verdicts = judge_headlines(result.verdicts, min_agreement)
@@ -324,7 +337,7 @@ def judge_headlines(pairwise: Sequence[Verdict], min_agreement: float) -> tuple[
     families: dict[tuple, list[Verdict]] = {}
     for v in pairwise:
         families.setdefault((v.hypothesis, v.group_key), []).append(v)
-    p_holm = dict(zip(families, _holm_over([headlines.iut_p(vs) if hypothesis == "H2" else None
+    p_holm = dict(zip(families, holm_over([headlines.iut_p(vs) if hypothesis == "H2" else None
                                             for (hypothesis, _), vs in families.items()])))
     judged = [headlines.headline(vs, p_holm[name], min_agreement) for name, vs in families.items()]
     bound = {(h.hypothesis, h.group_key, h.binding_baseline) for h in judged}

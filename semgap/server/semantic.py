@@ -20,6 +20,7 @@ from semgap.model.sampling import Sampler
 from semgap.techniques import Message, Step, TechniqueSet
 
 TECHNIQUES_FIELD, SAMPLER_FIELD = "techniques", "sampler"  # the prefill request's metadata that opens a session
+ERROR_PLACEHOLDER = " " * 13  # a logit error's width in metadata: any non-negative float's `.6e`, or inf, nan
 
 
 @dataclass
@@ -36,7 +37,7 @@ def figures(compute_ms: float, max_abs_logit_error: float | None) -> dict[str, s
     """A response's metadata for figures other than the codec's own time."""
     meta = {names.SERVER_COMPUTE_MS: codec.milliseconds_text(compute_ms)}
     if max_abs_logit_error is not None:
-        meta[names.MAX_ABS_LOGIT_ERROR] = repr(max_abs_logit_error)
+        meta[names.MAX_ABS_LOGIT_ERROR] = error_text(max_abs_logit_error)
     return meta
 
 
@@ -76,20 +77,26 @@ class SemanticSessions:
         joins its metadata (the batching runtime's batch size)."""
         session, start = self.sessions[handle], time.perf_counter()
         message = session.techniques.encode_response(Message({names.LOGITS: logits}), Step(session.sampler, session.position))
-        technique_s = time.perf_counter() - start
         session.position += 1
-        error = self._logit_error(session.techniques, message, logits)
         compress = {names.COMPRESS: message.zstd_level is not None, "level": message.zstd_level or codec.ZSTD_LEVEL}
-        start = time.perf_counter() - technique_s  # the check of the error above is not codec time
-        if prefill:
-            meta = {**message.meta, **figures(compute_ms, error), names.KV_HANDLE: handle, **extra}
-            return codec.encode(message.tensors, meta, stamp=("server_codec_ms", start), **compress)
-        response = codec.encode(message.tensors, {**message.meta, **extra}, **compress)
-        session.codec_ms += (time.perf_counter() - start) * 1e3
-        session.compute_ms += compute_ms
-        if error is not None:
-            session.max_abs_logit_error = max(error, session.max_abs_logit_error or 0.0)
-        return response
+        if not prefill:
+            response = codec.encode(message.tensors, {**message.meta, **extra}, **compress)
+            session.codec_ms += (time.perf_counter() - start) * 1e3
+            session.compute_ms += compute_ms
+            error = self._logit_error(session.techniques, response, logits)  # after the clock: not codec time
+            if error is not None:
+                session.max_abs_logit_error = max(error, session.max_abs_logit_error or 0.0)
+            return response
+        # The prefill's error comes with its response: a placeholder, measured on the encoded response, filled in.
+        returns_logits = names.LOGITS in message.tensors
+        meta = {**message.meta, **figures(compute_ms, None), names.KV_HANDLE: handle, **extra}
+        if returns_logits:
+            meta[names.MAX_ABS_LOGIT_ERROR] = ERROR_PLACEHOLDER
+        response = bytearray(codec.encode(message.tensors, meta, stamp=(names.SERVER_CODEC_MS, start), **compress))
+        if returns_logits:
+            error = self._logit_error(session.techniques, response, logits)
+            codec.fill(response, names.MAX_ABS_LOGIT_ERROR, ERROR_PLACEHOLDER, error_text(error))
+        return bytes(response)
 
     def close(self, handle: str) -> dict[str, str]:
         """The release's metadata: the decode steps' figures (nothing for a blind session)."""
@@ -103,16 +110,24 @@ class SemanticSessions:
         self.sessions.pop(handle, None)
 
     @staticmethod
-    def _logit_error(techniques: TechniqueSet, message: Message, logits: torch.Tensor) -> float | None:
-        """The largest |logit the client reads - logit the server computed|, where logits go back; None otherwise.
-
-        Lossless sets return the computed values exactly (0.0 by construction, tested), so only a lossy
-        set pays for decoding its own response here; that time is in the round, not in the codec ms.
+    def _logit_error(techniques: TechniqueSet, response: bytes | bytearray, logits: torch.Tensor) -> float | None:
+        """The largest |logit the client reads - logit the server computed| over the rows that went back, or None
+        where no logits go back: measured for every set, lossless ones too, by decoding the encoded response
+        exactly as the client does (codec, then the techniques' `decode_response`), so a technique or codec
+        that changes a value shows here. It costs the server one decode of its own response; that time is
+        in the round (the server answers after it), not in the codec ms.
         """
-        if names.LOGITS not in message.tensors:
+        tensors, meta = codec.decode(memoryview(response).toreadonly())  # read-only: decoded from a copy
+        if names.LOGITS not in tensors:
             return None
-        if techniques.lossless:
-            return 0.0
-        returned = techniques.decode_response(Message(dict(message.tensors), dict(message.meta))).tensors[names.LOGITS]
+        returned = techniques.decode_response(Message(tensors, meta)).tensors[names.LOGITS]
         reference = logits[:, -returned.shape[1]:, :].float()  # the rows that went back
-        return float((returned.float() - reference).abs().max())
+        if returned.shape != reference.shape:
+            return float("inf")  # rows the client reads are not the rows computed
+        return float((returned.float() - reference.cpu()).abs().max())
+
+
+def error_text(error: float) -> str:
+    """A logit error for metadata, fixed width, so it can fill the placeholder of an encoded response."""
+    return f"{error:>{len(ERROR_PLACEHOLDER)}.6e}"
+

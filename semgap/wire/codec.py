@@ -73,10 +73,18 @@ def encode(tensors: dict[str, torch.Tensor], meta: dict[str, str] | None = None,
     key, start = stamp
     placeholder = milliseconds_text(0.0)
     message = bytearray(_encode(tensors, {**(meta or {}), key: placeholder}, compress, level))
-    entry = key.encode() + placeholder.encode()
-    position = message.index(entry) + len(key)  # in the header, which compression leaves alone
-    message[position:position + len(placeholder)] = milliseconds_text((time.perf_counter() - start) * 1e3).encode()
+    fill(message, key, placeholder, milliseconds_text((time.perf_counter() - start) * 1e3))
     return bytes(message)
+
+
+def fill(message: bytearray, key: str, placeholder: str, value: str) -> None:
+    """Write `value` over metadata `key`'s `placeholder` in an encoded message, in place: a figure known only
+    once the message is encoded. The header, which compression leaves alone, keeps its size: same width."""
+    if len(value.encode()) != len(placeholder.encode()):
+        raise ValueError(f"{key}: {value!r} is not as wide as its placeholder {placeholder!r}")
+    entry = key.encode() + placeholder.encode()
+    position = message.index(entry) + len(key.encode())
+    message[position:position + len(entry) - len(key.encode())] = value.encode()
 
 
 def milliseconds_text(milliseconds: float) -> str:
