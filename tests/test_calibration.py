@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import os
+import socket
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -12,6 +15,7 @@ from semgap.analysis import measurements
 
 from semgap.wire import transport
 from semgap.bench.testbed.netns import link_available
+from semgap.bench.testbed.serverproc import ServerProcess, free_port
 
 from .conftest import CALIBRATION, INNER_CONFTEST
 from .inner import latest_json
@@ -94,7 +98,7 @@ def peer_processes(cwd: Path) -> list[int]:
 def test_every_run_calibrates_each_transport_against_raw_tcp(suite, link, transport_name):
     suite.makepyfile(test_calibration=CALIBRATION)
     suite.makeconftest(PEERS_AT_EXPERIMENT)
-    result = suite.runpytest_subprocess("--benchmark-only", *QUICK, "--semgap-link", link,
+    result = suite.runpytest_subprocess("--benchmark-only", *QUICK, "--semgap-link", link, "--semgap-calibrate-rpc",
                                         "--semgap-transport", transport_name, timeout=600)
     result.assert_outcomes(passed=len(PROBES) + 1)
     output = latest_json(suite.path)
@@ -112,9 +116,13 @@ def test_every_run_calibrates_each_transport_against_raw_tcp(suite, link, transp
         assert bulk["fraction_of_raw_throughput"] == pytest.approx(bulk["raw_tcp_interleaved_median_us"] / bulk["median_us"])
         assert bulk["throughput_bytes_per_s"] == pytest.approx(25e6 / bulk["median_us"] * 1e6)
     assert found["raw-small"]["ratio_to_raw_tcp"] == 1
-    # Framing measured in the run: exact for raw TCP and tcp (10 + len("echo") sent, 9 received).
+    # Framing measured in the run: exact for raw TCP and tcp (10 + len("echo") sent, 9 received, and a 16-byte MAC each way).
     assert (found["raw-small"]["framing_bytes_sent_per_request"], found["raw-small"]["framing_bytes_received_per_request"]) == (0, 0)
-    assert (found["tcp-small"]["framing_bytes_sent_per_request"], found["tcp-small"]["framing_bytes_received_per_request"]) == (14, 9)
+    assert (found["tcp-small"]["framing_bytes_sent_per_request"], found["tcp-small"]["framing_bytes_received_per_request"]) == (30, 25)
+    for probe_id in ("tcp-small", "tcp-25MB"):  # and the MAC's cost, measured apart
+        assert found[probe_id]["mac_bytes_per_frame"] == 16 and 0 < found[probe_id]["mac_us_per_request"]
+    print("MAC cost:", {probe_id: (found[probe_id]["mac_us_per_request"], found[probe_id]["mac_share_of_median"])
+                        for probe_id in ("tcp-small", "tcp-25MB")})
     rpc_framing = transport.transport_kind("rpc").framing
     assert 0 < found["rpc-small"]["framing_bytes_sent_per_request"] <= rpc_framing.sent_bytes_per_request
     section = output["semgap"]["calibration"]
@@ -132,7 +140,8 @@ def test_every_run_calibrates_each_transport_against_raw_tcp(suite, link, transp
 @pytest.mark.slow
 def test_on_ipv6_rpc_is_left_out_and_says_why(suite):
     suite.makepyfile(test_calibration=CALIBRATION)
-    result = suite.runpytest_subprocess("--benchmark-only", *QUICK, "-rs", "--semgap-host", "::1", timeout=600)
+    result = suite.runpytest_subprocess("--benchmark-only", *QUICK, "-rs", "--semgap-host", "::1", "--semgap-calibrate-rpc",
+                                        timeout=600)
     result.assert_outcomes(passed=len(PROBES) - 2 + 1, skipped=2)
     result.stdout.fnmatch_lines(["*rpc transport cannot serve on the IPv6 address ::1*"])
     output = latest_json(suite.path)
@@ -142,3 +151,53 @@ def test_on_ipv6_rpc_is_left_out_and_says_why(suite):
 
 
 # With an external server the calibration skips: tests/test_plugin.py::test_the_suite_runs_twice_against_one_external_server.
+
+
+@pytest.mark.parametrize("transport_name, ask, calibrated", [
+    ("tcp", False, ("raw", "tcp")), ("tcp", True, ("raw", "tcp", "rpc")), ("rpc", False, ("raw", "tcp", "rpc")),
+], ids=["default", "asked", "run-on-rpc"])
+def test_a_default_run_starts_no_rpc_peer(monkeypatch, transport_name, ask, calibrated):
+    # PyTorch RPC unpickles whatever reaches it: a run on tcp starts its peer only when asked to.
+    started = []
+    monkeypatch.setattr(calibration.Calibration, "_peer", lambda self, name: started.append(name))
+    monkeypatch.setattr(calibration.Calibration, "_connection", lambda self, name: started.append(name))
+    settings = SimpleNamespace(transport=transport_name, calibrate_rpc=ask, link="loopback", host="127.0.0.1")
+    calibration.Calibration(SimpleNamespace(settings=settings, secret=b"s" * 32, link=None)).start()
+    assert tuple(dict.fromkeys(started)) == calibrated
+    probes = {probe.transport for probe in calibration.probes(calibration.calibrated_transports(settings))}
+    assert probes == set(calibrated)
+
+
+def test_the_default_run_collects_no_rpc_probe(suite):
+    suite.makepyfile(test_calibration=CALIBRATION)
+    default = suite.runpytest_subprocess("--collect-only", "-q", "-p", "no:cacheprovider", timeout=300)
+    assert "rpc" not in default.stdout.str() and "test_calibration[tcp-small]" in default.stdout.str()
+    asked = suite.runpytest_subprocess("--collect-only", "-q", "-p", "no:cacheprovider", "--semgap-calibrate-rpc", timeout=300)
+    asked.stdout.fnmatch_lines(["*test_calibration[[]rpc-small[]]*"])
+
+
+def rss_bytes(pid: int) -> int:
+    line = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("VmRSS:"))
+    return int(line.split()[1]) * 1024
+
+
+def test_the_raw_peer_refuses_a_size_no_probe_sends_and_keeps_serving(tmp_path):
+    port = free_port()
+    peer = ServerProcess.start(("-m", "semgap.server.calibration_peer", "--transport", "raw", "--host", "127.0.0.1",
+                                "--port", str(port)), "127.0.0.1", port, tmp_path, label="raw", ready_timeout_s=60)
+    try:
+        before = rss_bytes(peer.process.pid)
+        for kind, size in ((b"s", 4 << 30), (b"x", 8)):
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as claim:
+                claim.sendall(calibration.RAW_START.pack(kind, size))
+                assert claim.recv(1) == b""  # closed at once, nothing allocated
+        assert rss_bytes(peer.process.pid) - before < 50 << 20
+        deadline = time.monotonic() + 10
+        while peer.log_tail().count("is none of the calibration's") < 2:
+            assert time.monotonic() < deadline, peer.log_tail()
+            time.sleep(0.1)
+        client = calibration.RawClient("127.0.0.1", port, calibration.Probe(calibration.RAW, calibration.SMALL))
+        client.round_trip(bytes(8))  # and it still serves a probe
+        client.close()
+    finally:
+        peer.stop()

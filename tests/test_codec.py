@@ -1,11 +1,15 @@
-"""Wire messages: exact round trips, the semantic cast and compression, and the zlib fallback."""
+"""Wire messages: exact round trips, the semantic cast and compression, the zlib fallback, bounded decompression."""
 import struct
 import time
+import tracemalloc
+import zlib
 
 import pytest
 import torch
 
 from semgap.wire import codec
+
+zstandard = pytest.importorskip("zstandard") if codec.zstandard is None else codec.zstandard
 
 
 def sample():
@@ -113,3 +117,37 @@ def test_compression_leaves_the_metadata_readable_so_its_contents_never_change_t
     assert torch.equal(codec.decode(message)[0]["logits"], tensors["logits"])
     with pytest.raises(codec.MalformedMessage, match="truncated or garbled"):
         codec.decode(message[:-3])
+
+
+# --- bounded decompression -------------------------------------------------------------------------
+
+def with_data(message: bytes, flag: bytes, data: bytes) -> bytes:
+    """`message` with its flag and compressed data replaced: a header that declares one size, data of another."""
+    data_start = 1 + codec._BODY_HEADER.unpack_from(message, 1)[3]
+    return flag + message[1:data_start] + data
+
+
+@pytest.mark.parametrize("compressor", ["zstd", "zlib"])
+def test_a_decompression_bomb_is_refused_after_at_most_the_declared_size(compressor):
+    message = codec.encode({"ids": torch.zeros(1000, dtype=torch.uint8)}, compress=True)
+    # 200 MB of zeros, compressed a megabyte at a time: a few hundred kB on the wire
+    stream = zstandard.ZstdCompressor().compressobj() if compressor == "zstd" else zlib.compressobj(9)
+    data = b"".join(stream.compress(bytes(1 << 20)) for _ in range(200)) + stream.flush()
+    bomb = with_data(message, codec.ZSTD if compressor == "zstd" else codec.ZLIB, data)
+    assert len(bomb) < 250_000
+    tracemalloc.start()
+    try:
+        with pytest.raises(codec.MalformedMessage, match="a decompression bomb: .* beyond the 10.. bytes its header declares"):
+            codec.decode(bomb)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 5_000_000, peak  # nothing near the 200 MB it stands for was made
+
+
+def test_a_compressed_message_declaring_more_than_the_limit_is_refused_before_decompressing():
+    message = codec.encode({"ids": torch.zeros(10_000_000, dtype=torch.uint8)}, compress=True)
+    assert len(message) < 10_000
+    with pytest.raises(codec.MalformedMessage, match="its tensors declare 10000.* bytes, beyond this receiver's limit of 1000000"):
+        codec.decode(message, max_bytes=1_000_000)
+    assert codec.decode(message, max_bytes=20_000_000)[0]["ids"].shape == (10_000_000,)

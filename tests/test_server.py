@@ -1,4 +1,5 @@
-"""The server: clear errors that leave it serving, loopback by default, clean shutdown, bounded connects."""
+"""The server: clear errors that leave it serving, loopback by default, clean shutdown, bounded connects, checked uploads."""
+import re
 import signal
 import time
 
@@ -10,6 +11,7 @@ from semgap.wire import codec, transport
 from semgap.model import presets
 
 from semgap.bench.testbed import serverproc
+from semgap.server.model_server import ModelServer, frame_limit_bytes
 from semgap.bench.testbed.serverproc import ServerProcess, ServerStartError, free_port
 
 from .conftest import TEST_MODEL
@@ -96,3 +98,58 @@ def test_a_stateless_step_that_lacks_a_weight_is_refused_not_run_on_resident_wei
         call(client, "naive_step", {"input_ids": ids, **weights, "w.no.such.weight": torch.zeros(1)})
     logits = call(client, "naive_step", {"input_ids": ids, **weights})[0]["logits"]  # all of them: it runs
     assert logits.shape == (1, 3, preset_model.config.vocab_size)
+
+
+# --- uploads are checked ---------------------------------------------------------------------------
+
+def test_a_partial_or_empty_upload_is_refused_naming_what_is_missing(client, preset_model):
+    weights = presets.weights_of(preset_model)
+    partial = {name: tensor for name, tensor in weights.items() if name != "transformer.h.1.attn.c_attn.weight"}
+    with pytest.raises(transport.ServerError, match=(r"uploaded weights do not fit model 'gpt2-test', nothing was loaded: "
+                                                      r"1 of its \d+ weights missing \['transformer.h.1.attn.c_attn.weight'\]")):
+        call(client, "upload_weights", partial)
+    with pytest.raises(transport.ServerError, match=rf"{len(weights)} of its {len(weights)} weights missing \['lm_head"
+                                                    r"|transformer\.h\.0"):
+        call(client, "upload_weights", {})
+    # nothing was loaded: the server's own weights still answer to their handle
+    assert "kv_handle" in call(client, "prefill", {"input_ids": torch.tensor([[1, 2]])}, {"weights_handle": "server-built"})[1]
+
+
+@pytest.fixture(scope="module")
+def model_server():
+    """A model server in this process, no transport: its handler called directly."""
+    server = ModelServer(presets.ModelSpec(TEST_MODEL))
+    yield server
+    server.close()
+
+
+def upload(server: ModelServer, weights: dict) -> str:
+    return codec.decode(server.handle("upload_weights", codec.encode(weights)))[1]["weights_handle"]
+
+
+def test_an_upload_of_another_shape_or_dtype_is_refused_and_the_handle_is_a_hash_of_what_was_loaded(model_server):
+    weights = {name: tensor.clone() for name, tensor in presets.weights_of(model_server.engine.model).items()}
+    name = "transformer.h.0.mlp.c_fc.weight"
+    with pytest.raises(ValueError, match=rf"1 of another shape or dtype: {name} \(3, 3\) torch.float32 \(the model's"):
+        upload(model_server, {**weights, name: torch.zeros(3, 3)})
+    with pytest.raises(ValueError, match=rf"1 of another shape or dtype: {name} .* torch.float64"):
+        upload(model_server, {**weights, name: weights[name].double()})
+    with pytest.raises(ValueError, match=r"1 unexpected \['no.such.weight'\]"):
+        upload(model_server, {**weights, "no.such.weight": torch.zeros(1)})
+    assert model_server.weights_handle == "server-built"  # none of them loaded anything
+    handle = upload(model_server, weights)
+    assert re.fullmatch("[0-9a-f]{32}", handle) and upload(model_server, {k: v.clone() for k, v in weights.items()}) == handle
+    changed = upload(model_server, {**weights, name: weights[name] + 1})
+    assert changed != handle and model_server.weights_handle == changed
+    assert torch.equal(model_server.engine.model.state_dict()[name], weights[name] + 1)  # what the hash names is loaded
+
+
+def test_the_frame_limit_follows_the_model(model_server):
+    model = model_server.engine.model
+    weight_bytes = sum(t.numel() * t.element_size() for t in presets.unique_weights(model).values())
+    limit = frame_limit_bytes(model, model_server.engine.max_cache_len)
+    assert model_server.max_frame_bytes == limit
+    assert weight_bytes * 1.5 + (64 << 20) < limit < weight_bytes * 3 + (64 << 20) < 4 << 30
+    small = codec.encode({"x": torch.zeros(limit + 1, dtype=torch.uint8)}, compress=True)  # a few kB on the wire
+    with pytest.raises(codec.MalformedMessage, match="beyond this receiver's limit"):
+        model_server.handle("prefill", small)

@@ -1,14 +1,17 @@
-"""The transports: authentication, bad frames, posts, concurrency, IPv6, what listens, and what is unpickled."""
+"""The transports: authentication, frame MACs, limits before trust, bad frames, posts, concurrency, IPv6, what listens,
+and what is unpickled."""
 from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -17,7 +20,7 @@ import torch
 from semgap.wire import codec, transport
 from semgap.bench.testbed.netns import NetnsLink, link_available
 from semgap.bench.testbed.serverproc import READY_LINE, ServerProcess, free_port
-from semgap.wire.transport import auth, tcp
+from semgap.wire.transport import auth, framed, tcp
 
 from .conftest import REPO, TEST_MODEL
 
@@ -28,10 +31,11 @@ LINK_OK, LINK_REASON = link_available()
 
 @pytest.fixture(scope="module")
 def secret_server(tmp_path_factory):
-    """A server of its own (tests here change its KV caches) that demands SECRET."""
+    """A server of its own (tests here change its KV caches) that demands SECRET, and takes frames up to 8 GiB
+    (so a 4 GB claim gets past its limit, to the growing buffer)."""
     server = ServerProcess.spawn(TEST_MODEL, "127.0.0.1", free_port(), tmp_path_factory.mktemp("logs"),
-                                 extra_args=("--no-gpu-monitor",), env={auth.SECRET_VARIABLE: SECRET.decode()},
-                                 ready_timeout_s=120)
+                                 extra_args=("--no-gpu-monitor", "--max-frame-bytes", "8G"),
+                                 env={auth.SECRET_VARIABLE: SECRET.decode()}, ready_timeout_s=120)
     yield server
     server.stop()
 
@@ -65,24 +69,34 @@ def log_line(server: ServerProcess, text: str, timeout_s: float = 10.0) -> str:
     raise AssertionError(f"no log line with {text!r}:\n{server.log_tail()}")
 
 
-def handshake(server: ServerProcess, secret: bytes = SECRET) -> tcp.FramedSocket:
-    """A raw socket that has proven `secret`, for sending frames no client would send."""
+def handshake(server: ServerProcess, secret: bytes | None = SECRET) -> tcp.FramedSocket:
+    """A raw socket that has proven `secret`, with its frame MACs, for sending frames no client would send."""
     connection = tcp.FramedSocket(socket.create_connection((server.host, server.port), timeout=10))
-    _, _, _, server_nonce = connection.read_struct(tcp.HELLO)
-    client_nonce = auth.new_nonce()
-    connection.send(tcp.CLIENT_PROOF.pack(client_nonce, auth.proof(secret, auth.CLIENT, server_nonce, client_nonce)))
-    status, _ = connection.read_struct(tcp.ANSWER)
-    assert status == tcp.ACCEPTED
+    tcp.prove(connection, secret, "the test's server")
     return connection
+
+
+def read_answer(connection: tcp.FramedSocket) -> tuple[int, bytes]:
+    """(status, body) of the server's next answer, its MAC checked."""
+    size, status = connection.read_struct(tcp.RESPONSE)
+    body = connection.read_body(size)
+    connection.read_tag(tcp.RESPONSE.pack(size, status), body)
+    return status, bytes(body)
 
 
 def read_error(connection: tcp.FramedSocket) -> str:
     """The error frame the server answers a bad frame with; the server then closes the connection."""
-    size, status = connection.read_struct(tcp.RESPONSE)
-    message = connection.read_body(size).decode()
+    status, body = read_answer(connection)
+    message = body.decode()
     assert status == tcp.ERROR, message
     assert connection.sock.recv(1) == b""  # closed
     return message
+
+
+def rss_bytes(pid: int) -> int:
+    """The resident memory of process `pid` (VmRSS)."""
+    line = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("VmRSS:"))
+    return int(line.split()[1]) * 1024
 
 
 # --- authentication ------------------------------------------------------------------------------
@@ -155,7 +169,7 @@ def test_a_peer_that_never_proves_anything_is_dropped_after_the_handshake_timeou
 def test_a_frame_the_server_cannot_trust_is_answered_and_closed_and_others_go_on(secret_server, connect, frame, error):
     good = connect()
     bad = handshake(secret_server)
-    bad.send(frame)
+    bad.send_frame(frame)  # with a valid MAC: what is wrong is the frame itself
     assert read_error(bad).startswith(f"protocol error, closing the connection: {error}")
     assert error in log_line(secret_server, f"closed 127.0.0.1:{bad.sock.getsockname()[1]}")
     bad.close()
@@ -179,7 +193,7 @@ def test_a_malformed_message_is_an_error_and_the_connection_goes_on(connect):
 # A child process that proves the secret, sends 1 MB of a 10 MB request and SIGKILLs itself.
 DIE_MID_FRAME = r"""
 import os, signal, socket, sys
-from semgap.wire.transport import auth, tcp
+from semgap.wire.transport import auth, framed, tcp
 connection = tcp.FramedSocket(socket.create_connection((sys.argv[1], int(sys.argv[2]))))
 _, _, _, server_nonce = connection.read_struct(tcp.HELLO)
 nonce = auth.new_nonce()
@@ -231,6 +245,187 @@ def test_a_large_answer_is_reused_only_once_nothing_refers_to_it(connect):
     reused = id(answer)
     del answer
     assert id(connection.call("echo", ones)) == reused
+
+
+# --- limits before trust ---------------------------------------------------------------------------
+
+def test_a_header_claiming_4_gb_followed_by_nothing_costs_the_server_no_memory(secret_server, connect):
+    assert connect().call("echo", bytes(200_000)) == bytes(200_000)  # the server's own buffers are made already
+    before = rss_bytes(secret_server.process.pid)
+    claim = handshake(secret_server)  # the server takes frames up to 8 GiB: the claim gets past its limit
+    port = claim.sock.getsockname()[1]
+    claim.send(tcp.REQUEST.pack(4 << 30, 0, 4), b"echo", bytes(100_000))  # and then nothing
+    time.sleep(1.5)
+    grown = rss_bytes(secret_server.process.pid) - before
+    print(f"server RSS after a 4 GB claim: {grown / 2**20:+.1f} MiB")
+    assert grown < 50 << 20
+    assert hello(connect())["model"] == TEST_MODEL  # and it serves another client meanwhile
+    claim.close()
+    assert "left mid-frame" in log_line(secret_server, f"127.0.0.1:{port} left")
+
+
+def test_a_frame_beyond_the_models_limit_is_refused_at_once_with_a_logged_reason(preset_server):
+    claim = handshake(preset_server, None)  # preset_server: no secret, the limit its model gives
+    port = claim.sock.getsockname()[1]
+    claim.send(tcp.REQUEST.pack(4 << 30, 0, 4), b"echo")
+    message = read_error(claim)
+    assert re.match(r"protocol error, closing the connection: a request of 4294967296 bytes exceeds this server's "
+                    r"limit of \d+ bytes \(max_frame_bytes\)", message), message
+    assert "exceeds this server's limit" in log_line(preset_server, f"closed 127.0.0.1:{port}")
+
+
+@contextmanager
+def served(handler=lambda op, request: bytes(request), secret: bytes | None = SECRET, **limits):
+    """A tcp server in this process with `limits` (ServerLimits' fields); yields its port."""
+    stop, ready, port = threading.Event(), threading.Event(), free_port()
+    thread = threading.Thread(target=transport.serve, args=("tcp", "127.0.0.1", port, handler, stop), daemon=True,
+                              kwargs={"on_ready": ready.set, "secret": secret, "limits": transport.ServerLimits(**limits)})
+    thread.start()
+    assert ready.wait(10)
+    try:
+        yield port
+    finally:
+        stop.set()
+        thread.join(30)
+
+
+def test_the_connection_beyond_the_cap_is_refused_with_a_clear_error(capsys):
+    with served(max_connections=2) as port:
+        first, second = (transport.connect("tcp", "127.0.0.1", port, secret=SECRET) for _ in range(2))
+        with pytest.raises(transport.ServerBusy, match="refused this connection: it serves as many connections as "
+                                                       "its cap allows .* a higher --max-connections"):
+            transport.connect("tcp", "127.0.0.1", port, secret=SECRET)
+        assert first.call("echo", b"still served") == b"still served"
+        first.close()
+        deadline = time.monotonic() + 10  # its slot is free once its thread has seen it leave
+        while True:
+            try:
+                third = transport.connect("tcp", "127.0.0.1", port, secret=SECRET)
+                break
+            except transport.ServerBusy:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        assert third.call("echo", b"x") == b"x" and second.call("echo", b"y") == b"y"
+        second.close(), third.close()
+    assert "connections open, the cap (max_connections) is 2" in capsys.readouterr().err
+
+
+def test_silent_trickling_and_idle_peers_are_dropped(capsys):
+    with served(handshake_timeout_s=1.0, idle_timeout_s=1.0) as port:
+        silent = socket.create_connection(("127.0.0.1", port), timeout=10)
+        trickling = socket.create_connection(("127.0.0.1", port), timeout=10)
+        idle = transport.connect("tcp", "127.0.0.1", port, secret=SECRET)
+        started = time.monotonic()
+        assert silent.recv(tcp.HELLO.size, socket.MSG_WAITALL)[:4] == tcp.MAGIC
+        assert trickling.recv(tcp.HELLO.size, socket.MSG_WAITALL)[:4] == tcp.MAGIC
+        for _ in range(tcp.CLIENT_PROOF.size - 1):  # a byte every 0.2 s: each within the timeout, never the whole
+            try:
+                trickling.send(b"x")
+            except OSError:
+                break
+            if time.monotonic() - started > 4:
+                break
+            time.sleep(0.2)
+        assert trickling.recv(tcp.ANSWER.size) == b"" and silent.recv(tcp.ANSWER.size) == b""
+        assert time.monotonic() - started < 3
+        time.sleep(1.5)  # the authenticated connection has sent nothing since its handshake
+        with pytest.raises(ConnectionError, match="lost the semgap server"):
+            idle.call("echo", b"too late")
+        silent.close(), trickling.close(), idle.close()
+    log = capsys.readouterr().err
+    assert log.count("no proof within 1 s") == 2 and "nothing received or sent for 1 s" in log, log
+
+
+def test_a_body_beyond_the_reuse_bound_is_let_go_after_use(connect, monkeypatch):
+    monkeypatch.setattr(framed, "REUSE_MAX_BYTES", 150_000)
+    connection = connect()
+    assert connection.call("echo", bytes(100_000)) == bytes(100_000)
+    assert len(connection.connection.last_body) == 100_000  # kept for the next answer of that size
+    assert connection.call("echo", bytes(200_000)) == bytes(200_000)
+    assert connection.connection.last_body is None  # beyond the bound: its caller's alone, gone with it
+
+
+# --- frames that cannot be forged -----------------------------------------------------------------
+
+def test_a_replayed_handshake_is_refused(secret_server, connect):
+    recorded = handshake(secret_server)  # a client's proof, as a relay on the path would see it
+    with socket.create_connection((secret_server.host, secret_server.port), timeout=10) as first:
+        _, _, _, server_nonce = tcp.HELLO.unpack(first.recv(tcp.HELLO.size, socket.MSG_WAITALL))
+        client_nonce = auth.new_nonce()
+        proof = tcp.CLIENT_PROOF.pack(client_nonce, auth.proof(SECRET, auth.CLIENT, server_nonce, client_nonce))
+        first.sendall(proof)
+        assert first.recv(tcp.ANSWER.size, socket.MSG_WAITALL)[0] == tcp.ACCEPTED
+        with socket.create_connection((secret_server.host, secret_server.port), timeout=10) as replay:
+            replay.recv(tcp.HELLO.size, socket.MSG_WAITALL)  # a fresh nonce: the recorded proof is for another
+            replay.sendall(proof)
+            assert replay.recv(tcp.ANSWER.size, socket.MSG_WAITALL)[0] == tcp.REFUSED
+            assert replay.recv(1) == b""
+    recorded.close()
+    assert "wrong secret" in log_line(secret_server, "refused 127.0.0.1:")
+    assert hello(connect())["model"] == TEST_MODEL
+
+
+def echo_frame(connection: tcp.FramedSocket, body: bytes) -> list[bytes]:
+    """An echo request's parts, its MAC last, as the connection would send it next."""
+    parts = [tcp.REQUEST.pack(len(body), 0, 4), b"echo", body]
+    return [*parts, connection.sending.tag(*parts)]
+
+
+@pytest.mark.parametrize("tamper", ["flipped-byte", "replayed-frame", "no-session-key"])
+def test_a_frame_that_fails_its_mac_is_refused_and_closed(secret_server, connect, tamper):
+    good = connect()
+    relay = handshake(secret_server)  # holds the session key; what it sends below is what an on-path relay could
+    port = relay.sock.getsockname()[1]
+    header, op, body, tag = echo_frame(relay, b"upload_weights, say")
+    if tamper == "flipped-byte":
+        body = bytes([body[0] ^ 0x01]) + body[1:]
+    elif tamper == "replayed-frame":  # sent as it was, then once more
+        relay.send(header, op, body, tag)
+        assert read_answer(relay) == (tcp.OK, body)
+    else:  # the proofs alone: a tag under the secret, not under the session key
+        tag = auth.FrameMac(SECRET).tag(header, op, body)
+    relay.send(header, op, body, tag)
+    assert read_error(relay) == ("protocol error, closing the connection: a frame failed its MAC (forged, altered, "
+                                 "replayed or out of order)")
+    assert "failed its MAC" in log_line(secret_server, f"closed 127.0.0.1:{port}")
+    relay.close()
+    assert hello(good)["model"] == TEST_MODEL
+
+
+def test_an_answer_that_fails_its_mac_loses_the_connection(monkeypatch):
+    with served() as port:
+        connection = transport.connect("tcp", "127.0.0.1", port, secret=SECRET)
+        assert connection.call("echo", b"ok") == b"ok"
+        connection.connection.receiving.sequence += 1  # as if an answer had been dropped on the way
+        with pytest.raises(ConnectionError, match="lost the semgap server .* during 'echo': a frame failed its MAC"):
+            connection.call("echo", b"next")
+        assert connection.broken
+        connection.close()
+
+
+# --- hygiene --------------------------------------------------------------------------------------
+
+def test_a_handler_exception_is_logged_with_its_traceback(secret_server, connect):
+    with pytest.raises(transport.ServerError, match="KeyError"):
+        connect().call("decode", codec.encode({"input_ids": torch.tensor([[1]])}, {"kv_handle": "logged-handle"}))
+    log_line(secret_server, "'decode' from 127.0.0.1:")
+    log = secret_server.log_tail(400)
+    failure = log[log.rindex("'decode' from 127.0.0.1:"):]
+    assert "Traceback (most recent call last)" in failure and "unknown KV handle 'logged-handle'" in failure, failure
+
+
+def test_a_secret_file_open_to_group_or_others_is_refused(tmp_path):
+    secret_file = tmp_path / "secret"
+    secret_file.write_text(auth.new_secret())
+    secret_file.chmod(0o644)
+    with pytest.raises(ValueError, match=rf"the secret file {secret_file} is open to group or others \(mode 644\): "
+                                         rf"run `chmod 600 {secret_file}`"):
+        auth.load_secret(secret_file)
+    result = subprocess.run([sys.executable, "-m", "semgap.server", "--secret-file", str(secret_file)],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "chmod 600" in result.stderr, result.stderr
+    secret_file.chmod(0o600)
+    assert auth.load_secret(secret_file) == secret_file.read_text().strip().encode()
 
 
 # --- posts ---------------------------------------------------------------------------------------
@@ -339,6 +534,7 @@ def test_a_secret_or_the_explicit_rpc_flag_gets_past_the_refusal(tmp_path):
     # An unknown model stops the server right after the checks, so nothing ever listens on 0.0.0.0.
     secret_file = tmp_path / "secret"
     secret_file.write_text(auth.new_secret())
+    secret_file.chmod(0o600)
     for argv in (("--secret-file", str(secret_file)), ("--transport", "rpc", "--allow-unauthenticated-rpc")):
         result = subprocess.run([sys.executable, "-m", "semgap.server", "--host", "0.0.0.0", "--model", "no-such-model",
                                  *argv], cwd=REPO, capture_output=True, text=True, timeout=120)

@@ -17,7 +17,7 @@ from semgap.bench.session import ExperimentSession
 from semgap.schema import RoundRecord
 from semgap.client.modes import MODES, PHASES
 from semgap.bench.testbed.netns import NetnsLink
-from semgap.bench.testbed.serverproc import ServerProcess
+from semgap.bench.testbed.serverproc import ServerProcess, free_port
 from semgap.wire.transport import FramingBound, auth
 from semgap.bench.testbed.tcpcounters import TcpCounter, delta
 
@@ -42,6 +42,18 @@ def pattern(size: int) -> bytes:
 
 # --- 1. framing on loopback ---------------------------------------------------------------------
 
+@pytest.fixture(scope="module")
+def secret_client(tmp_path_factory):
+    """A tcp connection that proves SECRET, as every run's connection proves one (its frames carry MACs)."""
+    server = ServerProcess.spawn(TEST_MODEL, "127.0.0.1", free_port(), tmp_path_factory.mktemp("logs"),
+                                 extra_args=("--no-gpu-monitor",), env={auth.SECRET_VARIABLE: SECRET}, ready_timeout_s=120)
+    connection = transport.CountingTransport(transport.connect("tcp", server.host, server.port, timeout_s=30,
+                                                               secret=SECRET.encode()))
+    yield connection
+    connection.close()
+    server.stop()
+
+
 def sent_framing(connection, counter: TcpCounter, op: str, size: int) -> int:
     """TCP bytes sent beyond the request's payload by one call of `op` (answered or refused)."""
     before = counter.snapshot()
@@ -57,7 +69,7 @@ def sent_framing(connection, counter: TcpCounter, op: str, size: int) -> int:
 @needs_tcp
 @pytest.mark.parametrize("transport_name", TRANSPORTS)
 def test_loopback_framing_per_request_is_constant_and_bounded_tightly(request, transport_name):
-    connection = request.getfixturevalue("client" if transport_name == "tcp" else "rpc_client").inner
+    connection = request.getfixturevalue("secret_client" if transport_name == "tcp" else "rpc_client").inner
     counter = TcpCounter("127.0.0.1")
     assert connection.call("echo", b"warm-up") == b"warm-up"  # every connection is open before counting
     with pytest.raises(transport.ServerError, match="this server knows") as refusal:

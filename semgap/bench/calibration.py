@@ -7,7 +7,10 @@ alternates with a raw round (untimed by the benchmark, timed apart), and its rat
 taken against those: both measured at one time, whatever else the machine does. The peers are
 processes of `python -m semgap.server.calibration_peer` where the run's server runs: on loopback, or
 inside the netns namespace behind the veth. PyTorch RPC allows one RPC group per process, so when the run itself
-uses rpc, rpc is calibrated over the run's own connection to its server (ops echo and sink).
+uses rpc, rpc is calibrated over the run's own connection to its server (ops echo and sink). A run on
+tcp calibrates rpc only when asked (--semgap-calibrate-rpc): its peer unpickles whatever reaches it.
+Where the tcp transport MACs its frames (a secret, as in every run), the cost of the MAC is measured
+apart too: the tag's bytes per frame and the time to tag and check one request and its answer.
 `summarize` turns the benchmarks of a run's JSON into its `semgap.bench.calibration` section.
 """
 from __future__ import annotations
@@ -27,7 +30,7 @@ from semgap.bench.design import measured
 from semgap.wire import transport
 from semgap.bench.testbed.placement import Placement
 from semgap.bench.testbed.serverproc import ServerProcess, free_port
-from semgap.wire.transport import auth
+from semgap.wire.transport import auth, tcp
 from semgap.bench.testbed.tcpcounters import TcpCounter, delta, tcp_counters_available
 
 RAW = "raw"
@@ -40,6 +43,7 @@ SMALL_ROUNDS_PER_ROUND = 25
 SETTLE_S = 0.5
 NETNS_FIRST_PORT = 29510  # inside a fresh namespace nothing else listens
 RAW_START = struct.Struct("<cQ")  # the raw peer's only header: which probe, and its message size
+RAW_KINDS = (b"s", b"b")  # the probe kinds' first letters, as RAW_START carries them
 
 
 @dataclass(frozen=True)
@@ -58,9 +62,30 @@ class Probe:
         return MESSAGE_BYTES[self.kind]
 
 
-def probes() -> list[Probe]:
-    """Raw TCP first (each transport's figures are ratios to it), then every registered transport."""
-    return [Probe(name, kind) for kind in (SMALL, BULK) for name in (RAW, *transport.TRANSPORTS)]
+def calibrated_transports(settings) -> tuple[str, ...]:
+    """The transports a run calibrates: every registered one but rpc, unless the run uses rpc or asks for it."""
+    return tuple(name for name in transport.TRANSPORTS
+                 if name != "rpc" or settings.transport == "rpc" or settings.calibrate_rpc)
+
+
+def probes(transports: tuple[str, ...] = tuple(transport.TRANSPORTS)) -> list[Probe]:
+    """Raw TCP first (each transport's figures are ratios to it), then each of `transports`."""
+    return [Probe(name, kind) for kind in (SMALL, BULK) for name in (RAW, *transports)]
+
+
+def mac_cost_us(message_bytes: int, answer_bytes: int, repeats: int = 20) -> float:
+    """Microseconds one request of `message_bytes` and its answer spend in their MACs: each tagged by its
+    sender and checked by its receiver (the median of `repeats`, on this machine, whatever else it does)."""
+    sending, receiving = auth.FrameMac(bytes(32)), auth.FrameMac(bytes(32))
+    request, answer = bytes(message_bytes), bytes(answer_bytes)
+    header = bytes(tcp.REQUEST.size)
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        receiving.verify(sending.tag(header, request), header, request)
+        receiving.verify(sending.tag(header, answer), header, answer)
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples) * 1e6
 
 
 class RawClient:
@@ -102,7 +127,7 @@ class Calibration:
     def start(self) -> "Calibration":
         """Start every peer and open every connection the probes need, so no probe pays for them."""
         self._peer(RAW)
-        for name in transport.TRANSPORTS:
+        for name in calibrated_transports(self.settings):
             if not self.probe_unavailable(Probe(name, SMALL)):
                 self._connection(name)
         return self
@@ -205,6 +230,11 @@ class Calibration:
         else:
             info["throughput_bytes_per_s"] = probe.message_bytes / median_s
             info["fraction_of_raw_throughput"] = raw_s / median_s
+        if probe.transport == "tcp":  # its connections prove self.secret: every frame carries a MAC
+            answer_bytes = probe.message_bytes if probe.kind == SMALL else 0
+            info["mac_bytes_per_frame"] = auth.TAG_BYTES
+            info["mac_us_per_request"] = mac_cost_us(probe.message_bytes, answer_bytes)
+            info["mac_share_of_median"] = info["mac_us_per_request"] / info["median_us"]
         if moved is not None and moved.sockets_closed == 0:
             answer_bytes = probe.message_bytes if probe.kind == SMALL else 0 if probe.transport != RAW else 1
             info["framing_bytes_sent_per_request"] = (moved.bytes_sent - requests * probe.message_bytes) / requests
@@ -241,5 +271,9 @@ def summarize(benchmarks: list[dict]) -> dict:
             key = f"framing_bytes_{direction}_per_request"
             if kind == SMALL and key in info:
                 entry[key] = info[key]
+        if "mac_us_per_request" in info:
+            entry["mac_bytes_per_frame"] = info["mac_bytes_per_frame"]
+            entry[f"mac_us_per_{'small_call' if kind == SMALL else '25MB'}"] = info["mac_us_per_request"]
+            entry[f"mac_share_of_{'small_call' if kind == SMALL else '25MB'}"] = info["mac_share_of_median"]
         entry.setdefault("peer", info["peer"])
     return section

@@ -190,6 +190,9 @@ def add_options(parser: pytest.Parser) -> None:
     option("--semgap-secret-file", metavar="PATH", type=_secret_file, default=None,
            help="file holding the shared secret the tcp transport proves to the server; a spawned server gets a "
                 f"fresh random one unless this or ${auth.SECRET_VARIABLE} is set. Default: ${auth.SECRET_VARIABLE}")
+    option("--semgap-calibrate-rpc", action="store_true", default=False,
+           help="calibrate the rpc transport too in a run on tcp: it starts a PyTorch RPC peer on the run's link, "
+                "which unpickles whatever reaches it (a run on rpc calibrates rpc anyway). Default: off")
     option("--semgap-rpc-timeout", metavar="SECONDS", type=_positive_int, default=120,
            help="timeout of one call to the server, whatever the transport. Default: 120")
     option("--semgap-server-start-timeout", metavar="SECONDS", type=_positive_int, default=600,
@@ -250,6 +253,7 @@ class SemgapConfig:
     enforce: bool
     batch_sessions: tuple[int, ...]  # concurrent sessions per batching benchmark; () leaves them out
     batch_rounds: int
+    calibrate_rpc: bool  # start an rpc calibration peer although the run uses tcp
 
     @classmethod
     def from_pytest(cls, config: pytest.Config) -> "SemgapConfig":
@@ -270,6 +274,7 @@ class SemgapConfig:
             h1=get("semgap_h1"), h2=get("semgap_h2"), alpha=get("semgap_alpha"),
             min_agreement=get("semgap_min_agreement"), enforce=get("semgap_enforce"),
             batch_sessions=get("semgap_batch_sessions"), batch_rounds=get("semgap_batch_rounds"),
+            calibrate_rpc=get("semgap_calibrate_rpc"),
         )
         settings.check()
         return settings

@@ -57,7 +57,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         matrix = schedule(metafunc.config.stash[settings_key])
         metafunc.parametrize("semgap_case", matrix, ids=[item.id for item in matrix])
     if "semgap_probe" in metafunc.fixturenames:
-        metafunc.parametrize("semgap_probe", calibration.probes(), ids=lambda probe: probe.id)
+        transports = calibration.calibrated_transports(metafunc.config.stash[settings_key])
+        metafunc.parametrize("semgap_probe", calibration.probes(transports), ids=lambda probe: probe.id)
     if "semgap_batch_case" in metafunc.fixturenames:
         batching = batch_cases(metafunc.config.stash[settings_key])
         if not batching:

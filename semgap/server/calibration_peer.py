@@ -2,7 +2,9 @@
 
 The raw peer reads one header per connection (semgap.bench.calibration.RAW_START: the probe, `s`mall or
 `b`ulk, and the message size), then answers every small message with itself and every bulk
-message with one byte, reusing one buffer: what a socket can do with no framework at all.
+message with one byte, reusing one buffer: what a socket can do with no framework at all. It takes
+only the probes' kinds and sizes, at most MAX_CONNECTIONS at once, and drops a peer silent for
+IDLE_TIMEOUT_S: a stray connection costs it neither memory nor a thread for long.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import threading
 
 from semgap.wire import names
 from semgap.wire import transport
-from semgap.bench.calibration import RAW, RAW_START
+from semgap.bench.calibration import MESSAGE_BYTES, RAW, RAW_KINDS, RAW_START
 from semgap.bench.testbed.serverproc import READY_LINE
 from semgap.wire.transport import auth
 
@@ -28,29 +30,52 @@ def handle(op: str, request: bytes) -> bytes:
     raise ValueError(f"unknown operation {op!r}; a calibration peer knows echo and sink")
 
 
+MAX_CONNECTIONS = 16
+IDLE_TIMEOUT_S = 60.0
+
+
 def serve_raw(host: str, port: int, stop: threading.Event, on_ready) -> None:
     listener = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
     listener.settimeout(0.2)
+    slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
     on_ready()
     with listener:
         while not stop.is_set():
             try:
-                connection, _ = listener.accept()
+                connection, address = listener.accept()
             except TimeoutError:
                 continue
-            threading.Thread(target=_answer_raw, args=(connection,), daemon=True).start()
+            if not slots.acquire(blocking=False):
+                _log(f"refused {address[0]}:{address[1]}: {MAX_CONNECTIONS} connections open, the cap")
+                connection.close()
+                continue
+            threading.Thread(target=_answer_raw, args=(connection, address, slots), daemon=True).start()
 
 
-def _answer_raw(connection: socket.socket) -> None:
+def _answer_raw(connection: socket.socket, address: tuple, slots: threading.BoundedSemaphore) -> None:
     with connection:
-        connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        header = _receive(connection, memoryview(bytearray(RAW_START.size)))
-        if header is None:
-            return
-        kind, size = RAW_START.unpack(header)
-        buffer = memoryview(bytearray(size))
-        while _receive(connection, buffer) is not None:
-            connection.sendall(buffer if kind == b"s" else b"k")
+        try:
+            connection.settimeout(IDLE_TIMEOUT_S)
+            connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            header = _receive(connection, memoryview(bytearray(RAW_START.size)))
+            if header is None:
+                return
+            kind, size = RAW_START.unpack(header)
+            if kind not in RAW_KINDS or size > max(MESSAGE_BYTES.values()):
+                _log(f"closed {address[0]}:{address[1]}: a probe of kind {kind!r} and {size} bytes is none of the "
+                     f"calibration's (kinds {RAW_KINDS}, at most {max(MESSAGE_BYTES.values())} bytes)")
+                return
+            buffer = memoryview(bytearray(size))
+            while _receive(connection, buffer) is not None:
+                connection.sendall(buffer if kind == b"s" else b"k")
+        except OSError as error:  # a timeout included
+            _log(f"dropped {address[0]}:{address[1]}: {error or type(error).__name__}")
+        finally:
+            slots.release()
+
+
+def _log(line: str) -> None:
+    print(f"semgap calibration peer: {line}", file=sys.stderr, flush=True)
 
 
 def _receive(connection: socket.socket, buffer: memoryview) -> memoryview | None:

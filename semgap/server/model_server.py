@@ -5,12 +5,12 @@ Run it with `python -m semgap.server --model gpt2-mini --host 127.0.0.1 --port 2
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import signal
 import sys
 import secrets
 import threading
-import uuid
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
@@ -30,6 +30,10 @@ from semgap.server.semantic import SemanticSessions
 from semgap.wire.transport import auth
 
 MAX_CACHES = 64  # caches a crashed client never released are evicted oldest first beyond this
+# A request may be this much larger than the largest the model needs (a stateless step's weights
+# plus a full KV cache), plus a fixed room for ids, metadata and small models' calibration echoes.
+FRAME_MARGIN = 1.5
+FRAME_ROOM_BYTES = 64 << 20
 
 EXPOSURE_WARNING = (
     "WARNING: semgap server serving rpc on {host}, which is not a loopback address. PyTorch RPC unpickles "
@@ -53,6 +57,7 @@ class ModelServer:
         )
         self.monitor = monitor
         self.weights_handle = "server-built"  # the preset's own weights until a client uploads
+        self.max_frame_bytes = frame_limit_bytes(self.engine.model, self.engine.max_cache_len)
         self.caches: OrderedDict[str, object] = OrderedDict()
         self.semantic = SemanticSessions()  # the caches whose prefill named techniques, and what it named
         self.lock = threading.Lock()
@@ -81,7 +86,7 @@ class ModelServer:
             return request
         if op == names.SINK:  # one way: the request is received whole and dropped
             return b""
-        tensors, meta = codec.decode(request)
+        tensors, meta = codec.decode(request, max_bytes=self.max_frame_bytes)
         if op in self.batcher.operations:  # they wait for other sessions' steps, taking the lock only to compute
             return self.batcher.operations[op](tensors, meta)
         return self._exclusive(self.operations[op], tensors, meta)
@@ -132,15 +137,29 @@ class ModelServer:
         raise AssertionError("unreachable")
 
     def upload_weights(self, tensors, meta) -> bytes:
-        """Load the client's weights into the model once; later calls name them by handle."""
-        state = self.engine.model.state_dict()
-        unknown = sorted(set(tensors) - set(state))
-        if unknown:
-            raise ValueError(f"uploaded weights do not fit model {self.spec.name!r}: unexpected {unknown[:5]}")
+        """Load the client's weights into the model once; later calls name them by the handle, a hash of what was loaded.
+
+        Every weight the model has (tied ones once), each of the model's shape and dtype, or nothing is loaded.
+        """
+        expected = presets.unique_weights(self.engine.model)
+        missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+        misfit = [f"{name} {tuple(tensors[name].shape)} {tensors[name].dtype} (the model's {tuple(tensor.shape)} "
+                  f"{tensor.dtype})" for name, tensor in expected.items()
+                  if name in tensors and (tensors[name].shape != tensor.shape or tensors[name].dtype != tensor.dtype)]
+        if missing or unexpected or misfit:
+            raise ValueError(
+                f"uploaded weights do not fit model {self.spec.name!r}, nothing was loaded: {len(missing)} of its "
+                f"{len(expected)} weights missing {missing[:5]}, {len(unexpected)} unexpected {unexpected[:5]}, "
+                f"{len(misfit)} of another shape or dtype: {'; '.join(misfit[:3]) or 'none'}"
+            )
+        digest = hashlib.sha256()
         with torch.no_grad():
-            for name, tensor in tensors.items():
-                state[name].copy_(tensor)
-        self.weights_handle = uuid.uuid4().hex
+            for name, tensor in expected.items():
+                uploaded = tensors[name].contiguous()
+                digest.update(name.encode() + b"\0")
+                digest.update(uploaded.reshape(-1).view(torch.uint8).numpy())
+                tensor.copy_(uploaded)
+        self.weights_handle = digest.hexdigest()[:32]  # 128 bits, as long as the random handle it replaces
         return codec.encode({}, {names.WEIGHTS_HANDLE: self.weights_handle})
 
     def naive_step(self, tensors, meta) -> bytes:
@@ -240,6 +259,35 @@ class ModelServer:
         return codec.encode({names.LOGITS: logits}, {names.SERVER_COMPUTE_MS: codec.milliseconds_text(compute_ms), **extra})
 
 
+def frame_limit_bytes(model: torch.nn.Module, max_cache_len: int) -> int:
+    """The largest request this server takes: FRAME_MARGIN times a stateless step's (every weight and a
+    KV cache of `max_cache_len` positions; a weight upload is the weights alone), plus FRAME_ROOM_BYTES."""
+    weights = presets.unique_weights(model).values()
+    weight_bytes = sum(tensor.numel() * tensor.element_size() for tensor in weights)
+    config, element_bytes = model.config, next(iter(weights)).element_size()
+    # keys and values: [layers, 2, positions, hidden] at most (grouped-query attention keeps fewer)
+    kv_bytes = config.num_hidden_layers * 2 * max_cache_len * config.hidden_size * element_bytes
+    return int(FRAME_MARGIN * (weight_bytes + kv_bytes)) + FRAME_ROOM_BYTES
+
+
+def _byte_count(text: str) -> int:
+    """A positive size in bytes, with an optional K, M or G suffix (powers of 1024)."""
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:].upper(), 1)
+    try:
+        value = int(text[:-1] if scale > 1 else text) * scale
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a size in bytes such as 65536, 64M or 8G, got {text!r}")
+    return value
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return int(text)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m semgap.server", description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=presets.DEFAULT_MODEL,
@@ -259,6 +307,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--allow-unauthenticated-rpc", action="store_true",
                         help="serve rpc beyond loopback although anyone reaching it can run code here; only on a "
                              "network no one else can reach (the suite passes it for its own netns veth)")
+    parser.add_argument("--max-frame-bytes", type=_byte_count, default=None,
+                        help="largest request taken, refused at once beyond (tcp; default: the model's weights and a full "
+                             f"KV cache, times {FRAME_MARGIN:g}, plus {FRAME_ROOM_BYTES >> 20} MiB)")
+    parser.add_argument("--max-connections", type=_positive, default=transport.ServerLimits.max_connections,
+                        help="connections served at once, any beyond refused with a clear error (tcp; default: "
+                             f"{transport.ServerLimits.max_connections})")
     parser.add_argument("--no-gpu-monitor", action="store_true", help="do not sample the GPU with NVML")
     parser.add_argument("--fast-path", choices=runtime.FAST_PATH_SETTINGS, default="auto",
                         help="decode path of resident caches: on = static KV cache + torch.compile (CUDA graphs), "
@@ -299,9 +353,12 @@ def main(argv: list[str] | None = None) -> int:
     warmup_s = server.warm_up()
     print(f"semgap server warmed up path={server.engine.decode_path} max_cache_len={server.engine.max_cache_len} "
           f"in {warmup_s:.1f} s", flush=True)
+    server.max_frame_bytes = args.max_frame_bytes or server.max_frame_bytes
+    limits = transport.ServerLimits(max_frame_bytes=server.max_frame_bytes, max_connections=args.max_connections)
+    print(f"semgap server limits: {limits}", flush=True)
     try:
         transport.serve(
-            args.transport, args.host, args.port, server.handle, stop, secret=secret,
+            args.transport, args.host, args.port, server.handle, stop, secret=secret, limits=limits,
             allow_unauthenticated=args.allow_unauthenticated_rpc,
             on_ready=lambda: print(f"semgap server ready on {args.host}:{args.port} ({args.transport})", flush=True),
         )

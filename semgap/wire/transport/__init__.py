@@ -4,7 +4,8 @@ Every transport sits behind one boundary: `call(op, request) -> response`, `post
 way) and `close()`. Two are registered in TRANSPORTS:
 
 - `tcp` (semgap/wire/transport/tcp.py, the default): one persistent TCP connection per client,
-  length-prefixed frames, a shared secret proven by HMAC at connect, no pickle.
+  length-prefixed frames, a shared secret proven by HMAC at connect and a MAC on every frame after,
+  limits on what any peer can make the server hold (ServerLimits), no pickle.
 - `rpc` (semgap/wire/transport/rpc.py): PyTorch RPC over TensorPipe, which the seed names. It cannot
   authenticate its peers and unpickles what it receives, so it serves on loopback only unless told
   otherwise, and IPv4 only.
@@ -19,8 +20,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from semgap.wire.transport.base import (  # noqa: F401 (the boundary's names, for callers of semgap.wire.transport)
-    DEFAULT_TRANSPORT, AuthenticationFailed, BindRefused, FramingBound, Handler, ServerError, ServerUnreachable,
-    Transport, TransportKind, describe, is_ipv6, is_loopback, unreachable,
+    DEFAULT_TRANSPORT, AuthenticationFailed, BindRefused, FramingBound, Handler, ServerBusy, ServerError, ServerLimits,
+    ServerUnreachable, Transport, TransportKind, describe, is_ipv6, is_loopback, unreachable,
 )
 from semgap.wire.transport.rpc import RpcTransport
 from semgap.wire.transport.tcp import TcpTransport
@@ -40,11 +41,11 @@ def connect(name: str, host: str, port: int, *, timeout_s: float = 60.0, connect
 
 def serve(name: str, host: str, port: int, handler: Handler, stop: threading.Event, *,
           on_ready: Callable[[], None] = lambda: None, secret: bytes | None = None,
-          allow_unauthenticated: bool = False) -> None:
+          allow_unauthenticated: bool = False, limits: ServerLimits | None = None) -> None:
     """Serve `handler` on host:port over transport `name` until `stop` is set, once binding there is safe."""
     kind = transport_kind(name)
     check_bind(kind, host, secret is not None, allow_unauthenticated)
-    kind.serve(host, port, handler, stop, on_ready, secret)
+    kind.serve(host, port, handler, stop, on_ready, secret, limits=limits)
 
 
 def check_bind(kind: TransportKind, host: str, has_secret: bool, allow_unauthenticated: bool = False) -> None:

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import ipaddress
+import sys
 import threading
+import traceback
 from dataclasses import dataclass
 from typing import Callable, ClassVar, Protocol
 
@@ -16,6 +18,10 @@ class ServerUnreachable(ConnectionError):
 
 class AuthenticationFailed(ConnectionError):
     """One side did not prove the shared secret, or the other demanded one it does not have."""
+
+
+class ServerBusy(ConnectionError):
+    """The server refused the connection: it serves as many as its cap allows."""
 
 
 class ServerError(RuntimeError):
@@ -58,6 +64,22 @@ class FramingBound:
         return self.received_bytes_per_request * (calls + (posts if self.posts_answered else 0))
 
 
+@dataclass(frozen=True)
+class ServerLimits:
+    """What a server takes from a peer before and after it proved anything: nothing grows without bound.
+
+    `max_frame_bytes` refuses a larger request at once, before reading its body (a model server sets it
+    from its model: the weight upload with a margin); `max_connections` refuses any connection beyond it
+    with a clear answer; `handshake_timeout_s` bounds the whole handshake, `idle_timeout_s` each wait for
+    a peer's bytes afterwards (a stalled frame, a client that sends nothing, one that reads no answers).
+    """
+
+    max_frame_bytes: int = 1 << 26  # 64 MiB: the calibration's 25 MB with room to spare
+    max_connections: int = 64
+    handshake_timeout_s: float = 10.0
+    idle_timeout_s: float = 3600.0  # a run's connection idles while its local modes run
+
+
 class TransportKind(Protocol):
     """A registered transport: a client class that connects in its constructor, and its server."""
 
@@ -71,7 +93,7 @@ class TransportKind(Protocol):
 
     @staticmethod
     def serve(host: str, port: int, handler: Handler, stop: threading.Event, on_ready: Callable[[], None],
-              secret: bytes | None) -> None: ...
+              secret: bytes | None, *, limits: ServerLimits | None = None) -> None: ...
 
 
 def is_loopback(host: str) -> bool:
@@ -102,3 +124,9 @@ def unreachable(host: str, port: int, transport_name: str, error: OSError) -> Se
 def describe(error: BaseException) -> str:
     """An exception as the one line a client sees in its ServerError."""
     return f"{type(error).__name__}: {error.args[0] if len(error.args) == 1 else error}"
+
+
+def log_failure(peer: str, op: str, error: BaseException) -> None:
+    """A handler's exception with its traceback, on the server's log: its client sees only `describe`'s line."""
+    trace = "".join(traceback.format_exception(error)).rstrip()
+    print(f"semgap server: {op!r} from {peer} failed:\n{trace}", file=sys.stderr, flush=True)

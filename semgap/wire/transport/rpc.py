@@ -19,7 +19,7 @@ from datetime import timedelta
 from typing import Callable
 from urllib.parse import parse_qs, urlparse
 
-from semgap.wire.transport.base import FramingBound, Handler, ServerError, describe, unreachable
+from semgap.wire.transport.base import FramingBound, Handler, ServerError, ServerLimits, describe, log_failure, unreachable
 
 SERVER_NAME = "semgap_server"
 SHUTDOWN_GRACE_S = 15.0
@@ -40,6 +40,7 @@ def _dispatch(op: str, request: bytes) -> tuple[str, bytes | str]:
     try:
         return "ok", _handler(op, request)
     except Exception as error:
+        log_failure("an rpc client", op, error)
         return "error", describe(error)
 
 
@@ -151,7 +152,7 @@ class RpcTransport:
     @staticmethod
     def serve(host: str, port: int, handler: Handler, stop: threading.Event,
               on_ready: Callable[[], None] = lambda: None, secret: bytes | None = None,
-              timeout_s: float = 600.0) -> None:
+              timeout_s: float = 600.0, limits: ServerLimits | None = None) -> None:
         """Serve `handler` as rank 0 of a dynamic RPC group (it hosts the rendezvous store) until `stop` is set.
 
         With `world_size=None` PyTorch RPC admits clients one after another, so one server serves many
@@ -161,6 +162,7 @@ class RpcTransport:
 
         global _handler, _store_listener
         del secret  # nothing to prove it with: check_bind kept this server where that is acceptable
+        del limits  # TensorPipe reads and allocates as it sees fit: rpc serves on loopback only
         _handler = handler
         _store_listener = socket.create_server((host, port), backlog=128)
         pin_interface(host)
