@@ -352,3 +352,21 @@ def test_any_blind_mode_joins_the_headline_and_op_replay_reads_after_op_pipeline
     head = find(rv, "H2")
     assert head.baselines == ["remote_cache", "op_pipelined", "op_replay"] and head.binding_baseline == "op_replay"
     assert head.verdict == stats.NOT_SUPPORTED
+
+
+@pytest.mark.parametrize("broken", ["remote_cache", "semantic"])
+def test_a_case_that_failed_its_token_check_makes_every_verdict_that_needs_it_invalid(broken):
+    """A lossless baseline or candidate whose tokens left local's ran another computation: no verdict may use it."""
+    data = run_json(standard())
+    for bench in data["benchmarks"]:
+        info = bench["extra_info"]
+        if info["mode"] == broken and info["block"] == 4:
+            info["lossless"], info["first_mismatch"] = True, "measured round 0, token 2: 7 where local has 9"
+    rv = verdicts.compute(data, n_resamples=200)
+    needing = [v for v in rv.verdicts if broken in (v.baseline, "semantic")]
+    assert needing and all(v.verdict == verdicts.INVALID for v in needing)
+    assert all(f"{broken}-decode generated other tokens than local (block 4, measured round 0, token 2" in v.reason
+               for v in needing)
+    others = [v for v in rv.verdicts if v not in needing]
+    assert all(v.verdict != verdicts.INVALID for v in others)
+    assert all(h.verdict == verdicts.INVALID for h in rv.headlines) and verdicts.any_not_supported(rv)

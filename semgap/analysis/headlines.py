@@ -29,6 +29,8 @@ from typing import Sequence
 from semgap.analysis import stats
 
 LOSSY = "LOSSY"
+#: A comparison whose candidate or baseline failed its token check: its measurements feed no verdict.
+INVALID = "INVALID"
 
 
 @dataclass(frozen=True)
@@ -186,6 +188,9 @@ def headline(pairwise: Sequence[Verdict], p_holm: float | None, min_agreement: f
     if agreement is not None and agreement < min_agreement:
         judgement = stats.Judgement(LOSSY, f"token agreement {agreement:.3f} < min agreement {min_agreement:g}; "
                                            f"otherwise {judgement.verdict}: {judgement.reason}")
+    invalid = next((v for v in pairwise if v.verdict == INVALID), None)
+    if invalid is not None:  # a comparison it needs cannot be trusted: neither can the claim over all of them
+        judgement = stats.Judgement(INVALID, invalid.reason)
     return Headline(
         hypothesis=first.hypothesis, model=first.model, phase=first.phase, link_rate=first.link_rate,
         link_rate_bps=first.link_rate_bps, decode_steps=first.decode_steps, weights=first.weights,

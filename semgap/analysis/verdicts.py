@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Sequence
 
 from semgap.analysis import effects, gap, headlines, stats, summaries
-from semgap.analysis.headlines import LOSSY, Headline, Verdict
+from semgap.analysis.headlines import INVALID, LOSSY, Headline, Verdict
 from semgap.analysis.load import LoadWarning, load_warnings, loaded_blocks
 from semgap.analysis.premise import ComputeCheck, compute_checks
 from semgap.schema import CANDIDATE_LABEL
@@ -147,12 +147,20 @@ def _lossy(judgement: stats.Judgement, agreement: float | None, min_agreement: f
                                   f"otherwise {judgement.verdict}: {judgement.reason}")
 
 
+def _invalid(judgement: stats.Judgement, pair: _Pair) -> stats.Judgement:
+    """INVALID in place of the verdict when the candidate or the baseline failed its token check: a lossless
+    case that generated other tokens than local ran another computation, so its rounds prove nothing."""
+    cases = [pair.candidate, pair.group.get(pair.baseline) if pair.baseline else None]
+    reasons = [case.invalid for case in cases if case is not None and case.invalid]
+    return stats.Judgement(INVALID, "; ".join(reasons)) if reasons else judgement
+
+
 def _verdict(hypothesis: str, pair: _Pair, level: str, threshold: float, alpha: float | None,
              judgement: stats.Judgement, min_agreement: float, **values: Any) -> Verdict:
     model, phase, rate, steps = pair.key
     first = next(iter(pair.group.values()))
     agreement = pair.candidate.token_agreement if pair.candidate else None
-    saving_verdict, judgement = judgement.verdict, _lossy(judgement, agreement, min_agreement)
+    saving_verdict, judgement = judgement.verdict, _invalid(_lossy(judgement, agreement, min_agreement), pair)
     fields = dict(estimate=None, ci_low=None, ci_high=None, confidence=None, p_value=None, p_holm=None,
                   p_value_against=None, p_against_holm=None, n_blocks=0, rounds_per_block=None, loaded_blocks=[])
     fields.update(values)
@@ -366,5 +374,6 @@ def _note_holm_reach(result: RunVerdicts, tests: Sequence[stats.ThresholdTest | 
 
 
 def any_not_supported(run_verdicts: RunVerdicts) -> bool:
-    """True when any headline is NOT SUPPORTED or LOSSY (the saving does not stand against every blind baseline)."""
-    return any(h.verdict in (stats.NOT_SUPPORTED, LOSSY) for h in run_verdicts.headlines)
+    """True when any headline is NOT SUPPORTED, LOSSY or INVALID (the saving does not stand against every blind
+    baseline, or cannot be judged)."""
+    return any(h.verdict in (stats.NOT_SUPPORTED, LOSSY, INVALID) for h in run_verdicts.headlines)
