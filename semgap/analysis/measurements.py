@@ -16,7 +16,7 @@ from semgap.schema import LEVEL_PREFIX
 #: The role of each mode of JSON written before modes declared one.
 LEGACY_ROLES = {"local": "local", "naive": "blind", "remote_cache": "blind", "semantic": "semantic"}
 ROLES = ("local", "blind", "semantic")
-MODE_ORDER = ("local", "naive", "remote_cache", "op_sync", "op_pipelined", "semantic")
+MODE_ORDER = ("local", "naive", "remote_cache", "op_sync", "op_pipelined", "op_replay", "semantic")
 PHASE_ORDER = ("prefill", "decode")
 LEGACY_NOTE = ("old JSON without blocks: each benchmark counts as one block and a mode's role comes from "
                "its name, so latency verdicts have one block and cannot reach alpha")
