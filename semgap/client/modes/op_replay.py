@@ -8,6 +8,7 @@ and the server runs the graph: one round trip per step, and no model Python on t
 """
 from __future__ import annotations
 
+import dataclasses
 import gc
 import time
 from dataclasses import dataclass
@@ -53,8 +54,8 @@ class OpReplayMode(Mode):
                                             self.session.device)
         self.session.flush()
         self.captured: set[str] = set()
-        self.figures = {"captures": 0, "replays": 0, "replay_client_ms": 0.0,
-                        "capture_bytes_sent": 0, "capture_bytes_received": 0, "capture_ms": 0.0}
+        self.figures = {"captures": 0, "replays": 0, "replay_client_ms": 0.0}
+        self.capture_costs = SetupCosts()  # every capture's, in rounds or not (setup_costs: those before the rounds)
 
     def prepare(self, token_ids: list[int]) -> None:
         """Capture the prompt's prefill and the decode step now, so that rounds only replay."""
@@ -62,8 +63,7 @@ class OpReplayMode(Mode):
         if state.position < self.max_cache_len:
             self.decode_one_token(0, state)
         self.release(state)
-        figures = self.figures
-        self.setup_costs = SetupCosts(figures["capture_bytes_sent"], figures["capture_bytes_received"], figures["capture_ms"])
+        self.setup_costs = dataclasses.replace(self.capture_costs)
 
     def prefill(self, token_ids):
         return self._step(f"prefill.{len(token_ids)}", token_ids, 0), Sequence(len(token_ids))
@@ -107,10 +107,10 @@ class OpReplayMode(Mode):
             session.capture, session.input_names = None, {}
         self.captured.add(graph)
         spent = counter.since(before)
-        self.figures["captures"] += 1
-        self.figures["capture_bytes_sent"] += spent.bytes_sent
-        self.figures["capture_bytes_received"] += spent.bytes_received
-        self.figures["capture_ms"] += (time.perf_counter() - start) * 1e3
+        self.figures["captures"] += 1  # a capture in a round shows here; its bytes are the round's
+        self.capture_costs.capture_bytes_sent += spent.bytes_sent
+        self.capture_costs.capture_bytes_received += spent.bytes_received
+        self.capture_costs.capture_ms += (time.perf_counter() - start) * 1e3
         return output
 
     def _replay(self, graph: str, position: int, input_ids: torch.Tensor):
