@@ -129,6 +129,12 @@ class CaseInfo:
     fast_path: str | None
     setup_bytes_sent: int = 0
     setup_bytes_received: int = 0
+    # What the program computes and reads (semgap.model.program): generate or full-logits.
+    program: str | None = None
+    # The mode's own preparation beside the weight upload (op_replay's step captures), outside any round.
+    capture_bytes_sent: int = 0
+    capture_bytes_received: int = 0
+    capture_ms: float = 0.0
     # Semantic rows only: the technique set as shown, as spelled on the command line, and its zstd level.
     techniques: str | None = None
     technique_spec: str | None = None
@@ -162,6 +168,7 @@ class CaseInfo:
         )
         for name in known - values.keys():
             values[name] = None if name not in ("setup_bytes_sent", "setup_bytes_received") else 0
+        values["program"] = values["program"] or "full-logits"  # JSON from before programs ran every position's logits
         return cls(**values)
 
 

@@ -9,6 +9,7 @@ from semgap.client import generate
 from semgap.model import presets, runtime
 from semgap.client.modes import MODES, ModeContext, make_mode
 from semgap.schema import agreement
+from semgap.model.program import Program
 from semgap.techniques import TechniqueSet
 
 STEPS = 5
@@ -26,9 +27,11 @@ def context(preset_model, client):
     return context
 
 
-def run(name, context, prompt, semantic=None):
+def run(name, context, prompt, semantic=None, program=None):
     if semantic is not None:
         context = dataclasses.replace(context, semantic=TechniqueSet.parse(semantic))
+    if program is not None:
+        context = dataclasses.replace(context, program=Program(program))
     mode = make_mode(name, context)
     mode.setup()
     before = context.counter.snapshot()
@@ -63,9 +66,11 @@ def test_local_mode_sends_nothing(context, prompt):
 
 
 def test_bytes_order_naive_above_remote_cache_above_semantic(context, prompt):
-    _, naive_prefill, naive_decode = run("naive", context, prompt)
-    _, blind_prefill, blind_decode = run("remote_cache", context, prompt)
-    _, semantic_prefill, semantic_decode = run("semantic", context, prompt, semantic="prune,cast,compress,narrow-ids")
+    """Under the full-logits program, the workload of semgap's first runs."""
+    _, naive_prefill, naive_decode = run("naive", context, prompt, program="full-logits")
+    _, blind_prefill, blind_decode = run("remote_cache", context, prompt, program="full-logits")
+    _, semantic_prefill, semantic_decode = run("semantic", context, prompt, semantic="prune,cast,compress,narrow-ids",
+                                               program="full-logits")
     total = lambda counter: counter.bytes_sent + counter.bytes_received  # noqa: E731
     assert total(naive_decode) > 2 * total(blind_decode)  # weights and KV every step
     assert total(semantic_prefill) < 0.7 * total(blind_prefill)
@@ -76,6 +81,17 @@ def test_bytes_order_naive_above_remote_cache_above_semantic(context, prompt):
     assert blind_prefill.bytes_received >= 128 * vocab * context.model.dtype.itemsize
     assert semantic_prefill.bytes_received < vocab * 2 + 1024
     assert blind_decode.round_trips == semantic_decode.round_trips == STEPS
+
+
+@pytest.mark.parametrize("name", ["naive", "remote_cache"])
+def test_under_the_generate_program_a_prefill_brings_back_one_row_of_logits(name, context, prompt):
+    tokens, prefill, _ = run(name, context, prompt)
+    full_tokens, full_prefill, _ = run(name, context, prompt, program="full-logits")
+    row = context.model.config.vocab_size * context.model.dtype.itemsize
+    kv = 0 if name == "remote_cache" else 2 * context.model.config.n_layer * len(prompt) * context.model.config.n_embd * 2
+    assert row + kv <= prefill.bytes_received < row + kv + 1024  # one row plus framing (and naive's cache)
+    assert full_prefill.bytes_received >= len(prompt) * row + kv
+    assert tokens == full_tokens  # the same program, but for the rows nobody reads
 
 
 def test_the_test_model_tells_a_correct_runtime_from_a_broken_one(context, prompt):
@@ -127,5 +143,5 @@ def test_cast_semantic_runs_generate_local_tokens_and_int8_agrees_within_its_bou
 
 
 def test_registry_covers_every_mode_once():
-    assert list(MODES) == ["local", "naive", "remote_cache", "semantic", "op_sync", "op_pipelined"]
+    assert list(MODES) == ["local", "naive", "remote_cache", "semantic", "op_sync", "op_pipelined", "op_replay"]
     assert [cls.name for cls in MODES.values()] == list(MODES)

@@ -12,6 +12,7 @@ from semgap.client import generate
 from semgap.model import presets
 from semgap.client.modes import ModeContext, make_mode
 from semgap.wire import op_protocol
+from semgap.model.sampling import Sampler
 
 STEPS = 5
 OP_MODES = ("op_sync", "op_pipelined")
@@ -131,17 +132,38 @@ def test_sync_waits_for_every_op_and_pipelined_only_for_reads(context, prompt, o
     assert pipelined["ops_forwarded"] == sync["ops_forwarded"]
 
 
+GREEDY_ANSWER_BYTES = 64  # a greedy step's answer: the id and the server's time, framed
+
+
 @pytest.mark.parametrize("name", OP_MODES)
-def test_only_the_row_the_program_reads_comes_back(name, context, prompt, opened):
+def test_a_greedy_step_brings_back_only_the_id_the_program_reads(name, context, prompt, opened):
+    """local's greedy sampler takes the argmax where the logits are and reads one id: so does the remote program."""
     mode = opened(name, context)
     before = context.counter.snapshot()
-    _, state = generate.prefill(mode, prompt)
+    first, state = generate.prefill(mode, prompt)
     prefill = context.counter.since(before)
+    before = context.counter.snapshot()
+    _, state = generate.decode_n_tokens(mode, first, state, STEPS)
+    decode = context.counter.since(before)
     mode.release(state)
-    vocab = context.model.config.vocab_size
-    # local's own code reads logits[0, -1].float(): one float32 row, not 128 rows in the model's dtype.
-    assert vocab * 4 <= prefill.bytes_received < vocab * 4 + 200 * prefill.round_trips
+    for counted in (prefill, decode):
+        # Every answer is at most an id: op_sync's others acknowledge ops, op_pipelined waits for the read only.
+        assert counted.bytes_received <= GREEDY_ANSWER_BYTES * counted.round_trips, counted
+    if name == "op_pipelined":
+        assert decode.round_trips == STEPS and decode.bytes_received <= GREEDY_ANSWER_BYTES * STEPS
     assert prefill.bytes_sent < 0.01 * sum(t.nbytes for t in presets.weights_of(context.model).values())
+
+
+@pytest.mark.parametrize("name", OP_MODES)
+def test_a_sampler_that_needs_the_row_reads_one_float32_row(name, context, prompt, opened):
+    sampled = dataclasses.replace(context, sampler=Sampler.parse("top-k=5,seed=3"))
+    mode = opened(name, sampled)
+    before = context.counter.snapshot()
+    tokens = generate.generate(mode, prompt, 2)
+    counted = context.counter.since(before)
+    assert tokens == generate.generate(ready("local", sampled), prompt, 2)
+    row = context.model.config.vocab_size * 4
+    assert 3 * row <= counted.bytes_received < 3 * row + GREEDY_ANSWER_BYTES * counted.round_trips + 64 * 3
 
 
 def test_weights_are_named_not_shipped_again(context, opened):

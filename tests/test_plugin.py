@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 
 def test_a_run_writes_bytes_tokens_verdicts_report_plots_and_logs_into_its_own_directory(suite):
     result = suite.runpytest_subprocess("--benchmark-only", *QUICK)
-    result.assert_outcomes(passed=12)
+    result.assert_outcomes(passed=14)
     [run_dir] = new_run_dirs(suite.path)
     result.stdout.fnmatch_lines([f"semgap: building {TEST_MODEL} in the client",
                                  "*semgap verdicts*", "H1 bytes*prefill*", "H2 latency*decode*",
@@ -31,7 +31,7 @@ def test_a_run_writes_bytes_tokens_verdicts_report_plots_and_logs_into_its_own_d
     assert (output["semgap"]["run_status"], output["semgap"]["interrupted_by"]) == ("complete", None)
     cases = by_case(output)
     assert set(cases) == {f"{mode}-{phase}" for mode in ("local", "naive", "remote_cache", "semantic", "op_sync",
-                                                         "op_pipelined") for phase in ("prefill", "decode")}
+                                                         "op_pipelined", "op_replay") for phase in ("prefill", "decode")}
     for case, info in cases.items():
         assert len(info["payload_bytes_sent_rounds"]) == 3, case
         if info["mode"] == "local":
@@ -61,6 +61,13 @@ def test_a_run_writes_bytes_tokens_verdicts_report_plots_and_logs_into_its_own_d
     setup = {case: info["setup_bytes_sent"] for case, info in cases.items()}
     assert setup["remote_cache-decode"] == setup["semantic-prefill"] == setup["op_sync-decode"] > 400_000
     assert setup["naive-decode"] == setup["local-prefill"] == 0
+    # op_replay captured its steps before its rounds (setup), and its rounds only replay: one round trip a step.
+    assert output["semgap"]["program"] == "generate" and cases["op_replay-decode"]["program"] == "generate"
+    for phase, steps in (("prefill", 1), ("decode", 3)):
+        replay = cases[f"op_replay-{phase}"]
+        assert replay["capture_bytes_sent"] > 0 and replay["capture_ms"] > 0 and replay["captures"] == 0
+        assert replay["rpc_round_trips"] == steps and replay["replays"] == steps
+    assert cases["op_replay-decode"]["client_tracing_ms"] <= cases["op_pipelined-decode"]["client_tracing_ms"] / 10
     # The report regenerates from the saved JSON alone, with the same verdicts.
     again = subprocess.run([sys.executable, "-m", "semgap.report", "results/latest/benchmark.json", "--out", "again"],
                            cwd=suite.path, capture_output=True, text=True, check=True)
@@ -68,9 +75,9 @@ def test_a_run_writes_bytes_tokens_verdicts_report_plots_and_logs_into_its_own_d
                      for folder in ("results/latest", "again"))
     assert [(v["hypothesis"], v["phase"], v["verdict"]) for v in first["verdicts"]] == \
         [(v["hypothesis"], v["phase"], v["verdict"]) for v in second["verdicts"]]
-    # 2 hypotheses x 2 phases, each against every one of the 4 blind baselines, one of them binding
-    assert len(first["verdicts"]) == 16 and sum(v["binding"] for v in first["verdicts"]) == 4
-    assert len(second["headlines"]) == 4 and all(len(h["pairwise"]) == 4 for h in second["headlines"])
+    # 2 hypotheses x 2 phases, each against every one of the 5 blind baselines, one of them binding
+    assert len(first["verdicts"]) == 20 and sum(v["binding"] for v in first["verdicts"]) == 4
+    assert len(second["headlines"]) == 4 and all(len(h["pairwise"]) == 5 for h in second["headlines"])
     assert "wrote again/verdicts.json" in again.stdout and "wrote again/where_gap.md" in again.stdout, again.stdout
     assert all(h["verdict"] in again.stdout for h in second["headlines"]), again.stdout  # and prints the headlines
 

@@ -11,7 +11,7 @@ IDENTITY = CaseInfo(
     case="semantic-decode-1gbit", block=3, blocks=10, position_in_block=2, mode="semantic", phase="decode",
     model="gpt2-mini", role="semantic", lossless=True, weights="random", device="cpu", prompt_tokens=128,
     decode_steps=5, link="netns", link_rate="1gbit", link_rate_bps=10**9, label="semantic", sampler="greedy",
-    fast_path="eager-dynamic", setup_bytes_sent=32_577_288, setup_bytes_received=57, techniques="prune,token-only",
+    program="generate", fast_path="eager-dynamic", setup_bytes_sent=32_577_288, setup_bytes_received=57, techniques="prune,token-only",
     technique_spec="prune,token-only", zstd_level=None,
 )
 ROUNDS = [RoundRecord(payload_bytes_sent=100 + i, payload_bytes_received=40 + i, wire_tcp_bytes_sent=160 + i,

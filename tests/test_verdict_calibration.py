@@ -21,10 +21,10 @@ the baseline two cases before it (remote_cache-decode), as in the mode-major ord
   a run's other headlines only makes the headline more conservative.
 
 - As a real run judges it: the default matrix's H2 family (each phase's candidate against each blind
-  baseline: 8 tests) Holm-adjusted by the pipeline's own `verdicts.holm_over`, then judged by
+  baseline: 10 tests) Holm-adjusted by the pipeline's own `verdicts.holm_over`, then judged by
   `stats.judge_threshold_test` as `verdicts.h2_verdict` does. At the threshold + 20 pp the judged test is
   SUPPORTED at least FAMILY_POWER_WORST of the time when every other test of the family sits exactly at
-  the threshold (Holm then divides alpha by about 8), and at least FAMILY_POWER_ALL when all 8 tests share
+  the threshold (Holm then divides alpha by about 10), and at least FAMILY_POWER_ALL when all 10 tests share
   the +20 pp; a reduction of exactly the threshold stays at most alpha + 2 pp.
 
 The bootstrap uses 1,000 resamples instead of the verdicts' 10,000, to keep the test fast (the family's other
@@ -179,7 +179,8 @@ def test_the_headline_is_mostly_supported_twenty_points_above_the_threshold_agai
 BLIND = [name for name, mode in MODES.items() if mode.role == "blind"]  # each phase's H2 baselines
 FAMILY = len(PHASES) * len(BLIND)  # H2 tests in a default run, Holm-adjusted together
 MATRIX_CASES = len(MODES) * len(PHASES)  # cases in each block of a default run
-# Measured with the seeds below (500 runs each): 58.8 % and 79.2 %. A single test without Holm reaches >= 80 %.
+# Measured with the seeds below (500 runs each), Holm over the 10 H2 tests of the default run: 62.8 % and 79.0 %
+# (with 8 tests, before op_replay: 58.8 % and 79.2 %). A single test without Holm reaches >= 80 %.
 FAMILY_POWER_WORST, FAMILY_POWER_ALL = 0.55, 0.75
 
 
@@ -229,8 +230,8 @@ def family_supported_rate(judged_reduction: float, other_reduction: float, seed:
     return sum(verdict == stats.SUPPORTED for verdict in found) / SIMULATIONS
 
 
-def test_the_family_is_the_default_runs_eight_h2_tests():
-    assert (FAMILY, MATRIX_CASES, BLIND) == (8, 12, ["naive", "remote_cache", "op_sync", "op_pipelined"])
+def test_the_family_is_the_default_runs_ten_h2_tests():
+    assert (FAMILY, MATRIX_CASES, BLIND) == (10, 14, ["naive", "remote_cache", "op_sync", "op_pipelined", "op_replay"])
 
 
 def test_holm_over_the_family_keeps_a_reduction_of_exactly_the_threshold_rarely_supported():

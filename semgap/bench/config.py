@@ -17,6 +17,7 @@ from semgap.wire import transport
 from semgap.bench.argtypes import fraction as _fraction
 from semgap.bench.argtypes import share as _share
 from semgap.client.modes import MODES, PHASES
+from semgap.model.program import PROGRAMS, Program
 from semgap.model.runtime import FAST_PATH_SETTINGS
 from semgap.model.sampling import Sampler
 from semgap.techniques import TECHNIQUES, TechniqueSet, ablation_chain, ablation_sets
@@ -175,6 +176,10 @@ def add_options(parser: pytest.Parser) -> None:
     option("--semgap-sampler", metavar="SPEC", type=_parsed_by(Sampler.parse), default=Sampler(),
            help="how every mode picks tokens, local and the server's token-only alike: greedy, top-k=K or "
                 "top-p=P, then ,seed=N for the seeded draws. Default: greedy")
+    option("--semgap-program", metavar="NAME", type=_parsed_by(Program), default=Program(),
+           help=f"the program every mode runs ({', '.join(PROGRAMS)}): generate is transformers' generate() (the "
+                "prefill keeps the last position's logits, the sampler reads where the logits are: greedy one id); "
+                "full-logits keeps every prompt position's logits, the workload of semgap's first runs. Default: generate")
     option("--semgap-server", metavar="HOST:PORT", type=_address, default=None,
            help="use the semgap server already running there; nothing is spawned. Default: spawn one")
     option("--semgap-host", metavar="ADDRESS", default="127.0.0.1",
@@ -236,6 +241,7 @@ class SemgapConfig:
     semantic: TechniqueSet  # the headline set
     ablation: str  # --semgap-ablation as given: off, all or a list
     sampler: Sampler
+    program: Program
     server: tuple[str, int] | None
     host: str
     link: str
@@ -266,6 +272,7 @@ class SemgapConfig:
             decode_steps=get("semgap_decode_steps"), blocks=get("semgap_blocks"), rounds=get("semgap_rounds"),
             warmup_rounds=get("semgap_warmup_rounds"), block_seed=get("semgap_block_seed"),
             semantic=get("semgap_semantic"), ablation=get("semgap_ablation"), sampler=get("semgap_sampler"),
+            program=get("semgap_program"),
             server=get("semgap_server"), host=get("semgap_host"), link=get("semgap_link"),
             link_rates_bps=get("semgap_link_rate"), transport=get("semgap_transport"),
             secret_file=get("semgap_secret_file"), rpc_timeout_s=get("semgap_rpc_timeout"),

@@ -1,7 +1,7 @@
 """One case of one block as `benchmark.pedantic` rounds, and what they moved as extra_info."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from semgap import schema
 from semgap.bench import lossless
@@ -100,8 +100,10 @@ class CaseRunner:
             prompt_tokens=settings.prompt_tokens, decode_steps=case.decode_steps, link=settings.link,
             link_rate=format_rate(case.link_rate_bps) if case.link_rate_bps else None,
             link_rate_bps=case.link_rate_bps, label=case.label, sampler=str(settings.sampler),
+            program=str(settings.program),
             fast_path=session.decode_path(case.mode),
             setup_bytes_sent=setup.bytes_sent if setup else 0, setup_bytes_received=setup.bytes_received if setup else 0,
+            **asdict(self.mode.setup_costs),
             techniques=str(semantic) if semantic else None, technique_spec=semantic.spec if semantic else None,
             zstd_level=self.mode.zstd_level if semantic else None,
         )

@@ -72,7 +72,8 @@ class ExperimentSession:
             self.model = presets.build_model(settings.spec)
             self.prompt = presets.prompt_ids(settings.prompt_tokens, self.model.config.vocab_size)
             self.context = ModeContext(
-                self.model, semantic=settings.semantic, sampler=settings.sampler, max_cache_len=settings.max_cache_len,
+                self.model, semantic=settings.semantic, sampler=settings.sampler, program=settings.program,
+                max_cache_len=settings.max_cache_len,
                 upload_timeout_s=settings.server_start_timeout_s,
                 decode_path=runtime.resolve_decode_path(settings.fast_path, next(self.model.parameters()).device),
             )
@@ -188,6 +189,7 @@ class ExperimentSession:
             mode = make_mode(name, context)
             mode.setup()
             self.resources.callback(mode.close)  # after its last round, before the connection closes
+            mode.prepare(self.prompt)  # before its first round: what it costs is the mode's setup_costs
             self.modes[key] = mode
         return self.modes[key]
 
@@ -292,6 +294,7 @@ class ExperimentSession:
             "semantic_spec": settings.semantic.spec,
             "ablation": [str(variant) for variant in settings.ablation_sets],
             "sampler": str(settings.sampler),
+            "program": str(settings.program),
             "compressor": self.server_info.get("compressor", ""),
             "blocks": settings.blocks,
             "rounds_per_block": settings.rounds,

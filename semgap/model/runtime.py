@@ -47,8 +47,18 @@ def _cache_argument(model_class: type) -> str:
     return "cache" if "cache" in parameters else "past_key_values"
 
 
-def _model_kwargs(model: torch.nn.Module, input_ids: torch.Tensor, cache: object | None) -> dict:
-    return {"input_ids": input_ids, "use_cache": True, _cache_argument(type(model)): cache}
+def _model_kwargs(model: torch.nn.Module, input_ids: torch.Tensor, cache: object | None, logits_to_keep: int) -> dict:
+    kwargs = {"input_ids": input_ids, "use_cache": True, _cache_argument(type(model)): cache}
+    if logits_to_keep:
+        if not _keeps_logits(type(model)):
+            raise TypeError(f"{type(model).__name__}.forward takes no logits_to_keep: run it with the full-logits program")
+        kwargs["logits_to_keep"] = logits_to_keep
+    return kwargs
+
+
+@cache
+def _keeps_logits(model_class: type) -> bool:
+    return "logits_to_keep" in inspect.signature(model_class.forward).parameters
 
 
 def forward(
@@ -56,9 +66,14 @@ def forward(
     input_ids: torch.Tensor,
     cache: object | None = None,
     weights: dict[str, torch.Tensor] | None = None,
+    logits_to_keep: int = 0,
 ) -> StepOutput:
-    """One forward pass with a KV cache; `weights` replaces the model's own for this call only."""
-    kwargs = _model_kwargs(model, input_ids, cache)
+    """One forward pass with a KV cache; `weights` replaces the model's own for this call only.
+
+    `logits_to_keep` > 0 computes the logits of the last that many positions only (transformers'
+    argument, as its generate() passes 1 for the prompt); 0 computes every position's.
+    """
+    kwargs = _model_kwargs(model, input_ids, cache, logits_to_keep)
     with _no_grad_for(cache):
         if weights is None:
             output = model(**kwargs)
@@ -189,18 +204,19 @@ class Engine:
         # input_ids: [batch=1, seq]
         return torch.as_tensor(token_ids, dtype=torch.long).reshape(1, -1).to(self.device)
 
-    def prefill(self, token_ids: list[int] | torch.Tensor, weights: dict | None = None) -> StepOutput:
+    def prefill(self, token_ids: list[int] | torch.Tensor, weights: dict | None = None, logits_to_keep: int = 0) -> StepOutput:
+        """The prompt's forward; `logits_to_keep` as in `forward` (the program's: semgap.model.program)."""
         input_ids = self.ids(token_ids)
         if weights is not None or not self.static:
-            return forward(self.model, input_ids, None, weights)
+            return forward(self.model, input_ids, None, weights, logits_to_keep)
         # A prompt that leaves no room for one decoded token cannot use the static path.
         static_cache = self._acquire() if input_ids.shape[1] < self.max_cache_len else None
         if static_cache is None:
             self.stats.dynamic_fallbacks += 1
-            return forward(self.model, input_ids, None)
+            return forward(self.model, input_ids, None, logits_to_keep=logits_to_keep)
         slot = self._in_use[id(static_cache)] = _StaticSlot(static_cache)
         try:
-            step = forward(self.model, input_ids, static_cache)
+            step = forward(self.model, input_ids, static_cache, logits_to_keep=logits_to_keep)
         except BaseException:
             self.release(static_cache)
             raise

@@ -1,7 +1,7 @@
 """The one token sampler `local`'s generation loop and the server's token-returning techniques share.
 
 Greedy takes the argmax where the logits are (runtime.greedy_token): only the token id reaches the
-host. Seeded top-k and top-p draw from a generator seeded by the sampler's seed
+host (`Sampler.read` is what a sampler reads, the same in every mode). Seeded top-k and top-p draw from a generator seeded by the sampler's seed
 and the position of the token being chosen, so a draw depends only on (logits row, seed, position):
 a client and a server that hold the same logits row pick the same token, whichever of them samples.
 Their math runs on the CPU in float64 from the row as float32, whatever device or dtype produced it.
@@ -59,11 +59,20 @@ class Sampler:
         value = self.top_k if self.kind == "top-k" else f"{self.top_p:g}"
         return f"{self.kind}={value},seed={self.seed}"
 
-    def __call__(self, logits: torch.Tensor, position: int) -> int:
-        """The token chosen at sequence `position` (the index the new token will have) from logits [..., vocab]."""
+    def read(self, logits: torch.Tensor) -> int | torch.Tensor:
+        """What the sampler reads from logits [..., vocab] where they are: greedy the argmax's id (taken on
+        their device), top-k and top-p the last row, as float32 on the host."""
         if self.kind == "greedy":
             return greedy_token(logits)
-        row = logits.reshape(-1, logits.shape[-1])[-1].detach().float().cpu().double()
+        return logits.reshape(-1, logits.shape[-1])[-1].detach().float().cpu()
+
+    def __call__(self, logits: torch.Tensor | int, position: int) -> int:
+        """The token chosen at sequence `position` (the index the new token will have) from logits [..., vocab]
+        wherever they are, or from what `read` read (an id is the choice itself)."""
+        read = logits if isinstance(logits, int) else self.read(logits)
+        if isinstance(read, int):
+            return read
+        row = read.double()
         if self.kind == "top-k":
             values, ids = row.topk(min(self.top_k, row.numel()))
         else:

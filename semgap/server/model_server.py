@@ -171,7 +171,7 @@ class ModelServer:
         with stopwatch(device) as timing:
             cache = tensors_to_cache(kv) if kv else None
             step = self.engine.decode_one_token(tensors[names.INPUT_IDS], cache, weights) if kv else (
-                self.engine.prefill(tensors[names.INPUT_IDS], weights)
+                self.engine.prefill(tensors[names.INPUT_IDS], weights, logits_to_keep(meta))
             )
         response = {names.LOGITS: step.logits}
         response.update({f"kv.{name}": t for name, t in cache_to_tensors(step.cache).items()})
@@ -182,8 +182,9 @@ class ModelServer:
         # 64 random bits: a semantic decode request carries the handle, and its whole request fits in 64 B.
         handle = secrets.token_hex(8)
         # a bad `techniques` field fails before any compute
+        keep = logits_to_keep(meta)
         with self.semantic.opening(handle, meta, tensors[names.INPUT_IDS]), stopwatch(self.engine.device) as timing:
-            step = self.engine.prefill(tensors[names.INPUT_IDS])
+            step = self.engine.prefill(tensors[names.INPUT_IDS], logits_to_keep=keep)
         self.keep(step.cache, handle)
         if handle in self.semantic:
             return self.semantic.respond(handle, step.logits, timing["ms"], prefill=True)
@@ -285,6 +286,14 @@ def _byte_count(text: str) -> int:
 def _positive(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return int(text)
+
+
+def logits_to_keep(meta: dict[str, str]) -> int:
+    """The prefill request's `logits_to_keep` (the client's program): N last positions' logits, 0 or absent for all."""
+    text = meta.get(names.LOGITS_TO_KEEP, "0")
+    if not text.isdigit():
+        raise ValueError(f"{names.LOGITS_TO_KEEP} must be a whole number >= 0 (0: every position), got {text!r}")
     return int(text)
 
 

@@ -18,6 +18,7 @@ from semgap.wire import codec
 from semgap.wire import op_protocol
 from semgap.wire.op_protocol import ProtocolError
 from semgap.model.runtime import synchronize
+from semgap.server.opgraph import NO_GUARD, Request, Sequences
 
 MAX_SESSIONS = 16  # sessions a client never closed are dropped oldest first beyond this
 
@@ -27,6 +28,7 @@ class OpSession:
     handles: dict[int, torch.Tensor] = field(default_factory=dict)  # storage id -> the tensor that owns it
     compute_ms: float = 0.0  # run since the session's last response (posted requests answer nobody)
     error: str = ""  # a failed request: the session's handles are no longer what the client believes
+    sequences: Sequences = field(default_factory=Sequences)  # its captured step graphs (semgap.server.opgraph)
 
 
 class OpLevelServer:
@@ -40,7 +42,12 @@ class OpLevelServer:
         self.operations = {names.OP_BATCH: self.op_batch, names.OP_STATS: self.op_stats}
 
     def op_batch(self, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> bytes:
-        """Run a request's ops in order, then drop the storages it frees; answer the last op's reply."""
+        """Run a request's ops in order, then drop the storages it frees; answer the last op's reply.
+
+        A `replay` runs a captured step's recorded requests with the request's tensors as its inputs; a
+        replay refused (unknown graph, other inputs, stale position) runs nothing and leaves the session
+        as it was.
+        """
         document = _document(meta)
         session_id = document.get("session")
         if document.get("close"):
@@ -49,14 +56,46 @@ class OpLevelServer:
         session = self._session(session_id, document.get("open"))
         if session.error:
             raise ProtocolError(f"op-level session {session_id} failed earlier ({session.error}); open a new one")
+        capture, replay = document.get("capture"), document.get("replay")
+        if replay is not None:
+            requests = session.sequences.replay(replay, tensors)
+        else:
+            if capture is not None:
+                session.sequences.begin(capture, tensors)
+            requests = [Request(document.get("ops", []), document.get("free", []), tensors)]
+        reply, returned = self._run_requests(session, requests)
+        if capture is not None:
+            session.sequences.record(capture, requests[0], reply)
+        if replay is not None:
+            session.sequences.replayed(replay["graph"], replay["position"])
+        if document.get("post"):  # nobody reads this response: its time goes with the next one
+            return codec.encode({})
+        compute_ms, session.compute_ms = session.compute_ms, 0.0
+        answer = {names.SERVER_COMPUTE_MS: codec.milliseconds_text(compute_ms)}
+        if reply is not None:
+            answer[op_protocol.REPLY_KEY] = op_protocol.dumps(reply)
+        return codec.encode(returned, answer)
+
+    def _run_requests(self, session: OpSession, requests: list[Request]):
+        """Run each request's ops, then drop the storages it frees; return the last op's reply.
+
+        A request with a guard (a replayed step's wait before its end) stops the run where its last op
+        answers otherwise than at capture: the step would have gone another way.
+        """
         reply, returned = None, {}
-        ops = document.get("ops", [])
-        reads = bool(ops) and isinstance(ops[-1], list) and len(ops[-1]) == 4 and isinstance(ops[-1][3], dict)
+        reads = any(isinstance(entry, list) and len(entry) == 4 and isinstance(entry[3], dict)
+                    for request in requests for entry in request.ops[-1:])
         start = time.perf_counter()
         try:
             with torch.inference_mode():
-                for entry in ops:
-                    reply, returned = self._run(session, entry, tensors)
+                for ops, free, uploads, guard in requests:
+                    for entry in ops:
+                        reply, returned = self._run(session, entry, uploads)
+                    if guard is not NO_GUARD and reply != guard:
+                        raise ProtocolError(f"replay diverged: {ops[-1][0]} answered {reply!r}, {guard!r} at capture; "
+                                            "the step would run other ops now")
+                    for storage_id in free:
+                        session.handles.pop(storage_id, None)
         except Exception as error:
             session.error = f"{type(error).__name__}: {error}"
             raise
@@ -66,13 +105,7 @@ class OpLevelServer:
             if reads:
                 synchronize(self.device)
             session.compute_ms += (time.perf_counter() - start) * 1e3
-        for storage_id in document.get("free", []):
-            session.handles.pop(storage_id, None)
-        if document.get("post"):  # nobody reads this response: its time goes with the next one
-            return codec.encode({})
-        compute_ms, session.compute_ms = session.compute_ms, 0.0
-        return codec.encode(returned, {names.SERVER_COMPUTE_MS: codec.milliseconds_text(compute_ms),
-                                       op_protocol.REPLY_KEY: op_protocol.dumps(reply)})
+        return reply, returned
 
     def op_stats(self, tensors, meta) -> bytes:
         """How many sessions and storages the server holds (for tests and diagnostics)."""

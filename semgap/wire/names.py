@@ -38,6 +38,7 @@ MARK = "mark"  # gpu_summary: where the monitor's window starts
 RELEASE_AFTER = "release"  # kv_export: free the cache once exported
 COMPRESS = "compress"
 MAX_ABS_LOGIT_ERROR = "max_abs_logit_error"
+LOGITS_TO_KEEP = "logits_to_keep"  # prefill: the program keeps the last N positions' logits (absent: every position's)
 
 # hello: where the server computes.
 CPUS = "cpus"  # the CPUs it runs on, as taskset writes them

@@ -8,7 +8,13 @@ ships with the request (uploads), and its string metadata holds one JSON documen
      "open": {"weights": "<weights handle>", "tensors": N, "names_sha256": "<hex>"},   first request only
      "free": [id, ...],             storages the client no longer holds
      "ops": [[op, args, kwargs, outs], ...],
-     "post": true}                  the client does not wait for this request's response
+     "post": true,                  the client does not wait for this request's response
+     "capture": {"graph": "<name>", "position": p, "tokens": n, "end": true}
+                                    the request belongs to a step being captured (semgap.server.opgraph);
+                                    "end" on the step's last request closes the graph
+     "replay": {"graph": "<name>", "position": p}}
+                                    run a captured step again: the request's tensors are its inputs
+                                    (named "in.<name>", as the capture uploaded them), and nothing else
 
 `{"session": "<hex>", "close": true}` drops the session's table. The server runs a request's ops
 in order, then drops the storages it frees.
@@ -41,7 +47,7 @@ message: returned tensors are named "r0", "r1", ..., and its metadata holds `ser
 time run since the session's last answered request, posted requests included) and, under
 `REPLY_KEY`, the JSON of the op's return value, nested as returned (tuples as lists): a tensor read
 back as {"data": "r0"}, a kept tensor's layout as {"h": id, "size", "stride", "offset", "dtype"},
-any other value as itself.
+any other value as itself. A reply of None (an op that only ran) is left out of the metadata.
 """
 from __future__ import annotations
 
@@ -52,7 +58,8 @@ import re
 import torch
 
 REQUEST_KEY = "oplevel"
-REPLY_KEY = "reply"
+REPLY_KEY = "r"  # one letter: a greedy step's whole answer (its id) fits in 64 B
+INPUT_PREFIX = "in."  # uploads a captured step takes anew at each replay
 REMOTE = "remote"  # the client's name for the server's device
 HOST = "cpu"
 

@@ -5,6 +5,7 @@ from semgap.client.modes.base import Mode, ModeContext
 from semgap.client.modes.local import LocalMode
 from semgap.client.modes.naive import NaiveMode
 from semgap.client.modes.op_pipelined import OpPipelinedMode
+from semgap.client.modes.op_replay import OpReplayMode
 from semgap.client.modes.op_sync import OpSyncMode
 from semgap.client.modes.remote_cache import RemoteCacheMode
 from semgap.client.modes.semantic import SemanticMode
@@ -16,6 +17,7 @@ MODES: dict[str, type[Mode]] = {
     "semantic": SemanticMode,
     "op_sync": OpSyncMode,
     "op_pipelined": OpPipelinedMode,
+    "op_replay": OpReplayMode,
 }
 PHASES = ("prefill", "decode")
 

@@ -11,6 +11,7 @@ import torch
 from semgap.wire import names
 from semgap.wire import codec
 from semgap.model.presets import weights_of
+from semgap.model.program import Program
 from semgap.model.runtime import EAGER_DYNAMIC, Engine
 from semgap.model.sampling import GREEDY, Sampler
 from semgap.techniques import TechniqueSet
@@ -25,6 +26,7 @@ class ModeContext:
     transport: CountingTransport | None = None
     semantic: TechniqueSet = field(default_factory=TechniqueSet)  # what the semantic mode applies
     sampler: Sampler = GREEDY  # how every mode's generation picks tokens (semgap.model.sampling)
+    program: Program = field(default_factory=Program)  # what every mode's prefill computes (semgap.model.program)
     decode_path: str = EAGER_DYNAMIC  # how the client's own Engine decodes (semgap.model.runtime.DECODE_PATHS)
     max_cache_len: int | None = None  # positions of its static caches; None: the model's context
     engine: Engine | None = field(default=None, repr=False)
@@ -47,6 +49,11 @@ class ModeContext:
     def counter(self) -> PayloadCounter:
         return self.transport.counter if self.transport is not None else _NO_TRAFFIC
 
+    def program_meta(self) -> dict[str, str]:
+        """The program's part of a prefill request to a model server: the logits it keeps (none: every position's)."""
+        keep = self.program.logits_to_keep
+        return {names.LOGITS_TO_KEEP: str(keep)} if keep else {}
+
     def resident_weights(self) -> str:
         """The server's handle of the client's weights: the one place they are uploaded, once per context."""
         if self.weights_handle is None:
@@ -60,12 +67,25 @@ class ModeContext:
 
 _NO_TRAFFIC = PayloadCounter()
 
+
+@dataclass
+class SetupCosts:
+    """What a mode spent preparing outside any round, beside the session's one weight upload (op_replay: its captures)."""
+
+    capture_bytes_sent: int = 0
+    capture_bytes_received: int = 0
+    capture_ms: float = 0.0
+
+
 class Mode(ABC):
     """One way of running inference: `prefill` a prompt, then `decode_one_token` at a time.
 
-    Both return the last position's logits ([vocab], float32 on the CPU), or the token id itself where
-    the server chose it, and the state the next step needs; `release` frees that state. `setup` runs
-    once per session, before any round.
+    Both run the context's program (semgap.model.program) and return the step's logits where they are
+    ([batch, seq, vocab] on the device that computed them, or as they came over the wire), or what the
+    sampler read from them (`Sampler.read`: an id, or the last row on the host), and the state the next
+    step needs; the generation loop (semgap.client.generate) lets the sampler read and choose. `release`
+    frees that state. `setup` runs once per session, before any round; `prepare` once after it, with
+    the session's prompt.
     """
 
     name: ClassVar[str]
@@ -79,9 +99,14 @@ class Mode(ABC):
 
     def __init__(self, context: ModeContext):
         self.context = context
+        self.setup_costs = SetupCosts()
 
     def setup(self) -> None:
         """Per-session preparation (a weight upload, say); its bytes count as setup bytes."""
+
+    def prepare(self, token_ids: list[int]) -> None:
+        """Per-session preparation that needs the workload's prompt (op_replay captures its steps here);
+        what it costs goes into `setup_costs`, never into a round."""
 
     @abstractmethod
     def prefill(self, token_ids: list[int]) -> tuple[torch.Tensor, object]: ...
@@ -138,7 +163,3 @@ class Mode(ABC):
         self.context.counter.encode_ms += (time.perf_counter() - start) * 1e3
         return request
 
-
-def last_row(logits: torch.Tensor) -> torch.Tensor:
-    """The last position's logits as float32 on the CPU: [batch, seq, vocab] -> [vocab]."""
-    return logits[0, -1].float().cpu()

@@ -5,7 +5,7 @@ import torch
 
 from semgap.wire import names
 from semgap.model.presets import weights_of
-from semgap.client.modes.base import Mode, last_row
+from semgap.client.modes.base import Mode
 from semgap.model.runtime import EAGER_DYNAMIC
 
 
@@ -21,13 +21,13 @@ class NaiveMode(Mode):
         self.weights = {f"w.{name}": tensor for name, tensor in weights_of(self.context.model).items()}
 
     def prefill(self, token_ids):
-        return self._step(token_ids, kv={})
+        return self._step(token_ids, kv={}, meta=self.context.program_meta())
 
     def decode_one_token(self, token_id, state):
         return self._step([token_id], kv=state)
 
-    def _step(self, token_ids: list[int], kv: dict[str, torch.Tensor]):
+    def _step(self, token_ids: list[int], kv: dict[str, torch.Tensor], meta: dict[str, str] | None = None):
         request = {**self.weights, **kv, names.INPUT_IDS: torch.tensor([token_ids])}
-        response, _ = self.call(names.NAIVE_STEP, request)
+        response, _ = self.call(names.NAIVE_STEP, request, meta)
         new_kv = {name: tensor for name, tensor in response.items() if name.startswith("kv.")}
-        return last_row(response[names.LOGITS]), new_kv
+        return response[names.LOGITS], new_kv

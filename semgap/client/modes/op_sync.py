@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from semgap.client.modes.base import Mode, last_row
+from semgap.client.modes.base import Mode
 from semgap.client.oplevel.session import RemoteSession
 from semgap.model.runtime import EAGER_DYNAMIC, Engine
 
@@ -19,7 +19,8 @@ class RemoteState:
 class OpSyncMode(Mode):
     """The Hugging Face model, unmodified, on the `remote` device (semgap.oplevel): what crosses the wire is
     what a driver-level remoting layer sees. Weights stay resident from the session's one upload, the KV
-    cache lives on the server, and only what the program reads (the last logits row) comes back."""
+    cache lives on the server, and only what the program reads comes back: the steps return the logits
+    where they are (on the server), and the sampler's read (greedy: the argmax, one id) is what crosses."""
 
     name = "op_sync"
     role = "blind"
@@ -32,14 +33,14 @@ class OpSyncMode(Mode):
 
     def prefill(self, token_ids):
         with self.session.active():
-            step = self.engine.prefill(token_ids)
-            return last_row(step.logits), RemoteState(step.cache)
+            step = self.engine.prefill(token_ids, logits_to_keep=self.context.program.logits_to_keep)
+            return step.logits, RemoteState(step.cache)
 
     def decode_one_token(self, token_id, state):
         with self.session.active():
             step = self.engine.decode_one_token(token_id, state.cache)
             state.cache = step.cache
-            return last_row(step.logits), state
+            return step.logits, state
 
     def release(self, state) -> None:
         state.cache = None

@@ -7,7 +7,6 @@ import torch
 
 from semgap.wire import names
 from semgap.wire import codec
-from semgap.client.modes.base import last_row
 from semgap.client.modes.remote_cache import RemoteCacheMode
 from semgap.techniques import Message, token_of
 from semgap.server.semantic import SAMPLER_FIELD, TECHNIQUES_FIELD
@@ -34,7 +33,7 @@ class SemanticMode(RemoteCacheMode):
 
     def prefill(self, token_ids):
         meta = {names.WEIGHTS_HANDLE: self.weights_handle, TECHNIQUES_FIELD: self.techniques.spec,
-                SAMPLER_FIELD: str(self.context.sampler)}
+                SAMPLER_FIELD: str(self.context.sampler), **self.context.program_meta()}
         output, meta = self._step(names.PREFILL, token_ids, meta)
         return output, meta[names.KV_HANDLE]
 
@@ -51,7 +50,7 @@ class SemanticMode(RemoteCacheMode):
         response = self.techniques.decode_response(Message(tensors, meta))
         counter.decode_ms += (time.perf_counter() - start) * 1e3
         token = token_of(response)
-        return (token if token is not None else last_row(response.tensors[names.LOGITS])), meta
+        return (token if token is not None else response.tensors[names.LOGITS]), meta
 
     def received(self, response: bytes, meta: dict[str, str]) -> None:
         self.totals["server_codec_ms"] += float(meta.get(names.SERVER_CODEC_MS, 0.0))

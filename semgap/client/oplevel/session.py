@@ -87,6 +87,8 @@ class RemoteSession:
         self.plans: dict[tuple, plan.Plan | object] = {}  # (op, signature) -> what its meta kernel said
         self.opened = self.closed = False
         self.open_request: dict = {}
+        self.capture: dict | None = None  # while a step is captured: its graph, sent with each request (semgap.server.opgraph)
+        self.input_names: dict[int, str] = {}  # host tensors uploaded under a name of their own: a captured step's inputs
         self._depth = 0
         self._sending_ms = 0.0
 
@@ -234,7 +236,7 @@ class RemoteSession:
                 return {"h": tensor.storage.id}
             size, stride, offset = tensor.layout_tuple
             return {"h": tensor.storage.id, "view": [list(size), list(stride), offset]}
-        name = f"u{len(self.uploads)}"
+        name = self.input_names.get(id(tensor)) or f"u{len(self.uploads)}"
         self.uploads[name] = tensor.detach().clone()  # a host-to-device copy takes the data as it is now
         return {"upload": name}
 
@@ -258,6 +260,8 @@ class RemoteSession:
         if not self.opened:
             document["open"] = self.open_request
             self.opened = True
+        if self.capture is not None:
+            document["capture"] = self.capture
         if not wait:
             document["post"] = True  # the server's time for it goes with the next response
         request = (self.uploads, {op_protocol.REQUEST_KEY: op_protocol.dumps(document)})
@@ -273,6 +277,11 @@ class RemoteSession:
             return op_protocol.loads(meta.get(op_protocol.REPLY_KEY, "null")), tensors
         finally:
             self._sending_ms += (time.perf_counter() - start) * 1e3
+
+    def flush(self) -> None:
+        """Send the queued ops and freed storage ids now, without waiting (nothing if there are none)."""
+        if self.queue or self.freed:
+            self.send(wait=False)
 
     def release_freed(self) -> None:
         """Tell the server about storages freed since the last request (a post), so its memory stays bounded.
