@@ -31,6 +31,12 @@ def preset_model():
     return presets.build_model(presets.ModelSpec(TEST_MODEL))
 
 
+@pytest.fixture(scope="session")
+def prompt(preset_model):
+    """The default run's prompt length (128 tokens) for the test model."""
+    return presets.prompt_ids(128, preset_model.config.vocab_size)
+
+
 @contextmanager
 def spawned_server(tmp_path_factory, *extra_args: str):
     """A server of TEST_MODEL on loopback, without a GPU monitor, stopped at the end of the block."""

@@ -16,11 +16,6 @@ STEPS = 5
 
 
 @pytest.fixture(scope="module")
-def prompt(preset_model):
-    return presets.prompt_ids(128, preset_model.config.vocab_size)
-
-
-@pytest.fixture(scope="module")
 def context(preset_model, client):
     context = ModeContext(preset_model, client, TechniqueSet.parse("prune,compress,narrow-ids"))
     make_mode("remote_cache", context).setup()  # one upload; contexts derived below share its handle

@@ -7,16 +7,10 @@ import torch
 from semgap.client import generate
 from semgap.client.modes import ModeContext, make_mode
 from semgap.client.modes.op_replay import DECODE_GRAPH, INPUT_IDS
-from semgap.model import presets
 from semgap.model.sampling import Sampler
 from semgap.wire import transport
 
 STEPS = 5
-
-
-@pytest.fixture(scope="module")
-def prompt(preset_model):
-    return presets.prompt_ids(128, preset_model.config.vocab_size)
 
 
 @pytest.fixture(scope="module")

@@ -42,11 +42,6 @@ class RecordingTransport:
 
 
 @pytest.fixture(scope="module")
-def prompt(preset_model):
-    return presets.prompt_ids(128, preset_model.config.vocab_size)
-
-
-@pytest.fixture(scope="module")
 def context(preset_model, client):
     context = ModeContext(preset_model, client)
     make_mode("remote_cache", context).setup()  # the session's one upload; the op-level modes name it
