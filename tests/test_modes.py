@@ -6,7 +6,7 @@ import torch
 
 from semgap.client import generate
 
-from semgap.model import presets, runtime
+from semgap.model import runtime
 from semgap.client.modes import MODES, ModeContext, make_mode
 from semgap.schema import agreement
 from semgap.model.program import Program
