@@ -34,7 +34,21 @@ INVALID = "INVALID"
 
 
 @dataclass(frozen=True)
-class Verdict:
+class Judged:
+    """What a verdict is about: the hypothesis, the group (model, phase, link rate, decode steps) and the candidate."""
+
+    hypothesis: str
+    model: str
+    phase: str
+    link_rate: str | None
+    link_rate_bps: int | None
+    decode_steps: int
+    weights: str | None
+    candidate: str
+
+
+@dataclass(frozen=True)
+class Verdict(Judged):
     """One pairwise hypothesis verdict: a group's candidate against one blind baseline.
 
     ``binding`` marks the verdict against its headline's binding baseline. ``saving_verdict`` is the
@@ -45,14 +59,6 @@ class Verdict:
     or steal (see :class:`semgap.analysis.load.LoadWarning`).
     """
 
-    hypothesis: str
-    model: str
-    phase: str
-    link_rate: str | None
-    link_rate_bps: int | None
-    decode_steps: int
-    weights: str | None
-    candidate: str
     baseline: str | None
     binding: bool
     byte_level: str
@@ -93,7 +99,7 @@ class Pairwise:
 
 
 @dataclass(frozen=True)
-class Headline:
+class Headline(Judged):
     """A group's verdict for one hypothesis against every blind baseline at once (see the module's rule).
 
     ``estimate``, ``ci_low``, ``ci_high`` and ``byte_level`` are the binding baseline's;
@@ -101,14 +107,6 @@ class Headline:
     Holm-adjusted over the run's H2 headlines; ``pairwise`` lists every pairwise verdict beneath it.
     """
 
-    hypothesis: str
-    model: str
-    phase: str
-    link_rate: str | None
-    link_rate_bps: int | None
-    decode_steps: int
-    weights: str | None
-    candidate: str
     binding_baseline: str | None
     byte_level: str
     estimate: float | None
