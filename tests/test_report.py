@@ -380,3 +380,32 @@ def test_cli_rejects_bad_options_and_missing_files(tmp_path, cli):
     assert proc.returncode == 2 and "cannot write the report into" in proc.stderr
     proc = cli(tmp_path / "absent.json", "--latency-noise-band", "2")
     assert proc.returncode == 2 and "expected a fraction between 0 and 1" in proc.stderr
+
+
+def run_folder(results, run_id, data):
+    """A run's folder as the plugin leaves it: results/<run id>/benchmark.json with the id in its semgap section."""
+    data["semgap"]["run_id"] = run_id
+    (results / run_id).mkdir(parents=True)
+    return saved(results / run_id / "benchmark.json", data).parent
+
+
+def test_one_run_id_names_the_folder_the_verdicts_the_report_and_the_comparison(tmp_path, cli):
+    results = tmp_path / "results"
+    a = run_folder(results, "20261203-073026-d2b3a8", tight())
+    b = run_folder(results, "20261203-081500-0f0f0f", tight())
+    assert cli(b, "--out", tmp_path / "again").returncode == 0  # a run's folder stands for its benchmark.json
+    assert json.loads((tmp_path / "again" / "verdicts.json").read_text())["source"]["run_id"] == b.name
+    assert (tmp_path / "again" / "report.md").read_text().startswith(f"# semgap report: run `{b.name}`")
+    proc = cli(a, b)
+    assert proc.returncode == 0, proc.stderr
+    assert f"comparison (A = run {a.name}, B = run {b.name})" in proc.stdout
+    compared = results / f"compare-{a.name}-vs-{b.name}"  # a folder of its own, beside the runs'
+    assert f"run `{a.name}`" in (compared / "comparison.md").read_text()
+    assert sorted(path.name for path in a.iterdir()) == sorted(path.name for path in b.iterdir()) == ["benchmark.json"]
+    refused = cli(a, b, "--out", a)
+    assert refused.returncode == 2 and "a comparison goes to a folder of its own" in refused.stderr
+    storage = tmp_path / ".benchmarks" / "Linux-CPython-3.12-64bit"
+    storage.mkdir(parents=True)
+    autosave = saved(storage / "0002_abc_20261203_073021.json", tight())
+    refused = cli(autosave, b, "--out", storage / "cmp")
+    assert refused.returncode == 2 and "a comparison goes to a folder of its own" in refused.stderr

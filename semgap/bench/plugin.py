@@ -40,7 +40,7 @@ def pytest_configure(config: pytest.Config) -> None:
     preflight.histogram_in(config, settings.run_dir)
     # A benchmark that stops at a session-level failure, before its rounds, is reported as such already.
     config.addinivalue_line("filterwarnings", "ignore:Benchmark fixture was not used at all in this test")
-    record = config.stash[run_key] = RunRecord()
+    record = config.stash[run_key] = RunRecord(run_id=settings.run_dir.name)
     config.pluginmanager.register(SessionFinishGuard(record), "semgap-sessionfinish")
     record.guard.install()
 

@@ -53,6 +53,7 @@ class CaseItem:
 class RunRecord:
     """What the plugin learns during the run and reports after it."""
 
+    run_id: str = ""  # the name of the run's folder (rundir.new_run_id), in its JSON, verdicts and report
     guard: SignalGuard = field(default_factory=SignalGuard)
     cases: dict[str, CaseItem] = field(default_factory=dict)  # node id -> the semgap benchmark to run there (any kind)
     started: bool = False  # a semgap benchmark set up its session: this run gets a directory
@@ -94,7 +95,7 @@ class RunRecord:
 
     def semgap_section(self) -> dict:
         """The run's conditions and status, as the `semgap` section of its JSON has them."""
-        return {**self.conditions, "failures": self.failures, "run_status": self.run_status,
+        return {"run_id": self.run_id, **self.conditions, "failures": self.failures, "run_status": self.run_status,
                 "interrupted_by": self.interrupted_by}
 
     def full_section(self, output_json: dict) -> dict:
