@@ -192,8 +192,18 @@ def test_terminal_lines_say_lossy_load_and_status():
     data = run_json(standard(agreement=0.5), loads={1: 4.0}, run_status="failed")
     lines = writer.terminal_lines(verdicts.compute(data))
     assert lines[0].startswith("semgap: This run is FAILED:")
-    assert sum(ln.endswith("LOSSY (agreement 0.500)") for ln in lines) == 2
+    assert sum(ln.endswith("LOSSY: token agreement 0.500 < min agreement 1") for ln in lines) == 2
     assert lines[-1] == "load warning: block 1: load 4.00 > 2 cores; fed 2 H2 verdict(s)"
+
+
+@pytest.mark.parametrize("blocks,interval,p", [(1, "no interval (1 block: an interval needs 2)", 0.5),
+                                                (2, "[+", 0.25)])
+def test_an_inconclusive_headline_line_ends_with_its_reason(blocks, interval, p):
+    h1, h2 = writer.terminal_lines(verdicts.compute(run_json(standard(), blocks=blocks)))[2:4]
+    assert h1.endswith("SUPPORTED")  # a verdict that needs no reason gets none
+    assert interval in h2
+    assert h2.endswith(f"vs remote_cache  INCONCLUSIVE: too few blocks ({blocks}): smallest attainable p={p} "
+                       "is not < alpha=0.05")
 
 
 # ---------------------------------------------------------------- compare
@@ -409,3 +419,11 @@ def test_one_run_id_names_the_folder_the_verdicts_the_report_and_the_comparison(
     autosave = saved(storage / "0002_abc_20261203_073021.json", tight())
     refused = cli(autosave, b, "--out", storage / "cmp")
     assert refused.returncode == 2 and "a comparison goes to a folder of its own" in refused.stderr
+
+
+def test_a_short_reason_is_the_binding_baselines_or_the_first_clause():
+    from semgap.analysis.headlines import short_reason
+    reason = "not shown; short of it: naive (too few blocks (1): p=0.5); remote_cache (interval (x) below 15%)"
+    assert short_reason(reason, "remote_cache") == "interval (x) below 15%"
+    assert short_reason("case semantic-decode block 2: token 3 differs; candidate INVALID", "naive") == \
+        "case semantic-decode block 2: token 3 differs"

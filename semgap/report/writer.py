@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Sequence
 
 from semgap.analysis import compare, frames
+from semgap.analysis.headlines import INVALID, LOSSY
+from semgap.analysis.stats import INCONCLUSIVE
 
 from semgap.report import plots, render, tables, where_gap
 from semgap.bench import rundir
@@ -40,6 +42,7 @@ from semgap.analysis.verdicts import RunVerdicts, compute
 CLI_WRITER = "semgap.report"
 RUN_JSON = "benchmark.json"  # what a run's folder holds: the JSON this CLI reads
 COMPARISON_FILE = "comparison.md"
+EXPLAINED = (INCONCLUSIVE, INVALID, LOSSY)  # verdicts whose terminal line ends with their reason
 TABLE_DIR = "tables"
 ROUNDS_CSV = "rounds.csv"
 
@@ -169,14 +172,15 @@ def terminal_lines(run_verdicts: RunVerdicts) -> list[str]:
     for v in rv.headlines:
         what = "bytes  " if v.hypothesis == "H1" else "latency"
         if v.ci_low is None or v.ci_high is None:
-            interval = ""
+            interval = f" no interval ({v.n_blocks} block: an interval needs 2)" if v.n_blocks < 2 else ""
         elif v.ci_low == v.ci_high:
             interval = f" exact {v.byte_level}"
         else:
             interval = f" [{v.ci_low:+.1%}, {v.ci_high:+.1%}]"
         p = f" p={v.p_holm:.2g}" if v.p_holm is not None else ""
         lines.append(f"{v.hypothesis} {what} {v.phase:<7} {v.model} {v.link_rate or '-':<7} {_pct(v.estimate):>7}"
-                     f"{interval}{p} vs {v.binding_baseline or '-'}  {verdict_label(v)}")
+                     f"{interval}{p} vs {v.binding_baseline or '-'}  "
+                     + (f"{v.verdict}: {v.short_reason}" if v.verdict in EXPLAINED else verdict_label(v)))
     if rv.verdicts:
         lines.append(f"{len(rv.verdicts)} pairwise verdict(s) beneath the headlines: see report.md")
     lines += [f"load warning: block {w.block}: {w.reason}; fed {len(w.verdicts)} H2 verdict(s)"
