@@ -427,3 +427,10 @@ def test_a_short_reason_is_the_binding_baselines_or_the_first_clause():
     assert short_reason(reason, "remote_cache") == "interval (x) below 15%"
     assert short_reason("case semantic-decode block 2: token 3 differs; candidate INVALID", "naive") == \
         "case semantic-decode block 2: token 3 differs"
+
+
+def test_report_lists_the_skipped_benchmarks_with_their_reasons():
+    skipped = [{"name": "test_calibration[tcp-small]", "case": "calibration:tcp-small", "reason": "no server here"}]
+    data = run_json(standard(), skipped=skipped)
+    md = writer.markdown(verdicts.compute(data), data)
+    assert rows(md, "Skipped benchmarks") == [{"benchmark": "test_calibration[tcp-small]", "reason": "no server here"}]

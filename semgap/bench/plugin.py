@@ -198,6 +198,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         return report
     if report.when == "call":
         record.ended.add(item.nodeid)
+    if report.skipped and isinstance(report.longrepr, tuple):  # (path, line, "Skipped: why")
+        record.add_skip(item.nodeid, str(report.longrepr[2]))
     if report.failed:
         # pytest-benchmark leaves errored benchmarks out of its JSON: keep why they failed.
         reason = call.excinfo.exconly() if call.excinfo else str(report.longrepr)
@@ -291,6 +293,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     else:
         for line in writer.terminal_lines(record.verdicts):
             write(line)
+    for skip in record.skipped:
+        write(f"skipped: {skip['case']}: {skip['reason']}", yellow=True)
     where = f"semgap: run {record.run_status}; JSON, report, verdicts, plots and logs in {settings.run_dir}/"
     if record.output_json["benchmarks"]:
         write(f"{where} ({settings.results_dir / rundir.LATEST} points there)")

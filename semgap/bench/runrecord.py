@@ -59,6 +59,7 @@ class RunRecord:
     started: bool = False  # a semgap benchmark set up its session: this run gets a directory
     ended: set[str] = field(default_factory=set)  # node ids whose call phase ended, passed or failed
     failures: list[dict] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)  # {"name", "case", "reason"} of each skipped benchmark
     session_failure: SessionFailure | None = None
     conditions: dict = field(default_factory=dict)
     session: ExperimentSession | None = None  # while it is open: after -x or Ctrl-C the JSON is written before teardown
@@ -70,6 +71,10 @@ class RunRecord:
     def add_failure(self, nodeid: str, when: str, reason: str) -> None:
         item = self.cases[nodeid]
         self.failures.append({"name": item.name, "case": item.case, "when": when, "reason": reason[:2000]})
+
+    def add_skip(self, nodeid: str, reason: str) -> None:
+        item = self.cases[nodeid]
+        self.skipped.append({"name": item.name, "case": item.case, "reason": reason.removeprefix("Skipped: ")[:500]})
 
     def cut_short(self, nodeids: list[str]) -> list[str]:
         """Which of `nodeids` are semgap benchmarks whose call never ended: an interrupt stopped them.
@@ -95,7 +100,8 @@ class RunRecord:
 
     def semgap_section(self) -> dict:
         """The run's conditions and status, as the `semgap` section of its JSON has them."""
-        return {"run_id": self.run_id, **self.conditions, "failures": self.failures, "run_status": self.run_status,
+        return {"run_id": self.run_id, **self.conditions, "failures": self.failures, "skipped": self.skipped,
+                "run_status": self.run_status,
                 "interrupted_by": self.interrupted_by}
 
     def full_section(self, output_json: dict) -> dict:
