@@ -50,3 +50,20 @@ def test_pytest_benchmark_compare_finds_the_autosaves_without_storage():
     storage = [arg.split("=", 1)[1] for arg in ini["pytest"]["addopts"].split() if arg.startswith("--benchmark-storage=")]
     default = pytest_benchmark.cli.make_parser().parse_args(["compare"]).storage
     assert [Path(s.removeprefix("file://")) for s in storage] == [Path(default.removeprefix("file://"))]
+
+
+def test_a_benchmark_stopped_in_its_setup_is_cut_short_and_a_skipped_one_is_not():
+    record = RunRecord(cases={"a": None, "b": None, "c": None})
+    record.begun |= {"a", "b", "c"}
+    record.ended |= {"a", "b"}  # a's call ended; b skipped in its setup
+    assert record.cut_short(record.begun) == ["c"]
+
+
+def test_the_closing_line_names_only_what_was_written(tmp_path):
+    record = RunRecord()
+    assert record.written_kinds(tmp_path) == "JSON"
+    record.written = [tmp_path / "report.md", tmp_path / "verdicts.json"]
+    (tmp_path / "logs").mkdir()
+    assert record.written_kinds(tmp_path) == "JSON, report, verdicts and logs"
+    record.written.append(tmp_path / "tradeoff.png")
+    assert record.written_kinds(tmp_path) == "JSON, report, verdicts, plots and logs"
