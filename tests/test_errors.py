@@ -125,3 +125,12 @@ def test_a_path_option_as_a_separate_word_that_would_move_the_rootdir_stops_the_
     written = collect(f"--benchmark-storage={tmp_path}")  # the same option with '=': pytest.ini is read
     assert written.ret == pytest.ExitCode.OK, written.stderr.str()
     assert "tests/" not in written.stdout.str() and "benchmarks/test_semantic_gap.py" in written.stdout.str()
+
+
+@pytest.mark.parametrize("host,where", [("127.0.0.1", "on this host's loopback"), ("::1", "on this host's loopback"),
+                                        ("localhost", "on this host's loopback"), ("10.0.0.2", "on another host")])
+def test_an_external_server_on_loopback_is_not_called_another_host(host, where):
+    from types import SimpleNamespace
+    from semgap.bench.config import SemgapConfig
+    named = SemgapConfig.external_server.fget(SimpleNamespace(server=(host, 7000)))
+    assert named == f"a server the suite did not start ({host}:7000, {where})"

@@ -61,6 +61,7 @@ def remove_what_a_failed_check_left():
     cleanup_stale()
 
 
+TEARDOWN_LIMIT_S = 3.0  # the goal from the signal to the run's exit: JSON, report, server and link gone
 TWO_BENCHMARKS = (*QUICK, "--semgap-link", "netns", "--semgap-modes", "remote_cache", "--semgap-phases", "prefill,decode")
 
 
@@ -90,7 +91,7 @@ def assert_stopped_cleanly(output: str, process: subprocess.Popen, cwd: Path) ->
 @netns_test
 @needs_tcp
 @pytest.mark.parametrize("point, signal_name, measured, cut_short", [
-    ("server-start", "SIGTERM", 0, 0),
+    ("server-start", "SIGTERM", 0, 1),  # the first benchmark, stopped in its setup, is named in failures
     ("mid-round", "SIGTERM", 1, 1),
     ("teardown", "SIGINT", 2, 0),
     ("report", "SIGINT", 2, 0),
@@ -111,11 +112,12 @@ def test_a_signal_at_any_point_of_a_netns_run_leaves_nothing_and_saves_what_was_
     for info in saved_cases.values():  # what was saved is whole: every round measured its bytes
         assert len(info["payload_bytes_received_rounds"]) == 3 and info["payload_bytes_received"] > 0
     assert (run_dir / "report.md").exists()
-    latest = suite.path / "results" / "latest"
-    if measured:  # latest points at a run that measured something, even in part
-        assert latest.resolve() == run_dir.resolve() and latest_json(suite.path) == saved
-    else:
-        assert not latest.exists()
+    assert not (suite.path / "results" / "latest").exists()  # latest moves only to a complete run
+    # The closing line names what the folder holds, and no more.
+    kinds = ["JSON", "report", "verdicts"] + ["plots"] * bool(list(run_dir.glob("*.png"))) + ["logs"]
+    closing = f"semgap: run interrupted; {', '.join(kinds[:-1])} and logs in results/{run_dir.name}/; "
+    assert closing + ("it measured nothing, so results/latest is unchanged" if not measured else
+                      "kept under its id: results/latest moves only to a complete run") in output, output[-3000:]
 
 
 def start_endless_run(pytester, link: str) -> subprocess.Popen:
@@ -143,9 +145,14 @@ def start_endless_run(pytester, link: str) -> subprocess.Popen:
 @pytest.mark.parametrize("link", ["loopback", pytest.param("netns", marks=needs_link)])
 def test_ctrl_c_mid_benchmark_saves_the_interrupt_and_leaves_nothing(suite, link):
     process = start_endless_run(suite, link)
+    signalled = time.monotonic()
     os.killpg(process.pid, signal.SIGINT)  # Ctrl-C in a terminal signals the whole foreground group
     output = finish(process, timeout_s=60)
+    teardown_s = time.monotonic() - signalled
     assert_stopped_cleanly(output, process, suite.path)
+    # Measured, not yet held to: 6.5 s on loopback and 5.2 s on netns (2 busy CPUs), over the
+    # TEARDOWN_LIMIT_S issue 24 asks for. Run with -s to read it.
+    print(f"teardown after SIGINT ({link}): {teardown_s:.2f} s (goal: {TEARDOWN_LIMIT_S:.0f} s)")
     [run_dir] = new_run_dirs(suite.path)
     saved = run_json(run_dir)["semgap"]
     assert (saved["run_status"], saved["interrupted_by"]) == ("interrupted", "SIGINT")

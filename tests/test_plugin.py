@@ -221,7 +221,13 @@ def test_the_suite_runs_twice_against_one_external_server(suite, preset_server):
         result = suite.runpytest_subprocess("--benchmark-only", "-rs", *QUICK, "--semgap-server", address,
                                             "--semgap-modes", "remote_cache,semantic")
         result.assert_outcomes(passed=4, skipped=len(calibration.probes(("tcp",))))  # rpc is not asked for
-        result.stdout.fnmatch_lines(["*the calibration peers would have to run there*"])
+        result.stdout.fnmatch_lines(["*the calibration peers would have to run beside it*"])
+        assert "another host" not in result.stdout.str()  # the server is on this host's loopback
+        # The terminal summary lists every skipped benchmark with its reason, before the closing line.
+        result.stdout.fnmatch_lines(["skipped: calibration:tcp-*: --semgap-server names a server the suite did not "
+                                     f"start ({address}, on this host's loopback)*", "semgap: run complete*"])
+        assert latest_json(suite.path)["semgap"]["skipped"][0]["reason"].startswith("--semgap-server names")
+        assert "## Skipped benchmarks" in (suite.path / "results" / "latest" / "report.md").read_text()
         for info in by_case(latest_json(suite.path)).values():
             # The client's sockets are its own; another process's server is not read.
             assert all(isinstance(v, int) for v in info["wire_tcp_bytes_retransmitted_sent_rounds"])

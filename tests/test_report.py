@@ -192,8 +192,18 @@ def test_terminal_lines_say_lossy_load_and_status():
     data = run_json(standard(agreement=0.5), loads={1: 4.0}, run_status="failed")
     lines = writer.terminal_lines(verdicts.compute(data))
     assert lines[0].startswith("semgap: This run is FAILED:")
-    assert sum(ln.endswith("LOSSY (agreement 0.500)") for ln in lines) == 2
+    assert sum(ln.endswith("LOSSY: token agreement 0.500 < min agreement 1") for ln in lines) == 2
     assert lines[-1] == "load warning: block 1: load 4.00 > 2 cores; fed 2 H2 verdict(s)"
+
+
+@pytest.mark.parametrize("blocks,interval,p", [(1, "no interval (1 block: an interval needs 2)", 0.5),
+                                                (2, "[+", 0.25)])
+def test_an_inconclusive_headline_line_ends_with_its_reason(blocks, interval, p):
+    h1, h2 = writer.terminal_lines(verdicts.compute(run_json(standard(), blocks=blocks)))[2:4]
+    assert h1.endswith("SUPPORTED")  # a verdict that needs no reason gets none
+    assert interval in h2
+    assert h2.endswith(f"vs remote_cache  INCONCLUSIVE: too few blocks ({blocks}): smallest attainable p={p} "
+                       "is not < alpha=0.05")
 
 
 # ---------------------------------------------------------------- compare
@@ -380,3 +390,47 @@ def test_cli_rejects_bad_options_and_missing_files(tmp_path, cli):
     assert proc.returncode == 2 and "cannot write the report into" in proc.stderr
     proc = cli(tmp_path / "absent.json", "--latency-noise-band", "2")
     assert proc.returncode == 2 and "expected a fraction between 0 and 1" in proc.stderr
+
+
+def run_folder(results, run_id, data):
+    """A run's folder as the plugin leaves it: results/<run id>/benchmark.json with the id in its semgap section."""
+    data["semgap"]["run_id"] = run_id
+    (results / run_id).mkdir(parents=True)
+    return saved(results / run_id / "benchmark.json", data).parent
+
+
+def test_one_run_id_names_the_folder_the_verdicts_the_report_and_the_comparison(tmp_path, cli):
+    results = tmp_path / "results"
+    a = run_folder(results, "20261203-073026-d2b3a8", tight())
+    b = run_folder(results, "20261203-081500-0f0f0f", tight())
+    assert cli(b, "--out", tmp_path / "again").returncode == 0  # a run's folder stands for its benchmark.json
+    assert json.loads((tmp_path / "again" / "verdicts.json").read_text())["source"]["run_id"] == b.name
+    assert (tmp_path / "again" / "report.md").read_text().startswith(f"# semgap report: run `{b.name}`")
+    proc = cli(a, b)
+    assert proc.returncode == 0, proc.stderr
+    assert f"comparison (A = run {a.name}, B = run {b.name})" in proc.stdout
+    compared = results / f"compare-{a.name}-vs-{b.name}"  # a folder of its own, beside the runs'
+    assert f"run `{a.name}`" in (compared / "comparison.md").read_text()
+    assert sorted(path.name for path in a.iterdir()) == sorted(path.name for path in b.iterdir()) == ["benchmark.json"]
+    refused = cli(a, b, "--out", a)
+    assert refused.returncode == 2 and "a comparison goes to a folder of its own" in refused.stderr
+    storage = tmp_path / ".benchmarks" / "Linux-CPython-3.12-64bit"
+    storage.mkdir(parents=True)
+    autosave = saved(storage / "0002_abc_20261203_073021.json", tight())
+    refused = cli(autosave, b, "--out", storage / "cmp")
+    assert refused.returncode == 2 and "a comparison goes to a folder of its own" in refused.stderr
+
+
+def test_a_short_reason_is_the_binding_baselines_or_the_first_clause():
+    from semgap.analysis.headlines import short_reason
+    reason = "not shown; short of it: naive (too few blocks (1): p=0.5); remote_cache (interval (x) below 15%)"
+    assert short_reason(reason, "remote_cache") == "interval (x) below 15%"
+    assert short_reason("case semantic-decode block 2: token 3 differs; candidate INVALID", "naive") == \
+        "case semantic-decode block 2: token 3 differs"
+
+
+def test_report_lists_the_skipped_benchmarks_with_their_reasons():
+    skipped = [{"name": "test_calibration[tcp-small]", "case": "calibration:tcp-small", "reason": "no server here"}]
+    data = run_json(standard(), skipped=skipped)
+    md = writer.markdown(verdicts.compute(data), data)
+    assert rows(md, "Skipped benchmarks") == [{"benchmark": "test_calibration[tcp-small]", "reason": "no server here"}]

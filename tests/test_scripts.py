@@ -52,3 +52,21 @@ def test_pip_runs_once_per_change_of_requirements_and_again_after_a_failed_insta
     (checkout / "pip-fails").unlink()
     assert setup(checkout) == (0, 3)  # a failed install leaves no stamp: pip runs again
     assert setup(checkout) == (0, 3)
+
+
+def test_the_test_script_shows_skip_reasons_and_the_slowest_tests_once(tmp_path):
+    """scripts/test.sh passes -rs and --durations=15, but not a second --durations when .ci/run gives one."""
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(REPO / "scripts" / "test.sh", tmp_path / "scripts")
+    (tmp_path / "scripts" / "setup.sh").write_text("")
+    python = tmp_path / ".venv" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    python.write_text('#!/bin/sh\necho "$*"\n')
+    python.chmod(0o755)
+
+    def args(*extra: str) -> list[str]:
+        return subprocess.run(["bash", "scripts/test.sh", *extra], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=60, check=True).stdout.split()
+
+    assert "-rs" in args() and args().count("--durations=15") == 1
+    assert [arg for arg in args("--durations=15") if arg.startswith("--durations")] == ["--durations=15"]

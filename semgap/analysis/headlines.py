@@ -128,6 +128,12 @@ class Headline(Judged):
         return (self.model, self.phase, self.link_rate, self.decode_steps)
 
     @property
+    def short_reason(self) -> str:
+        """The reason in a few words, for a terminal line: the binding baseline's when a baseline falls short
+        (INCONCLUSIVE), the failed condition for LOSSY, the first mismatch for INVALID."""
+        return short_reason(self.reason, self.binding_baseline)
+
+    @property
     def baselines(self) -> list[str]:
         return [p.baseline for p in self.pairwise if p.baseline is not None]
 
@@ -199,3 +205,19 @@ def headline(pairwise: Sequence[Verdict], p_holm: float | None, min_agreement: f
         token_agreement=agreement,
         pairwise=tuple(Pairwise(v.baseline, v.estimate, v.ci_low, v.ci_high, v.p_value, v.p_holm, v.verdict)
                        for v in pairwise))
+
+
+def short_reason(reason: str, binding_baseline: str | None = None) -> str:
+    """`reason` cut to its first clause; "short of it: a (why a); b (why b)" gives the binding baseline's why."""
+    marker = "short of it: "
+    if marker in reason:
+        short = reason.split(marker, 1)[1]
+        start = short.find(f"{binding_baseline} (") if binding_baseline else -1
+        short = short[start + len(f"{binding_baseline} ("):] if start >= 0 else short.split("(", 1)[-1]
+        depth = 0
+        for index, char in enumerate(short):  # up to the parenthesis that closes the baseline's why
+            depth += {"(": 1, ")": -1}.get(char, 0)
+            if depth < 0:
+                return short[:index]
+        return short
+    return reason.split("; otherwise", 1)[0].split("; ", 1)[0]

@@ -82,6 +82,7 @@ class RunVerdicts:
     rtt_projections: list[summaries.RttProjection] = field(default_factory=list)
     conditions: summaries.Conditions | None = None
     failures: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[dict[str, Any]] = field(default_factory=list)  # the benchmarks the run skipped, each with its reason
     notes: list[str] = field(default_factory=list)
     source: dict[str, Any] = field(default_factory=dict)
 
@@ -297,6 +298,7 @@ def compute(output_json: dict, h1: float | None = None, h2: float | None = None,
     result = RunVerdicts(h1=h1, h2=h2, alpha=alpha, min_agreement=min_agreement, seed=seed, run=info, notes=run.notes)
     meta = semgap_section(output_json)
     result.failures = [f for f in meta.get("failures") or [] if isinstance(f, dict)]
+    result.skipped = [s for s in meta.get("skipped") or [] if isinstance(s, dict)]
     result.conditions = summaries.conditions(output_json, run)
     result.notes.extend(f"measurement warning: {w}" for w in meta.get("warnings") or [])
     if not run.cases:

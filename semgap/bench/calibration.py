@@ -136,8 +136,8 @@ class Calibration:
     def unavailable(session) -> str:
         """Why this session cannot calibrate at all, or ""."""
         if session.settings.server is not None:
-            return ("--semgap-server names a server on another host: the calibration peers would have to run "
-                    "there, and the suite starts nothing on it")
+            return (f"--semgap-server names {session.settings.external_server}: the calibration peers would "
+                    "have to run beside it, and the suite starts nothing for it")
         if session.settings.link == "netns" and session.link is None:
             return "no remote mode in this run, so no netns link to calibrate"
         return ""

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -350,8 +351,27 @@ class SemgapConfig:
     def max_decode_steps(self) -> int:
         return max(self.decode_steps)
 
+    @property
+    def external_server(self) -> str:
+        """What --semgap-server names, in words: a server on another host, or one on this host's loopback."""
+        if self.server is None:
+            return ""
+        host, port = self.server
+        where = "on this host's loopback" if is_loopback(host) else "on another host"
+        return f"a server the suite did not start ({host}:{port}, {where})"
+
     def server_args(self) -> tuple[str, ...]:
         plan = self.cpu_plan
         pinned = ("--cpus", cpus.format_cpus(plan.server_cpus), "--threads", str(plan.threads)) if plan else ()
         return ("--seed", str(self.seed), "--dtype", self.dtype, "--device", self.device, "--transport", self.transport,
                 "--fast-path", self.fast_path, "--max-cache-len", str(self.max_cache_len), *pinned)
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 and localhost: an external server there runs on this host."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

@@ -83,7 +83,8 @@ class RecoveryHosts:
         if scenario != "migration":
             return ""
         if settings.server is not None:
-            return "--semgap-server names a server on another host: the suite cannot start a second one there"
+            return (f"--semgap-server names {settings.external_server}: the suite starts no second server "
+                    "beside it")
         if settings.transport == "rpc":
             return "PyTorch RPC allows one RPC group per process, so a second server cannot be reached over rpc"
         return ""

@@ -40,7 +40,7 @@ def pytest_configure(config: pytest.Config) -> None:
     preflight.histogram_in(config, settings.run_dir)
     # A benchmark that stops at a session-level failure, before its rounds, is reported as such already.
     config.addinivalue_line("filterwarnings", "ignore:Benchmark fixture was not used at all in this test")
-    record = config.stash[run_key] = RunRecord()
+    record = config.stash[run_key] = RunRecord(run_id=settings.run_dir.name)
     config.pluginmanager.register(SessionFinishGuard(record), "semgap-sessionfinish")
     record.guard.install()
 
@@ -190,14 +190,23 @@ def semgap_calibration(request: pytest.FixtureRequest, semgap_session: Experimen
         runner.close()
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    record = item.config.stash[run_key]
+    if item.nodeid in record.cases:  # an interrupt from here on cuts it short (SessionFinishGuard)
+        record.begun.add(item.nodeid)
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     report = yield
     record = item.config.stash[run_key]
     if item.nodeid not in record.cases:
         return report
-    if report.when == "call":
+    if report.when == "call" or (report.when == "setup" and not report.passed):
         record.ended.add(item.nodeid)
+    if report.skipped and isinstance(report.longrepr, tuple):  # (path, line, "Skipped: why")
+        record.add_skip(item.nodeid, str(report.longrepr[2]))
     if report.failed:
         # pytest-benchmark leaves errored benchmarks out of its JSON: keep why they failed.
         reason = call.excinfo.exconly() if call.excinfo else str(report.longrepr)
@@ -233,9 +242,13 @@ class SessionFinishGuard:
         if benchmark_session is None:
             return
         cut_short = set(record.cut_short([bench.fullname for bench in benchmark_session.benchmarks]))
+        signal_name = record.interrupted_by or "KeyboardInterrupt"
         for nodeid in sorted(cut_short):
-            record.add_failure(nodeid, "call", f"interrupted by {record.interrupted_by or 'KeyboardInterrupt'} "
-                                               "before its rounds finished; its rounds are left out")
+            record.add_failure(nodeid, "call", f"interrupted by {signal_name} before its rounds finished; "
+                                               "its rounds are left out")
+        for nodeid in sorted(set(record.cut_short(record.begun)) - cut_short):  # stopped before its first round
+            record.add_failure(nodeid, "setup", f"interrupted by {signal_name} while it was being set up, "
+                                                "before its first round")
         benchmark_session.benchmarks[:] = [b for b in benchmark_session.benchmarks if b.fullname not in cut_short]
 
 
@@ -261,11 +274,11 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             record.output_json, h1=settings.h1, h2=settings.h2, alpha=settings.alpha,
             min_agreement=settings.min_agreement,
         )
-        writer.write(record.verdicts, record.output_json, settings.run_dir)
+        record.written = writer.write(record.verdicts, record.output_json, settings.run_dir)
     except Exception as error:  # a broken report must not hide the measurements already saved
         record.report_error = f"{type(error).__name__}: {error}"
         session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
-    if record.output_json["benchmarks"]:
+    if record.output_json["benchmarks"] and record.run_status == "complete":
         rundir.point_latest(settings.results_dir, settings.run_dir)
     record.save_json(config.getoption("benchmark_json"), settings.run_dir)  # again, should a signal have come while the report was written
     if not record.report_error and settings.enforce and verdicts.any_not_supported(record.verdicts):
@@ -291,11 +304,16 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     else:
         for line in writer.terminal_lines(record.verdicts):
             write(line)
-    where = f"semgap: run {record.run_status}; JSON, report, verdicts, plots and logs in {settings.run_dir}/"
-    if record.output_json["benchmarks"]:
-        write(f"{where} ({settings.results_dir / rundir.LATEST} points there)")
+    for skip in record.skipped:
+        write(f"skipped: {skip['case']}: {skip['reason']}", yellow=True)
+    where = f"semgap: run {record.run_status}; {record.written_kinds(settings.run_dir)} in {settings.run_dir}/"
+    latest = settings.results_dir / rundir.LATEST
+    if not record.output_json["benchmarks"]:
+        write(f"{where}; it measured nothing, so {latest} is unchanged")
+    elif record.run_status == "complete":
+        write(f"{where} ({latest} points there)")
     else:
-        write(f"{where}; it measured nothing, so {settings.results_dir / rundir.LATEST} is unchanged")
+        write(f"{where}; kept under its id: {latest} moves only to a complete run", yellow=True)
     if not record.report_error and settings.enforce and verdicts.any_not_supported(record.verdicts):
         write("semgap: a hypothesis is NOT SUPPORTED or LOSSY and --semgap-enforce is set: failing the run",
               red=True, bold=True)

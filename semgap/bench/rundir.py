@@ -28,8 +28,13 @@ def point_latest(results_dir: Path, run_dir: Path) -> None:
     os.replace(staging, link)
 
 
+def is_run_id(name: str) -> bool:
+    """Whether `name` is a run's name as new_run_id makes them."""
+    return _RUN_ID.fullmatch(name) is not None
+
+
 def run_dirs(results_dir: Path) -> list[Path]:
     """The run directories under `results_dir`, oldest first (their names sort by start time)."""
     if not results_dir.is_dir():
         return []
-    return sorted(path for path in results_dir.iterdir() if _RUN_ID.fullmatch(path.name) and not path.is_symlink())
+    return sorted(path for path in results_dir.iterdir() if is_run_id(path.name) and not path.is_symlink())

@@ -53,11 +53,14 @@ class CaseItem:
 class RunRecord:
     """What the plugin learns during the run and reports after it."""
 
+    run_id: str = ""  # the name of the run's folder (rundir.new_run_id), in its JSON, verdicts and report
     guard: SignalGuard = field(default_factory=SignalGuard)
     cases: dict[str, CaseItem] = field(default_factory=dict)  # node id -> the semgap benchmark to run there (any kind)
     started: bool = False  # a semgap benchmark set up its session: this run gets a directory
-    ended: set[str] = field(default_factory=set)  # node ids whose call phase ended, passed or failed
+    begun: set[str] = field(default_factory=set)  # node ids whose setup began
+    ended: set[str] = field(default_factory=set)  # node ids whose call phase ended, or whose setup failed or skipped
     failures: list[dict] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)  # {"name", "case", "reason"} of each skipped benchmark
     session_failure: SessionFailure | None = None
     conditions: dict = field(default_factory=dict)
     session: ExperimentSession | None = None  # while it is open: after -x or Ctrl-C the JSON is written before teardown
@@ -65,12 +68,17 @@ class RunRecord:
     verdicts: object | None = None
     output_json: dict | None = None
     report_error: str = ""
+    written: list[Path] = field(default_factory=list)  # the report's files (writer.write), once written
 
     def add_failure(self, nodeid: str, when: str, reason: str) -> None:
         item = self.cases[nodeid]
         self.failures.append({"name": item.name, "case": item.case, "when": when, "reason": reason[:2000]})
 
-    def cut_short(self, nodeids: list[str]) -> list[str]:
+    def add_skip(self, nodeid: str, reason: str) -> None:
+        item = self.cases[nodeid]
+        self.skipped.append({"name": item.name, "case": item.case, "reason": reason.removeprefix("Skipped: ")[:500]})
+
+    def cut_short(self, nodeids) -> list[str]:
         """Which of `nodeids` are semgap benchmarks whose call never ended: an interrupt stopped them.
 
         A benchmark that failed ended; whether its rounds are kept is pytest-benchmark's and the
@@ -92,9 +100,17 @@ class RunRecord:
             return "failed"
         return "complete"
 
+    def written_kinds(self, run_dir: Path) -> str:
+        """What the run's folder holds, in words: "JSON, report, verdicts, plots and logs", less what is missing."""
+        kinds = ["JSON"] + (["report", "verdicts"] if self.written else [])
+        kinds += ["plots"] * any(path.suffix == ".png" for path in self.written)
+        kinds += ["logs"] * (run_dir / "logs").is_dir()
+        return ", ".join(kinds[:-1]) + f" and {kinds[-1]}" if len(kinds) > 1 else kinds[0]
+
     def semgap_section(self) -> dict:
         """The run's conditions and status, as the `semgap` section of its JSON has them."""
-        return {**self.conditions, "failures": self.failures, "run_status": self.run_status,
+        return {"run_id": self.run_id, **self.conditions, "failures": self.failures, "skipped": self.skipped,
+                "run_status": self.run_status,
                 "interrupted_by": self.interrupted_by}
 
     def full_section(self, output_json: dict) -> dict:

@@ -341,10 +341,11 @@ def kv_recovery(output_json: dict, min_agreement: float = DEFAULT_THRESHOLDS["mi
         (Table.from_rows("kv_recovery", title, header, rows, formats),))]
 
 
-def failures(rv: RunVerdicts) -> Section:
-    rows = [(f.get("name", "-"), (str(f.get("reason", "-")).splitlines() or ["-"])[0][:200]) for f in rv.failures]
-    return Section("Failures", (), (Table.from_rows("failures", "Failures", ("benchmark", "reason"), rows,
-                                                    prose=("reason",)),))
+def failures(rv: RunVerdicts) -> list[Section]:
+    """The benchmarks that failed, then those skipped, each with its reason's first line."""
+    return [Section(title, (), (Table.from_rows(key, title, ("benchmark", "reason"), rows, prose=("reason",)),))
+            for key, title, rows in (("failures", "Failures", rv.failures), ("skipped", "Skipped benchmarks", rv.skipped))
+            for rows in [[(r.get("name", "-"), (str(r.get("reason", "-")).splitlines() or ["-"])[0][:200]) for r in rows]]]
 
 
 def notes(rv: RunVerdicts) -> list[Section]:
@@ -393,7 +394,7 @@ def sections(rv: RunVerdicts, output_json: dict) -> list[Section]:
     return [design(rv), *verdicts(rv), where_gap.section(rv), cross_check(rv), load(rv), *equal_compute.sections(rv, output_json),
             cases(rv), *taxes(rv),
             *ablation.sections(rv, rounds), crossovers(rv), rtt_projection(rv), cost_model(rv, output_json, rounds),
-            *calibration(output_json), *batching(output_json), *kv_recovery(output_json, rv.min_agreement), failures(rv), *notes(rv), *conditions(rv, output_json)]
+            *calibration(output_json), *batching(output_json), *kv_recovery(output_json, rv.min_agreement), *failures(rv), *notes(rv), *conditions(rv, output_json)]
 
 
 def caption_context(rv: RunVerdicts) -> str:

@@ -2,12 +2,15 @@
 
 Regenerating from saved pytest-benchmark JSON without rerunning::
 
-    python -m semgap.report RUN.json [--out DIR] [--force] [--h1 0.30] [--h2 0.15] [--alpha 0.05] [--csv [PATH]]
-    python -m semgap.report OLD.json NEW.json [--fail-on-regression]   # also compares them, case by case
+    python -m semgap.report RUN [--out DIR] [--force] [--h1 0.30] [--h2 0.15] [--alpha 0.05] [--csv [PATH]]
+    python -m semgap.report OLD NEW [--fail-on-regression]   # also compares them, case by case
 
+RUN, OLD and NEW are a run's folder (results/<run id>/, whose benchmark.json is read) or a JSON file.
 The report goes to ``--out`` (default: ``RUN.report/`` beside the JSON). It never writes over a
 report it did not regenerate from the same run: not over the report a run wrote itself, not over
-another run's, unless ``--force`` says so.
+another run's, unless ``--force`` says so. A comparison (NEW's report and comparison.md) goes to a
+folder of its own (default: ``compare-<old id>-vs-<new id>/`` beside OLD's run folder, else in
+``results/``), never into an input's folder.
 
 Exit status: 0 on success, 1 when ``--fail-on-regression`` is given and a regression was flagged,
 2 on unreadable or invalid input, when ``--out`` holds a report it must not replace, or when the
@@ -19,13 +22,17 @@ import argparse
 import hashlib
 import importlib.util
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Sequence
 
 from semgap.analysis import compare, frames
+from semgap.analysis.headlines import INVALID, LOSSY
+from semgap.analysis.stats import INCONCLUSIVE
 
 from semgap.report import plots, render, tables, where_gap
+from semgap.bench import rundir
 from semgap.bench.argtypes import fraction, share
 from semgap.analysis.measurements import InvalidBenchmarkJSON, read_run
 from semgap.report.render import Section, pct
@@ -33,6 +40,9 @@ from semgap.report.tables import status_line, verdict_label
 from semgap.analysis.verdicts import RunVerdicts, compute
 
 CLI_WRITER = "semgap.report"
+RUN_JSON = "benchmark.json"  # what a run's folder holds: the JSON this CLI reads
+COMPARISON_FILE = "comparison.md"
+EXPLAINED = (INCONCLUSIVE, INVALID, LOSSY)  # verdicts whose terminal line ends with their reason
 TABLE_DIR = "tables"
 ROUNDS_CSV = "rounds.csv"
 
@@ -44,7 +54,7 @@ def _pct(x: float | None) -> str:
 def markdown(rv: RunVerdicts, output_json: dict, sections: Sequence[Section] | None = None) -> str:
     """The full ``report.md`` text (``sections`` as :func:`semgap.report.tables.sections` builds them, if given)."""
     status = status_line(rv)
-    lines = ["# semgap report", ""] + ([f"> **{status}**", ""] if status else [])
+    lines = [f"# semgap report: run `{run_id(output_json)}`", ""] + ([f"> **{status}**", ""] if status else [])
     for section in tables.sections(rv, output_json) if sections is None else sections:
         lines += section.markdown()
     return "\n".join(lines)
@@ -65,7 +75,11 @@ class ReportExists(Exception):
 
 
 def run_id(output_json: dict) -> str:
-    """What names a run: pytest-benchmark's timestamp and commit, else a hash of its JSON."""
+    """What names a run: the name of its folder (the `semgap` section's run_id), else, for JSON from before
+    semgap recorded it, pytest-benchmark's timestamp and commit, else a hash of its JSON."""
+    section = output_json.get("semgap") if isinstance(output_json.get("semgap"), dict) else {}
+    if section.get("run_id"):
+        return str(section["run_id"])
     commit = output_json.get("commit_info") if isinstance(output_json.get("commit_info"), dict) else {}
     if output_json.get("datetime"):
         return f"{output_json['datetime']} {commit.get('id') or '?'}"
@@ -158,14 +172,15 @@ def terminal_lines(run_verdicts: RunVerdicts) -> list[str]:
     for v in rv.headlines:
         what = "bytes  " if v.hypothesis == "H1" else "latency"
         if v.ci_low is None or v.ci_high is None:
-            interval = ""
+            interval = f" no interval ({v.n_blocks} block: an interval needs 2)" if v.n_blocks < 2 else ""
         elif v.ci_low == v.ci_high:
             interval = f" exact {v.byte_level}"
         else:
             interval = f" [{v.ci_low:+.1%}, {v.ci_high:+.1%}]"
         p = f" p={v.p_holm:.2g}" if v.p_holm is not None else ""
         lines.append(f"{v.hypothesis} {what} {v.phase:<7} {v.model} {v.link_rate or '-':<7} {_pct(v.estimate):>7}"
-                     f"{interval}{p} vs {v.binding_baseline or '-'}  {verdict_label(v)}")
+                     f"{interval}{p} vs {v.binding_baseline or '-'}  "
+                     + (f"{v.verdict}: {v.short_reason}" if v.verdict in EXPLAINED else verdict_label(v)))
     if rv.verdicts:
         lines.append(f"{len(rv.verdicts)} pairwise verdict(s) beneath the headlines: see report.md")
     lines += [f"load warning: block {w.block}: {w.reason}; fed {len(w.verdicts)} H2 verdict(s)"
@@ -174,6 +189,50 @@ def terminal_lines(run_verdicts: RunVerdicts) -> list[str]:
 
 
 # ---------------------------------------------------------------- command line
+
+def json_path(path: str) -> str:
+    """The JSON a path names: the file itself, or the benchmark.json of a run's folder."""
+    return str(Path(path) / RUN_JSON) if Path(path).is_dir() else path
+
+
+def folder_id(output_json: dict, path: str) -> str:
+    """A run's id fit for a folder name: its run id, else its folder's name if that is a run id, else the file's."""
+    source = Path(path)
+    name = output_json.get("semgap", {}).get("run_id") if isinstance(output_json.get("semgap"), dict) else None
+    name = name or (source.parent.name if rundir.is_run_id(source.parent.name) else source.stem)
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+
+
+def _autosaved(path: Path) -> bool:
+    """Whether `path` is one of pytest-benchmark's autosaves (0001_<commit>_<date>.json in its storage)."""
+    return re.match(r"\d{4}_", path.name) is not None
+
+
+def comparison_out(paths: Sequence[str], runs: Sequence[dict]) -> Path:
+    """``compare-<A>-vs-<B>`` in the folder that holds A's run folder (the results folder); in ``results/``
+    when A is an autosave in pytest-benchmark's storage; else beside A."""
+    first = Path(paths[0])
+    if rundir.is_run_id(first.parent.name):
+        parent = first.parent.parent
+    else:
+        parent = Path("results") if _autosaved(first) else first.parent
+    return parent / f"compare-{folder_id(runs[0], paths[0])}-vs-{folder_id(runs[1], paths[1])}"
+
+
+def input_folder(out: Path, paths: Sequence[str]) -> str | None:
+    """The input whose folder ``out`` is, or lies in when that is a run's folder or pytest-benchmark's storage."""
+    for path in paths:
+        folder = Path(path).resolve().parent
+        inside = rundir.is_run_id(folder.name) or _autosaved(Path(path))
+        if out.resolve() == folder or (inside and folder in out.resolve().parents):
+            return path
+    return None
+
+
+def comparison_markdown(paths: Sequence[str], runs: Sequence[dict], lines: Sequence[str]) -> str:
+    return "\n".join(["# semgap comparison", "", f"A (before): run `{run_id(runs[0])}` ({paths[0]})",
+                      f"B (after): run `{run_id(runs[1])}` ({paths[1]})", "", "```", *lines, "```", ""])
+
 
 def _load(path: str) -> dict:
     try:
@@ -195,9 +254,11 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m semgap.report",
                                 description="Regenerate the semgap report from saved pytest-benchmark JSON; "
                                             "with two files, also compare them (first = before, second = after).")
-    p.add_argument("paths", nargs="+", metavar="PATH", help="one or two pytest-benchmark JSON files")
+    p.add_argument("paths", nargs="+", metavar="PATH",
+                   help="one or two runs: a run's folder (its benchmark.json) or a pytest-benchmark JSON file")
     p.add_argument("--out", metavar="DIR", type=Path, default=None,
-                   help="output directory (default: the last JSON's name with .report, beside it)")
+                   help="output directory (default: the JSON's name with .report, beside it; comparing two runs: "
+                        "compare-<A id>-vs-<B id> beside A's run folder, else in results/)")
     p.add_argument("--force", action="store_true",
                    help="replace a report in --out that this command did not regenerate from the same run "
                         "(default: refuse)")
@@ -234,9 +295,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if len(args.paths) > 2:
         print("error: give one or two JSON files", file=sys.stderr)
         return 2
-    out = args.out or default_out(args.paths[-1])
+    paths = [json_path(path) for path in args.paths]
     try:
-        runs = [_load(p) for p in args.paths]
+        runs = [_load(p) for p in paths]
+        out = args.out or (comparison_out(paths, runs) if len(runs) == 2 else default_out(paths[-1]))
+        if len(runs) == 2 and input_folder(out, paths):
+            print(f"error: {out} is the folder of {input_folder(out, paths)}: a comparison goes to a folder of its "
+                  "own (--out)", file=sys.stderr)
+            return 2
         if not args.force:
             check_out_dir(out, run_id(runs[-1]))
         rv = compute(runs[-1], h1=args.h1, h2=args.h2, alpha=args.alpha, min_agreement=args.min_agreement,
@@ -250,10 +316,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if comparison is not None and not comparison.shares_a_case:
         print("\n".join(compare.lines(comparison)), file=sys.stderr)
-        print(f"error: {args.paths[0]} and {args.paths[1]} share no case: nothing to compare", file=sys.stderr)
+        print(f"error: {paths[0]} and {paths[1]} share no case: nothing to compare", file=sys.stderr)
         return 2
     try:
         written = write(rv, runs[-1], out, written_by=CLI_WRITER)
+        if comparison is not None:
+            written.append(out / COMPARISON_FILE)
+            written[-1].write_text(comparison_markdown(paths, runs, compare.lines(comparison)))
     except OSError as exc:
         print(f"error: cannot write the report into {out}: {exc.strerror or exc}", file=sys.stderr)
         return 2
@@ -272,7 +341,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"wrote {len(csvs)} table(s) as CSV in {csvs[0].parent}")
     print("\n".join(terminal_lines(rv)))
     if comparison is not None:
-        print("\ncomparison (A = first file, B = second file):")
+        print(f"\ncomparison (A = run {run_id(runs[0])}, B = run {run_id(runs[1])}):")
         print("\n".join(compare.lines(comparison)))
         if args.fail_on_regression and comparison.has_regressions:
             return 1
