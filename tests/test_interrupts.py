@@ -15,7 +15,7 @@ from semgap.bench.testbed.netns import cleanup_stale
 from semgap.bench.testbed.serverproc import READY_LINE
 
 from .conftest import INNER_CONFTEST
-from .inner import (QUICK, RUN_ORDER, SMALL, by_case, latest_json, leftovers, namespaces, needs_link, needs_tcp,
+from .inner import (QUICK, RUN_ORDER, SMALL, by_case, leftovers, namespaces, needs_link, needs_tcp,
                     netns_test, new_run_dirs, processes_in, run_json, run_suite, wait_for_no_leftovers)
 
 pytestmark = pytest.mark.slow
