@@ -101,6 +101,7 @@ class ConcurrentRound:
     payload: transport.PayloadCounter
     mode_counters: dict[str, float] = field(default_factory=dict)
     tcp: TcpBytes | None = None  # kernel TCP bytes of every connection of the process, when counted
+    link: tuple[int, int] | None = None  # the namespace link's bytes (sent, received), on --semgap-link netns
 
     @property
     def tokens_decoded(self) -> int:
