@@ -23,6 +23,7 @@ from semgap.model.sampling import Sampler
 from semgap.client.sessions import ConcurrentSessions, flavour_class, session_prompts
 from semgap.report.tables import batching
 from .conftest import REPO
+from .inner import leftovers, netns_test, run_suite
 
 STEPS = 5
 SESSIONS = 4
@@ -266,3 +267,22 @@ def test_sessions_beyond_the_static_pool_are_recorded_on_the_dynamic_path(suite)
     info = bench["extra_info"]
     assert info["fast_path"] == "mixed"
     assert info["decode_paths"] == {"static": STATIC_CACHE_POOL_SIZE, "eager-dynamic": 2}
+
+
+@pytest.mark.slow
+@netns_test
+def test_batching_over_a_shaped_namespace_link_records_its_rate_and_link_bytes(suite):
+    """--semgap-link netns --semgap-link-rate R: the batching cases run at R, as the matrix's do, and count the veth."""
+    suite.makepyfile(test_batching=BATCHING_BENCHMARK)
+    result, output, pid = run_suite(
+        suite, "test_batching.py", "--semgap-modes=remote_cache", "--semgap-batch-sessions=2", "--semgap-batch-rounds=1",
+        "--semgap-warmup-rounds=0", "--semgap-prompt-tokens=8", "--semgap-decode-steps=2",
+        "--semgap-link", "netns", "--semgap-link-rate", "100mbit")
+    result.assert_outcomes(passed=2)
+    for bench in output["benchmarks"]:
+        info = bench["extra_info"]
+        assert bench["group"].endswith("at 100mbit") and info["batching"].endswith("-100mbit"), bench["group"]
+        assert (info["link"], info["link_rate"], info["link_rate_bps"]) == ("netns", "100mbit", 100_000_000)
+        assert info["wire_link_bytes_sent"] >= info["payload_bytes_sent"] > 0
+        assert info["wire_link_bytes_received"] >= info["payload_bytes_received"] > 0
+    assert leftovers(pid, suite.path) == []

@@ -184,6 +184,9 @@ def test_the_suite_measures_recovery_on_two_hosts_and_removes_both_also_when_a_s
     assert migration["wire_link_bytes_received"] > migration["wire_tcp_bytes_received"] > cache_bytes(
         preset_model, SUITE_PROMPT_TOKENS + 2)
     assert {info["token_agreement_with_local"] for info in kv.values()} == {1.0}
+    for info in kv.values():  # the server's GPU monitor and the host's load, as the matrix records them
+        assert {"gpu_sm_util_mean_pct", "gpu_samples", "gpu_monitor_note", "cpu_busy_pct", "cpu_steal_pct"} <= set(info)
+        assert info["gpu_sm_util_mean_pct"] is not None or info["gpu_monitor_note"]
     report = (suite.path / "results" / "latest" / "report.md").read_text()
     strategies = {row["strategy"]: row for row in rows(report, "KV recovery: eviction and migration")}
     assert strategies["kv_since_sync"]["bytes saving"].startswith("+9")
