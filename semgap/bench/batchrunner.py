@@ -91,8 +91,12 @@ class BatchRunner:
         try:
             gpu_mark = session.gpu_mark(SERVER_MODE)
             cpu_before = hostload.CpuTimes.read()
-            benchmark.pedantic(self._round, args=(sessions,), setup=lambda: self._prefill(sessions),
-                               rounds=settings.batch_rounds, warmup_rounds=settings.warmup_rounds)
+            try:
+                benchmark.pedantic(self._round, args=(sessions,), setup=lambda: self._prefill(sessions),
+                                   rounds=settings.batch_rounds, warmup_rounds=settings.warmup_rounds)
+            except ConnectionError as error:  # a stopped server leaves the run's own connection looking well
+                session.lost_by = f"{case.id}: {str(error).splitlines()[0]}"
+                raise
             cpu_after = hostload.CpuTimes.read()
         finally:
             sessions.close()
