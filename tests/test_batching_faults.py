@@ -2,6 +2,7 @@
 failure, and nothing is left behind (server process, namespace, veth)."""
 import pytest
 
+from .conftest import INNER_CONFTEST
 from .inner import leftovers, netns_test, run_suite
 from .test_batching import BATCHING_BENCHMARK
 
@@ -10,11 +11,12 @@ pytestmark = pytest.mark.slow
 BATCH = ("test_batching.py", "--semgap-modes=remote_cache", "--semgap-batch-sessions=2", "--semgap-batch-rounds=3",
          "--semgap-warmup-rounds=0", "--semgap-prompt-tokens=8", "--semgap-decode-steps=2", "-p", "no:randomly")
 
-# Signals the spawned server's process group as the second round of the first batching case starts: the
-# sessions are prefilled and connected, and their decode steps find the server gone (or stopped).
-SIGNAL_THE_SERVER = r'''
+# Runs `action` (SIGNAL or LINK_DOWN below) as the second round of the first batching case starts: the
+# sessions are prefilled and connected, and their decode steps find the server gone, stopped or out of reach.
+FAULT_MID_BATCH = r'''
 import os
 import signal
+import subprocess
 
 import semgap.bench.batchrunner as batchrunner
 
@@ -24,7 +26,7 @@ _round = batchrunner.BatchRunner._round
 def _signalling(runner, sessions):
     if len(runner.rounds) == 1 and not getattr(batchrunner, "_signalled", False):
         batchrunner._signalled = True
-        os.killpg(runner.session.server.process.pid, signal.{signal})
+        {action}
     return _round(runner, sessions)
 
 
@@ -32,15 +34,20 @@ batchrunner.BatchRunner._round = _signalling
 '''
 
 
-def run_with(suite, signal_name: str, *args: str):
-    from .conftest import INNER_CONFTEST
+SIGNAL = "os.killpg(runner.session.server.process.pid, signal.{})"
+# The server's end of the veth, inside the run's namespace.
+LINK_DOWN = ("subprocess.run(['ip', '-n', runner.session.link.namespace, 'link', 'set', 'dev', "
+             "runner.session.link.server_ifname, 'down'], check=True)")
+
+
+def run_with(suite, action: str, *args: str):
     suite.makepyfile(test_batching=BATCHING_BENCHMARK)
-    suite.makeconftest(INNER_CONFTEST + SIGNAL_THE_SERVER.replace("{signal}", signal_name))
+    suite.makeconftest(INNER_CONFTEST + FAULT_MID_BATCH.replace("{action}", action))
     return run_suite(suite, *BATCH, *args)
 
 
 def test_a_server_killed_mid_batch_fails_the_case_in_one_line_keeps_the_json_and_leaves_nothing(suite):
-    result, output, pid = run_with(suite, "SIGKILL", "-rs")
+    result, output, pid = run_with(suite, SIGNAL.format("SIGKILL"), "-rs")
     outcomes = result.parseoutcomes()
     assert outcomes.get("failed") == 1, result.stdout.str()
     [failure] = output["semgap"]["failures"]
@@ -52,13 +59,25 @@ def test_a_server_killed_mid_batch_fails_the_case_in_one_line_keeps_the_json_and
 
 
 def test_a_server_stopped_mid_batch_times_out_in_one_line_keeps_the_json_and_leaves_nothing(suite):
-    result, output, pid = run_with(suite, "SIGSTOP", "--semgap-rpc-timeout", "3", "-rs")
+    result, output, pid = run_with(suite, SIGNAL.format("SIGSTOP"), "--semgap-rpc-timeout", "3", "-rs")
     outcomes = result.parseoutcomes()
     assert outcomes.get("failed") == 1, result.stdout.str()
     [failure] = output["semgap"]["failures"]
     assert "during 'decode': no progress within 3 s" in failure["reason"] and "blind" in failure["case"], failure
     result.stdout.fnmatch_lines(["*SKIPPED*not run: test_batching[[]blind-2sessions[]] failed with an error every "
                                  "benchmark would repeat*"])
+    assert output["semgap"]["run_status"] == "failed"
+    assert "Traceback" not in result.stdout.str()
+    assert leftovers(pid, suite.path) == []
+
+
+@netns_test
+def test_the_link_going_down_mid_batch_times_out_in_one_line_keeps_the_json_and_leaves_nothing(suite):
+    result, output, pid = run_with(suite, LINK_DOWN, "--semgap-link", "netns", "--semgap-rpc-timeout", "3", "-rs")
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("failed") == 1, result.stdout.str()
+    [failure] = output["semgap"]["failures"]
+    assert "during 'decode': no progress within 3 s" in failure["reason"] and "blind" in failure["case"], failure
     assert output["semgap"]["run_status"] == "failed"
     assert "Traceback" not in result.stdout.str()
     assert leftovers(pid, suite.path) == []
