@@ -18,11 +18,12 @@ from semgap.bench.config import _session_counts
 from semgap.client.modes.base import ModeContext
 from semgap.client.modes.local import LocalMode
 from semgap.client.modes.remote_cache import RemoteCacheMode
-from semgap.model.runtime import greedy_token
+from semgap.model.runtime import STATIC_CACHE_POOL_SIZE, greedy_token
 from semgap.model.sampling import Sampler
 from semgap.client.sessions import ConcurrentSessions, flavour_class, session_prompts
-from semgap.report.tables import batching
+from semgap.report.scenarios import batching
 from .conftest import REPO
+from .inner import leftovers, netns_test, run_suite
 
 STEPS = 5
 SESSIONS = 4
@@ -199,6 +200,22 @@ def test_batching_table_compares_each_count_with_blind():
     assert list(frame["flavour"]) == ["blind", "semantic"]
     assert list(frame["vs blind"]) == [1.0, 2.5]
     assert batching({"benchmarks": [{"extra_info": {"mode": "local"}}]}) == []
+    assert list(frame["tokens"]) == ["as local", "as local"]
+
+
+def test_batched_tokens_below_the_min_agreement_are_labelled_lossy_not_failed():
+    """A batched forward need not reproduce a batch of one bit for bit: its agreement is measured and labelled."""
+    def info(agreement):
+        return {"extra_info": {
+            "batching": "semantic-4sessions", "model": "gpt2-test", "weights": "random", "sessions": 4,
+            "flavour": "semantic", "role": "semantic", "tokens_per_s": 1.0, "token_latency_ms": 1.0,
+            "token_latency_p90_ms": 2.0, "payload_bytes_per_token": 10.0, "wire_tcp_bytes_per_token": 12.0,
+            "mean_batch_size": 4.0, "token_agreement_with_local": agreement, "decode_steps": 5}}
+
+    (section,) = batching({"benchmarks": [info(0.5)]}, min_agreement=0.9)
+    assert list(section.tables[0].frame["tokens"]) == ["LOSSY"]
+    (section,) = batching({"benchmarks": [info(0.95)]}, min_agreement=0.9)
+    assert list(section.tables[0].frame["tokens"]) == ["as local"]
 
 
 BATCHING_BENCHMARK = (REPO / "benchmarks" / "test_batching.py").read_text()
@@ -222,9 +239,50 @@ def test_batching_benchmark_end_to_end(suite):
         assert info["token_agreement_with_local"] == 1.0 and info["lossless"] is True
         assert len(info["tokens_per_s_rounds"]) == 2 and info["wire_tcp_bytes_per_token"] >= info["payload_bytes_per_token"]
         assert info["gpu_sm_util_mean_pct"] is None or info["gpu_monitor_note"] is None
+        assert info["link_rate"] is None and info["wire_link_bytes_sent"] is None  # loopback: no link to count
+    # On CPU the server decodes eager, dynamic: every session on that path, as recorded.
+    assert infos["blind"]["fast_path"] == "eager-dynamic" and infos["blind"]["decode_paths"] == {"eager-dynamic": 2}
+    assert infos["semantic"]["decode_paths"] == {"eager-dynamic": 2}
     assert infos["semantic"]["role"] == "semantic" and infos["semantic"]["mean_batch_size"] > 1
     assert "## Semantic batching" in (run_dir / "report.md").read_text()
     assert (run_dir / "tables" / "batching.csv").exists()
 
     left_out = suite.runpytest_subprocess("test_batching.py", "--benchmark-only", "--semgap-batch-sessions=none", "-rs")
     left_out.stdout.fnmatch_lines(["*--semgap-batch-sessions none: the batching benchmark is left out*"])
+
+
+def test_sessions_beyond_the_static_pool_are_recorded_on_the_dynamic_path(suite):
+    """With more blind sessions than the server's static pool holds, the rest decode on a dynamic cache: the
+    JSON says so per path instead of naming the server's setting."""
+    suite.makepyfile(test_batching=BATCHING_BENCHMARK)
+    sessions = STATIC_CACHE_POOL_SIZE + 2
+    result = suite.runpytest_subprocess(
+        "test_batching.py", "--benchmark-only", "--semgap-modes=remote_cache", f"--semgap-batch-sessions={sessions}",
+        "--semgap-batch-rounds=1", "--semgap-warmup-rounds=0", "--semgap-prompt-tokens=8", "--semgap-decode-steps=2",
+        "--semgap-fast-path=static", "-k", "blind",
+    )
+    result.assert_outcomes(passed=1)
+    (run_dir,) = [path for path in (suite.path / "results").iterdir() if path.name != "latest" and path.is_dir()]
+    (bench,) = json.loads((run_dir / "benchmark.json").read_text())["benchmarks"]
+    info = bench["extra_info"]
+    assert info["fast_path"] == "mixed"
+    assert info["decode_paths"] == {"static": STATIC_CACHE_POOL_SIZE, "eager-dynamic": 2}
+
+
+@pytest.mark.slow
+@netns_test
+def test_batching_over_a_shaped_namespace_link_records_its_rate_and_link_bytes(suite):
+    """--semgap-link netns --semgap-link-rate R: the batching cases run at R, as the matrix's do, and count the veth."""
+    suite.makepyfile(test_batching=BATCHING_BENCHMARK)
+    result, output, pid = run_suite(
+        suite, "test_batching.py", "--semgap-modes=remote_cache", "--semgap-batch-sessions=2", "--semgap-batch-rounds=1",
+        "--semgap-warmup-rounds=0", "--semgap-prompt-tokens=8", "--semgap-decode-steps=2",
+        "--semgap-link", "netns", "--semgap-link-rate", "100mbit")
+    result.assert_outcomes(passed=2)
+    for bench in output["benchmarks"]:
+        info = bench["extra_info"]
+        assert bench["group"].endswith("at 100mbit") and info["batching"].endswith("-100mbit"), bench["group"]
+        assert (info["link"], info["link_rate"], info["link_rate_bps"]) == ("netns", "100mbit", 100_000_000)
+        assert info["wire_link_bytes_sent"] >= info["payload_bytes_sent"] > 0
+        assert info["wire_link_bytes_received"] >= info["payload_bytes_received"] > 0
+    assert leftovers(pid, suite.path) == []

@@ -10,7 +10,7 @@ from semgap.client import generate
 
 from semgap.model import presets, runtime
 
-from semgap.report import tables
+from semgap.report import scenarios
 from semgap.bench.kvrecovery import RecoveryCase, RecoveryRunner, recovery_cases
 from semgap.schema import RoundRecord
 from semgap.client.kvrecovery import ResidentSteps, begin_session, continue_after, make_strategy
@@ -130,7 +130,7 @@ def kv_benchmark(scenario, strategy, role, sent, received, recovery_ms, agreemen
 def test_the_kv_table_shows_each_strategys_saving_against_the_blind_one_and_verdicts_ignore_it():
     output_json = {"benchmarks": [kv_benchmark("eviction", "full_cache", "blind", [600, 500, 700], [400, 500, 300], 10.0),
                                   kv_benchmark("eviction", "recompute", "semantic", [90, 80, 100], [10, 20, 0], 25.0)]}
-    section, = tables.kv_recovery(output_json)
+    section, = scenarios.kv_recovery(output_json)
     table = section.tables[0].frame.set_index("strategy")
     assert table.loc["full_cache", "payload B/recovery"] == 1000
     assert table.loc["recompute", "payload B/recovery"] == 100
@@ -138,14 +138,14 @@ def test_the_kv_table_shows_each_strategys_saving_against_the_blind_one_and_verd
     assert table.loc["recompute", "latency saving"] == pytest.approx(-1.5)
     assert set(table["weights"]) == {"random"}  # figures on random weights say so
     assert read_run(output_json).cases == []  # not a mode x phase case: no verdict judges it
-    assert tables.kv_recovery({"benchmarks": []}) == []
+    assert scenarios.kv_recovery({"benchmarks": []}) == []
 
 
 def test_the_kv_table_labels_a_strategy_below_the_min_agreement_lossy_as_for_techniques():
     output_json = {"benchmarks": [kv_benchmark("eviction", "full_cache", "blind", [600], [400], 10.0),
                                   kv_benchmark("eviction", "recompute", "semantic", [90], [10], 25.0, agreement=0.75)]}
     for min_agreement, recompute in [(1.0, "LOSSY"), (0.75, "as local")]:
-        table = tables.kv_recovery(output_json, min_agreement)[0].tables[0].frame.set_index("strategy")
+        table = scenarios.kv_recovery(output_json, min_agreement)[0].tables[0].frame.set_index("strategy")
         assert table["tokens"].to_dict() == {"full_cache": "as local", "recompute": recompute}, min_agreement
         assert table.loc["recompute", "token agreement"] == 0.75
 
@@ -184,6 +184,9 @@ def test_the_suite_measures_recovery_on_two_hosts_and_removes_both_also_when_a_s
     assert migration["wire_link_bytes_received"] > migration["wire_tcp_bytes_received"] > cache_bytes(
         preset_model, SUITE_PROMPT_TOKENS + 2)
     assert {info["token_agreement_with_local"] for info in kv.values()} == {1.0}
+    for info in kv.values():  # the server's GPU monitor and the host's load, as the matrix records them
+        assert {"gpu_sm_util_mean_pct", "gpu_samples", "gpu_monitor_note", "cpu_busy_pct", "cpu_steal_pct"} <= set(info)
+        assert info["gpu_sm_util_mean_pct"] is not None or info["gpu_monitor_note"]
     report = (suite.path / "results" / "latest" / "report.md").read_text()
     strategies = {row["strategy"]: row for row in rows(report, "KV recovery: eviction and migration")}
     assert strategies["kv_since_sync"]["bytes saving"].startswith("+9")

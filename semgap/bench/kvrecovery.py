@@ -31,6 +31,7 @@ from semgap.bench.testbed.tcpcounters import TcpCounter
 # (20 by default): enough for a stable median, and within ~30 s for the six cases on a 2-core CPU.
 ROUNDS_PER_BLOCK = 2
 SECOND_SERVER_NETNS_PORT = 29501  # its own namespace; another port than the first keeps their log names apart
+GPU_MODE = "remote_cache"  # a resident server mode: session.gpu_mark/gpu_summary read the server's monitor for it
 
 
 @dataclass(frozen=True)
@@ -141,12 +142,20 @@ class RecoveryRunner:
         rate = format_rate(self.case.link_rate_bps) if self.case.link_rate_bps else None
         benchmark.group = f"kv recovery: {self.case.scenario}" + (f" at {rate}" if rate else "")
         rounds = ROUNDS_PER_BLOCK * settings.blocks
+        # The GPU monitor of the run's server, as the matrix records it (a migration's second server has none).
+        gpu_mark = self.hosts.session.gpu_mark(GPU_MODE)
+        cpu_before = hostload.CpuTimes.read()
         benchmark.pedantic(self._recover, setup=self._setup, teardown=self._teardown,
                            rounds=rounds, warmup_rounds=settings.warmup_rounds)
+        cpu_after = hostload.CpuTimes.read()
         window = lambda samples: measured(samples, settings.warmup_rounds, rounds)
         tokens = window(self.tokens)
         benchmark.extra_info.update(self.extra_info(window(self.rounds), window(self.recovery_ms), tokens))
-        benchmark.extra_info.update({schema.LOAD_AVG: hostload.load_avg_1m()})
+        benchmark.extra_info.update(self.hosts.session.gpu_summary(GPU_MODE, gpu_mark))
+        benchmark.extra_info.update({
+            schema.LOAD_AVG: hostload.load_avg_1m(), schema.CPU_STEAL: hostload.steal_pct(cpu_before, cpu_after),
+            schema.CPU_BUSY: hostload.busy_pct(cpu_before, cpu_after),
+        })
         lossless.check(self.case.id, f"strategy {self.case.strategy}", self.strategy.lossless, self.expected_tokens(),
                        tokens)
 

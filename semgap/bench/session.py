@@ -53,6 +53,7 @@ class ExperimentSession:
         self.tcp_counter = None
         self.server_tcp_counter = None
         self.server_info: dict[str, str] = {}
+        self.lost_by = ""  # set when a connection of the run's own (a batching session's) lost the server
         self.server_address: tuple[str, int] | None = None  # host, port: where more connections can go
         self.setup_bytes = transport.PayloadCounter()
         # TCP bytes may exceed payload bytes by the transport's framing per request; outside
@@ -201,8 +202,9 @@ class ExperimentSession:
                 f"the semgap server exited (code {self.server.process.returncode}); log {self.server.log_path}:\n"
                 f"{self.server.log_tail(10)}"
             )
-        if self.transport.inner.broken:
-            raise RuntimeError("the connection to the semgap server was lost earlier in this run")
+        if self.transport.inner.broken or self.lost_by:
+            raise RuntimeError("the connection to the semgap server was lost earlier in this run"
+                               + (f" ({self.lost_by})" if self.lost_by else ""))
 
     def set_link_rate(self, rate_bps: int | None) -> None:
         if self.link is not None and self.link.rate_bps != rate_bps:

@@ -1,6 +1,7 @@
 """N client sessions decoding at once, each on its own connection: the client side of the batching benchmark."""
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -101,6 +102,7 @@ class ConcurrentRound:
     payload: transport.PayloadCounter
     mode_counters: dict[str, float] = field(default_factory=dict)
     tcp: TcpBytes | None = None  # kernel TCP bytes of every connection of the process, when counted
+    link: tuple[int, int] | None = None  # the namespace link's bytes (sent, received), on --semgap-link netns
 
     @property
     def tokens_decoded(self) -> int:
@@ -188,11 +190,18 @@ class ConcurrentSessions:
 
     def _decode(self, index: int, steps: int) -> SessionRound:
         (first_token, state), timed = self.prefilled[index], _TimedSteps(self.modes[index])
+        mode = self.modes[index]
         try:
             tokens, state = generate.decode_n_tokens(timed, first_token, state, steps,
                                                    position=len(self.prompts[index]))
-        finally:  # also after a failed step: a batched session left live would hold up every later batch
-            self.modes[index].release(state)
+        except BaseException:
+            # Release also after a failed step (a batched session left live would hold up every later batch),
+            # but where the connection still works, and never in place of the step's error: that is the cause.
+            if not mode.context.transport.inner.broken:
+                with contextlib.suppress(Exception):
+                    mode.release(state)
+            raise
+        mode.release(state)
         return SessionRound(tokens, timed.step_ms)
 
     def close(self) -> None:

@@ -29,6 +29,7 @@ class OpSession:
     compute_ms: float = 0.0  # run since the session's last response (posted requests answer nobody)
     error: str = ""  # a failed request: the session's handles are no longer what the client believes
     sequences: Sequences = field(default_factory=Sequences)  # its captured step graphs (semgap.server.opgraph)
+    read_only: dict[int, str] = field(default_factory=dict)  # the weights' storage addresses -> their names
 
 
 class OpLevelServer:
@@ -122,7 +123,10 @@ class OpLevelServer:
         entries = op_protocol.resident_tensors(self.model)
         if (opening.get("tensors"), opening.get("names_sha256")) != (len(entries), op_protocol.manifest_sha256(entries)):
             raise ProtocolError("the client's model names other weights than the server's: same model and seed needed")
-        session = self.sessions[session_id] = OpSession({index: tensor.detach() for index, (_, tensor) in enumerate(entries)})
+        session = self.sessions[session_id] = OpSession(
+            {index: tensor.detach() for index, (_, tensor) in enumerate(entries)},
+            read_only={tensor.untyped_storage().data_ptr(): f"storage {index} ({name})"
+                       for index, (name, tensor) in enumerate(entries) if tensor.untyped_storage().data_ptr()})
         while len(self.sessions) > MAX_SESSIONS:
             self.sessions.popitem(last=False)
         return session
@@ -144,7 +148,9 @@ class OpLevelServer:
             return base.as_strided(*reference["view"]) if "view" in reference else base
 
         decode = lambda value: op_protocol.decode_value(value, tensor_of, self.device)  # noqa: E731
-        result = func(*decode(args), **{key: decode(value) for key, value in kwargs.items()})
+        args, kwargs = decode(args), {key: decode(value) for key, value in kwargs.items()}
+        _refuse_writes_into_weights(session, name, func, args, kwargs)
+        result = func(*args, **kwargs)
         if isinstance(outs, list):
             return self._keep(session, name, result, outs), {}
         if outs.get("read"):
@@ -176,6 +182,24 @@ class OpLevelServer:
                     "offset": leaf.storage_offset(), "dtype": str(leaf.dtype).removeprefix("torch.")}
 
         return tree_map(keep, result)
+
+
+def _refuse_writes_into_weights(session: OpSession, name: str, func, args: list, kwargs: dict) -> None:
+    """Refuse an op whose schema writes into (in place, `out=`, `copy_`'s destination) a weight's storage.
+
+    The weights are every session's and every other mode's: a session that wrote into them would change
+    the tokens of all of them. Views of a weight share its storage, so the check is by storage address.
+    """
+    for position, argument in enumerate(func._schema.arguments):
+        if argument.alias_info is None or not argument.alias_info.is_write:
+            continue
+        value = kwargs.get(argument.name) if argument.name in kwargs else (
+            args[position] if position < len(args) and not argument.kwarg_only else None)
+        for leaf in tree_flatten(value)[0]:
+            weight = session.read_only.get(leaf.untyped_storage().data_ptr()) if isinstance(leaf, torch.Tensor) else None
+            if weight is not None:
+                raise ProtocolError(f"refused op {name!r}: it writes into {weight}, and the weights are read-only "
+                                    "to op-level sessions")
 
 
 def _document(meta: dict[str, str]) -> dict:

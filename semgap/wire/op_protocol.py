@@ -63,10 +63,23 @@ INPUT_PREFIX = "in."  # uploads a captured step takes anew at each replay
 REMOTE = "remote"  # the client's name for the server's device
 HOST = "cpu"
 
-# Only aten ops travel, named like "aten::addmm.default"; of those, the ones that reach beyond
-# tensors (reading a file into a tensor) are refused.
+# Only aten ops travel, named like "aten::addmm.default", and of those only the ones this suite's
+# programs need (op_sync, op_pipelined and op_replay, prefill and decode, greedy and sampled), plus the
+# few its tests of reads, branches and data-dependent shapes use. Anything else is refused by name: an
+# op-level session runs the model's arithmetic, nothing that reaches beyond tensors (aten::from_file).
 OP_NAME = re.compile(r"aten::([a-z0-9_]+)\.([A-Za-z0-9_]+)")
-REFUSED_OPS = frozenset({"from_file"})
+ALLOWED_OPS = frozenset(f"aten::{op}" for op in (
+    # the model's forward: GPT-2-style blocks, embeddings, attention, the KV cache's updates
+    "_safe_softmax.default", "_to_copy.default", "add.Tensor", "add_.Tensor", "addmm.default", "arange.default",
+    "bmm.default", "cat.default", "clone.default", "detach_.default", "embedding.default", "index_copy_.default",
+    "le.Tensor", "mm.default", "mul.Scalar", "mul.Tensor", "native_layer_norm.default", "ones.default",
+    "pow.Tensor_Scalar", "scalar_tensor.default", "scaled_dot_product_attention.default", "tanh.default",
+    "tril.default", "where.self", "zero_.default", "zeros.default",
+    # the sampler and the reads the client waits for
+    "_local_scalar_dense.default", "argmax.default", "eq.Scalar",
+    # tests/test_oplevel.py's reads, branches and data-dependent shapes
+    "gt.Scalar", "index.Tensor", "max.default", "mul_.Tensor", "neg.default", "remainder.Scalar", "sum.default",
+))
 
 
 class ProtocolError(ValueError):
@@ -78,13 +91,13 @@ def op_name(func: torch._ops.OpOverload) -> str:
 
 
 def resolve_op(name: str) -> torch._ops.OpOverload:
-    """The aten overload called `name`; anything else, and ops outside tensors, are refused."""
+    """The aten overload called `name`, if ALLOWED_OPS has it; anything else is refused, naming it."""
     match = OP_NAME.fullmatch(name) if isinstance(name, str) else None
     if match is None:
         raise ProtocolError(f"refused op {name!r}: only aten ops named like 'aten::mm.default' run remotely")
     base_name, overload = match.groups()
-    if base_name in REFUSED_OPS:
-        raise ProtocolError(f"refused op {name!r}: it reaches beyond tensors")
+    if name not in ALLOWED_OPS:
+        raise ProtocolError(f"refused op {name!r}: not in the op-level allowlist (semgap.wire.op_protocol.ALLOWED_OPS)")
     try:
         return getattr(getattr(torch.ops.aten, base_name), overload)
     except AttributeError:
