@@ -131,6 +131,8 @@ def test_every_run_calibrates_each_transport_against_raw_tcp(suite, link, transp
     report = (suite.path / "results" / "latest" / "report.md").read_text()
     table = {row["transport"]: row for row in rows(report, "Transport calibration")}
     assert table["tcp"]["peer"] == "calibration peer" and set(table) == {"raw", *transport.TRANSPORTS}
+    assert table["tcp"]["MAC B/frame"] == "16" and table["raw"]["MAC B/frame"] == "-"  # the MAC's cost, shown
+    assert float(table["tcp"]["MAC us/small call"]) == pytest.approx(found["tcp-small"]["mac_us_per_request"], abs=0.051)
     assert {case.mode for case in measurements.read_run(output).cases} == {"remote_cache"}  # calibration has no mode
     # The peers and their connections are gone before the experiment: nothing of theirs in its bytes.
     assert (suite.path / "peers-at-experiment.txt").read_text() == ""

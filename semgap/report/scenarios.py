@@ -15,20 +15,27 @@ def calibration(output_json: dict) -> list[Section]:
         return []
     columns = ("peer", "small_call_us", "raw_tcp_alongside_us", "ratio_to_raw_tcp", "throughput_bytes_per_s",
                "raw_tcp_alongside_bytes_per_s", "fraction_of_raw_throughput", "framing_bytes_sent_per_request",
-               "framing_bytes_received_per_request")
+               "framing_bytes_received_per_request", "mac_bytes_per_frame", "mac_us_per_small_call",
+               "mac_share_of_small_call", "mac_us_per_25MB", "mac_share_of_25MB")
     rows = [(name, *(entry.get(column) for column in columns)) for name, entry in section["transports"].items()]
     header = ("transport", "peer", "small call us", "raw TCP alongside us", "per-call cost vs raw",
-              "25 MB one way MB/s", "raw alongside MB/s", "throughput vs raw", "framing B/request sent", "received")
+              "25 MB one way MB/s", "raw alongside MB/s", "throughput vs raw", "framing B/request sent", "received",
+              "MAC B/frame", "MAC us/small call", "MAC share small", "MAC us/25 MB", "MAC share 25 MB")
 
     def megabytes(value: float) -> str:
         return count(value / 1e6)
 
     formats = {"small call us": fixed(1), "raw TCP alongside us": fixed(1), "per-call cost vs raw": ratio,
                "25 MB one way MB/s": megabytes, "raw alongside MB/s": megabytes, "throughput vs raw": percent,
-               "framing B/request sent": fixed(0), "received": fixed(0)}
+               "framing B/request sent": fixed(0), "received": fixed(0), "MAC B/frame": fixed(0),
+               "MAC us/small call": fixed(1), "MAC share small": percent, "MAC us/25 MB": fixed(0),
+               "MAC share 25 MB": percent}
     return [Section("Transport calibration", (
         f"Same session, same link ({section['link']}): each transport's 8-byte echo call and 25 MB sink call, "
-        "each round alternating with a raw socket's 8-byte ping-pong or 25 MB send (raw alongside); medians.", ""),
+        "each round alternating with a raw socket's 8-byte ping-pong or 25 MB send (raw alongside); medians. "
+        "The MAC columns are the per-frame MAC's cost on a transport that authenticates frames (tcp with a "
+        "secret): its bytes per frame, and the time to tag and check a request and its answer, alone and as a "
+        "share of the call's median.", ""),
         (Table.from_rows("calibration", "Transport calibration", header, rows, formats),))]
 
 
