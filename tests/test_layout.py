@@ -18,8 +18,9 @@ def module_files(root: Path = PACKAGE) -> dict[str, Path]:
 
 
 def import_graph(modules: dict[str, Path]) -> dict[str, set[str]]:
-    """Module -> the semgap modules it imports at its top level (imports inside functions run late and
-    cannot form a circle at import time; `if TYPE_CHECKING:` blocks never run)."""
+    """Module -> the semgap modules it imports anywhere: at its top, inside a function (run later, but still
+    a dependency) or under `if TYPE_CHECKING:` (a dependency of its types). A circle through any of them is
+    one module that cannot be read, tested or moved without the other."""
     def resolve(target: str) -> str | None:
         while target and target not in modules:
             target = target.rpartition(".")[0]
@@ -29,35 +30,22 @@ def import_graph(modules: dict[str, Path]) -> dict[str, set[str]]:
     for name, path in modules.items():
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
         edges = graph.setdefault(name, set())
-        for node in _top_level_imports(ast.parse(path.read_text())):
+        for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 targets = [alias.name for alias in node.names]
-            else:
+            elif isinstance(node, ast.ImportFrom):
                 base = node.module or ""
                 if node.level:
                     base = ".".join(package.split(".")[:len(package.split(".")) - node.level + 1] + ([base] if base else []))
                 # `from package import submodule` needs the submodule; any other name needs the module itself
                 targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base for alias in node.names]
+            else:
+                continue
             for target in targets:
                 resolved = resolve(target) if target.startswith("semgap") else None
                 if resolved and resolved != name:
                     edges.add(resolved)
     return graph
-
-
-def _top_level_imports(tree: ast.Module):
-    for node in tree.body:
-        if isinstance(node, (ast.Import, ast.ImportFrom)):
-            yield node
-        elif isinstance(node, ast.If) and not _is_type_checking(node.test):
-            yield from _top_level_imports(ast.Module(body=node.body + node.orelse, type_ignores=[]))
-        elif isinstance(node, ast.Try):
-            yield from _top_level_imports(ast.Module(body=node.body + node.orelse + node.finalbody, type_ignores=[]))
-
-
-def _is_type_checking(test: ast.expr) -> bool:
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -96,7 +84,7 @@ def test_no_import_circles():
     assert cycles(import_graph(module_files())) == []
 
 
-def test_the_cycle_finder_sees_a_circle_through_a_package_and_ignores_late_imports(tmp_path):
+def test_the_cycle_finder_sees_circles_through_a_package_a_late_import_and_type_checking(tmp_path):
     package = tmp_path / "semgap"
     (package / "sub").mkdir(parents=True)
     (package / "__init__.py").write_text("")
@@ -104,11 +92,11 @@ def test_the_cycle_finder_sees_a_circle_through_a_package_and_ignores_late_impor
     (package / "a.py").write_text("from semgap.sub import b\n")
     (package / "sub" / "b.py").write_text("from semgap import c\n")
     (package / "c.py").write_text("import semgap.a\n")
-    (package / "late.py").write_text("def f():\n    from semgap import a\n")
-    (package / "typed.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from semgap import a\n")
+    (package / "late.py").write_text("import semgap.typed\ndef f():\n    from semgap import late_too\n")
+    (package / "late_too.py").write_text("import semgap.late\n")
+    (package / "typed.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from semgap import late\n")
     graph = import_graph(module_files(package))
-    assert cycles(graph) == [["semgap.a", "semgap.c", "semgap.sub.b"]]
-    assert graph["semgap.late"] == set() and graph["semgap.typed"] == set()
+    assert cycles(graph) == [["semgap.a", "semgap.c", "semgap.sub.b"], ["semgap.late", "semgap.late_too", "semgap.typed"]]
 
 
 def test_every_module_reads_in_one_sitting():

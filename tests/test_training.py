@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from semgap.model import corpus, presets, training, weights_cache
+from semgap.model import corpus, presets, train, training, weights_cache
 
 from .conftest import REPO
 from .test_models import weights_digest
@@ -186,9 +186,9 @@ def test_the_trained_preset_has_the_default_presets_shape():
 
 
 def test_training_command_prints_the_checkpoint_and_its_quality(trained, capsys):
-    assert training.main([TRAINED_MODEL]) == 0
+    assert train.main([TRAINED_MODEL]) == 0
     path, quality = capsys.readouterr().out.split("\n", 1)
     assert Path(path).parent == trained.cache and json.loads(quality)["preset"] == TRAINED_MODEL
     with pytest.raises(SystemExit):
-        training.main(["gpt2-mini"])
+        train.main(["gpt2-mini"])
     assert "'gpt2-mini' is not a trained preset; choose from gpt2-mini-trained" in capsys.readouterr().err

@@ -1,13 +1,12 @@
 """Trained presets: a byte-level GPT-2 trained here from a seed on the standard library, cached once.
 
-Build one ahead of time with `python -m semgap.model.training gpt2-mini-trained`; `presets.build_model`
+Build one ahead of time with `python -m semgap.model.train gpt2-mini-trained`; `presets.build_model`
 otherwise trains it on first use. The model learns over the 256 byte ids only (the full 50257-id head
 learns nothing usable in minutes on a CPU) and is then widened to the preset's vocabulary, keeping
 GPT-2's logits row, in a way that keeps every greedy token a byte (`byte_margin_nats`).
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -353,22 +352,3 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown CPU"
-
-
-def main(argv: list[str] | None = None) -> int:
-    from semgap.model import presets
-
-    parser = argparse.ArgumentParser(prog="python -m semgap.model.training",
-                                     description="Train a trained preset now (once; later runs load it from the cache).")
-    parser.add_argument("preset", help=f"a preset with a training entry: {', '.join(presets.trained_presets())}")
-    parser.add_argument("--seed", type=int, default=0, help="the training seed (default 0, as --semgap-seed)")
-    args = parser.parse_args(argv)
-    if args.preset not in presets.trained_presets():
-        parser.error(f"{args.preset!r} is not a trained preset; choose from {', '.join(presets.trained_presets())}")
-    preset = presets.trained_preset(args.preset, args.seed)
-    print(f"{trained_checkpoint(preset)}\n{json.dumps(stored_quality(preset), indent=2)}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

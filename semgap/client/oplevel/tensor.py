@@ -6,14 +6,19 @@ such as `torch.arange(..., device="remote")`) and handed to the session that own
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 
 from semgap.wire.op_protocol import REMOTE, storage_extent
 
-if TYPE_CHECKING:
-    from semgap.client.oplevel.session import RemoteSession
+
+class Dispatcher(Protocol):
+    """What a remote tensor needs of its session (semgap.client.oplevel.session.RemoteSession)."""
+
+    device: torch.device
+
+    def dispatch(self, func, args: tuple, kwargs: dict): ...
 
 
 def remote_device() -> torch.device:
@@ -71,10 +76,10 @@ class RemoteTensor(torch.Tensor):
     """
 
     storage: RemoteStorage
-    session: "RemoteSession"
+    session: "Dispatcher"
 
     @staticmethod
-    def __new__(cls, layout: Layout, dtype: torch.dtype, storage: RemoteStorage, session: "RemoteSession"):
+    def __new__(cls, layout: Layout, dtype: torch.dtype, storage: RemoteStorage, session: "Dispatcher"):
         size, stride, offset = layout
         # Created outside inference mode whatever the caller's mode: a view of a normal tensor returned as
         # an inference tensor fails with "Cannot set version_counter for inference tensor".
