@@ -19,7 +19,7 @@ from semgap.client.modes import ModeContext
 from semgap.client.modes.local import LocalMode
 
 from .conftest import INNER_CONFTEST, REPO, TEST_MODEL, spawned_server
-from .inner import SMALL, leftovers, netns_test, run_suite
+from .inner import SMALL, leftovers, netns_test, new_run_dirs, run_suite
 from .markdown import rows
 
 PROMPT_TOKENS, BEFORE, AFTER = 32, 3, 4
@@ -187,7 +187,8 @@ def test_the_suite_measures_recovery_on_two_hosts_and_removes_both_also_when_a_s
     for info in kv.values():  # the server's GPU monitor and the host's load, as the matrix records them
         assert {"gpu_sm_util_mean_pct", "gpu_samples", "gpu_monitor_note", "cpu_busy_pct", "cpu_steal_pct"} <= set(info)
         assert info["gpu_sm_util_mean_pct"] is not None or info["gpu_monitor_note"]
-    report = (suite.path / "results" / "latest" / "report.md").read_text()
+    [run_dir] = new_run_dirs(suite.path)  # a failed run: results/latest does not move to it
+    report = (run_dir / "report.md").read_text()
     strategies = {row["strategy"]: row for row in rows(report, "KV recovery: eviction and migration")}
     assert strategies["kv_since_sync"]["bytes saving"].startswith("+9")
     assert {row["tokens"] for row in strategies.values()} == {"as local"}  # recompute's too: measured, at 1.0

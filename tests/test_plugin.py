@@ -127,7 +127,13 @@ def test_a_lossless_mode_with_other_tokens_than_local_fails_its_benchmark_and_ke
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*remote_cache-decode: the lossless mode remote_cache generated other tokens than "
                                  "local: measured round 0, token 0:*"])
-    assert by_case(latest_json(suite.path))["remote_cache-decode"]["token_agreement_with_local"] < 1.0
+    [run_dir] = new_run_dirs(suite.path)  # a failed run: results/latest does not move to it
+    assert by_case(run_json(run_dir))["remote_cache-decode"]["token_agreement_with_local"] < 1.0
+    # Its verdicts cannot stand: every one that compares against remote_cache is INVALID, naming the mismatch.
+    verdicts = json.loads((run_dir / "verdicts.json").read_text())["verdicts"]
+    against = [v for v in verdicts if v["baseline"] == "remote_cache"]
+    assert against and {v["verdict"] for v in against} == {"INVALID"}
+    assert all("remote_cache-decode generated other tokens than local" in v["reason"] for v in against)
 
 
 def test_an_ablation_measures_each_technique_set_as_a_case_of_the_same_blocks(suite):
@@ -223,8 +229,8 @@ def test_the_suite_runs_twice_against_one_external_server(suite, preset_server):
         result.assert_outcomes(passed=4, skipped=len(calibration.probes(("tcp",))))  # rpc is not asked for
         result.stdout.fnmatch_lines(["*the calibration peers would have to run beside it*"])
         assert "another host" not in result.stdout.str()  # the server is on this host's loopback
-        # The terminal summary lists every skipped benchmark with its reason, before the closing line.
-        result.stdout.fnmatch_lines(["skipped: calibration:tcp-*: --semgap-server names a server the suite did not "
+        # The terminal summary gives every reason for a skip, with what it skipped, before the closing line.
+        result.stdout.fnmatch_lines(["skipped: *calibration:*: --semgap-server names a server the suite did not "
                                      f"start ({address}, on this host's loopback)*", "semgap: run complete*"])
         assert latest_json(suite.path)["semgap"]["skipped"][0]["reason"].startswith("--semgap-server names")
         assert "## Skipped benchmarks" in (suite.path / "results" / "latest" / "report.md").read_text()

@@ -304,8 +304,12 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     else:
         for line in writer.terminal_lines(record.verdicts):
             write(line)
+    by_reason: dict[str, list[str]] = {}
     for skip in record.skipped:
-        write(f"skipped: {skip['case']}: {skip['reason']}", yellow=True)
+        by_reason.setdefault(skip["reason"], []).append(skip["case"])
+    for reason, skipped in by_reason.items():  # one line per reason: a lost server skips every benchmark alike
+        named = skipped[0] if len(skipped) == 1 else f"{len(skipped)} benchmarks ({skipped[0]}, ...)"
+        write(f"skipped: {named}: {reason}", yellow=True)
     where = f"semgap: run {record.run_status}; {record.written_kinds(settings.run_dir)} in {settings.run_dir}/"
     latest = settings.results_dir / rundir.LATEST
     if not record.output_json["benchmarks"]:
