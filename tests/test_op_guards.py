@@ -1,6 +1,5 @@
 """The op-level server cannot hurt the model: only allowlisted ops run, and no op writes into the weights."""
 import dataclasses
-import uuid
 
 import pytest
 
@@ -8,7 +7,7 @@ from semgap.client import generate
 from semgap.client.modes import ModeContext, make_mode
 from semgap.model import presets
 from semgap.wire import op_protocol, transport
-from tests.test_oplevel import RecordingTransport, send
+from tests.test_oplevel import RecordingTransport, op_session, send
 
 STEPS = 5  # the suite's default decode steps; the prompt is its default 128 tokens
 PROMPT_TOKENS = 128
@@ -37,12 +36,8 @@ def ready(name, context, prompt=None):
 
 @pytest.fixture
 def open_session(context):
-    entries = op_protocol.resident_tensors(context.model)
-    session = uuid.uuid4().hex
-    send(context.transport, {"session": session, "ops": [], "open": {
-        "weights": context.weights_handle, "tensors": len(entries), "names_sha256": op_protocol.manifest_sha256(entries)}})
-    yield session, dict(enumerate(name for name, _ in entries))
-    send(context.transport, {"session": session, "close": True})
+    with op_session(context) as opened:
+        yield opened
 
 
 def test_a_default_size_run_of_every_op_level_mode_needs_only_allowlisted_ops(context, prompt):

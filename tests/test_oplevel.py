@@ -1,6 +1,7 @@
 """Op-level blind remoting against a real server: local's tokens, only what a driver sees, only what is read comes back."""
 import dataclasses
 import uuid
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -208,14 +209,21 @@ def send(client, document, tensors=None):
     return codec.decode(client.call("op_batch", codec.encode(tensors or {}, meta)))
 
 
-@pytest.fixture
-def open_session(context):
+@contextmanager
+def op_session(context):
+    """A raw op-level session on the server: its id, and the weights' names by storage id."""
     entries = op_protocol.resident_tensors(context.model)
     session = uuid.uuid4().hex
     send(context.transport, {"session": session, "ops": [], "open": {
         "weights": context.weights_handle, "tensors": len(entries), "names_sha256": op_protocol.manifest_sha256(entries)}})
-    yield session
+    yield session, dict(enumerate(name for name, _ in entries))
     send(context.transport, {"session": session, "close": True})
+
+
+@pytest.fixture
+def open_session(context):
+    with op_session(context) as (session, _):
+        yield session
 
 
 @pytest.mark.parametrize("op, message", [
