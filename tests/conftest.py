@@ -1,5 +1,6 @@
 """Shared fixtures of the library's tests: one small server and one client connection per test process."""
 import os
+import socket
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import torch._dynamo  # noqa: F401
 from semgap.model import presets
 
 from semgap.wire import transport
-from semgap.bench.testbed.serverproc import ServerProcess, free_port
+from semgap.bench.testbed.serverproc import ServerProcess
 
 pytest_plugins = ["pytester"]
 
@@ -37,10 +38,17 @@ def prompt(preset_model):
     return presets.prompt_ids(128, preset_model.config.vocab_size)
 
 
+def unused_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on right now, for tests of a server that is not there (servers bind port 0)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
 @contextmanager
 def spawned_server(tmp_path_factory, *extra_args: str):
     """A server of TEST_MODEL on loopback, without a GPU monitor, stopped at the end of the block."""
-    server = ServerProcess.spawn(TEST_MODEL, "127.0.0.1", free_port(), tmp_path_factory.mktemp("logs"),
+    server = ServerProcess.spawn(TEST_MODEL, "127.0.0.1", 0, tmp_path_factory.mktemp("logs"),
                                  extra_args=("--no-gpu-monitor", *extra_args), ready_timeout_s=120)
     try:
         yield server

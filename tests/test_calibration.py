@@ -15,7 +15,7 @@ from semgap.analysis import measurements
 
 from semgap.wire import transport
 from semgap.bench.testbed.netns import link_available
-from semgap.bench.testbed.serverproc import ServerProcess, free_port
+from semgap.bench.testbed.serverproc import ServerProcess
 
 from .conftest import CALIBRATION, INNER_CONFTEST
 from .inner import latest_json
@@ -184,9 +184,9 @@ def rss_bytes(pid: int) -> int:
 
 
 def test_the_raw_peer_refuses_a_size_no_probe_sends_and_keeps_serving(tmp_path):
-    port = free_port()
     peer = ServerProcess.start(("-m", "semgap.server.calibration_peer", "--transport", "raw", "--host", "127.0.0.1",
-                                "--port", str(port)), "127.0.0.1", port, tmp_path, label="raw", ready_timeout_s=60)
+                                "--port", "0"), "127.0.0.1", 0, tmp_path, label="raw", ready_timeout_s=60)
+    port = peer.port
     try:
         before = rss_bytes(peer.process.pid)
         for kind, size in ((b"s", 4 << 30), (b"x", 8)):

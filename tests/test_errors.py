@@ -3,7 +3,7 @@ and a command line that cannot measure stops before anything is built, saying wh
 import pytest
 
 from semgap.client.modes import MODES, PHASES
-from semgap.bench.testbed.serverproc import free_port
+from tests.conftest import unused_port
 
 from .conftest import INNER_CONFTEST, REPO
 from .inner import QUICK, RUN_ORDER, by_case, new_run_dirs, run_json
@@ -56,7 +56,7 @@ def test_a_server_lost_mid_benchmark_fails_that_one_keeps_what_finished_and_skip
 
 
 def test_an_unreachable_server_is_reported_once_and_every_other_benchmark_skips(suite):
-    port = free_port()  # nothing listens there
+    port = unused_port()  # nothing listens there
     result = suite.runpytest_subprocess("--benchmark-only", *QUICK, "--semgap-server", f"127.0.0.1:{port}")
     result.assert_outcomes(errors=1, skipped=ALL_CASES - 1)
     assert_said_once(result, f"no semgap server answers at 127.0.0.1:{port}")

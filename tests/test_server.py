@@ -12,9 +12,10 @@ from semgap.model import presets
 
 from semgap.bench.testbed import serverproc
 from semgap.server.model_server import ModelServer, frame_limit_bytes
-from semgap.bench.testbed.serverproc import ServerProcess, ServerStartError, free_port
+from semgap.bench.testbed.serverproc import ServerProcess, ServerStartError
 
-from .conftest import TEST_MODEL
+
+from .conftest import TEST_MODEL, unused_port
 
 
 def call(client, op, tensors=None, meta=None):
@@ -42,7 +43,7 @@ def test_echo_returns_the_exact_bytes(client):
 def test_unreachable_server_fails_fast_with_advice(transport_name):
     start = time.monotonic()
     with pytest.raises(transport.ServerUnreachable, match=f"no semgap server answers at 127.0.0.1:.*--transport {transport_name}"):
-        transport.connect(transport_name, "127.0.0.1", free_port(), connect_timeout_s=3)
+        transport.connect(transport_name, "127.0.0.1", unused_port(), connect_timeout_s=3)
     assert time.monotonic() - start < 10
 
 
@@ -57,7 +58,7 @@ def test_loopback_detection():
 
 
 def test_sigterm_stops_the_server_cleanly(tmp_path):
-    process = ServerProcess.spawn(TEST_MODEL, "127.0.0.1", free_port(), tmp_path, extra_args=("--no-gpu-monitor",))
+    process = ServerProcess.spawn(TEST_MODEL, "127.0.0.1", 0, tmp_path, extra_args=("--no-gpu-monitor",))
     process.process.send_signal(signal.SIGTERM)
     assert process.process.wait(30) == 0
     assert "semgap server stopped" in process.log_tail()
@@ -67,7 +68,7 @@ def test_a_slow_server_start_reports_progress(tmp_path, monkeypatch):
     monkeypatch.setattr(serverproc, "PROGRESS_EVERY_S", 0.2)
     lines = []
     slow_start = ("bash", "-c", 'sleep 1.5; exec "$@"', "slow-start")  # then runs the server's argv
-    process = ServerProcess.spawn(TEST_MODEL, "127.0.0.1", free_port(), tmp_path, command_prefix=slow_start,
+    process = ServerProcess.spawn(TEST_MODEL, "127.0.0.1", 0, tmp_path, command_prefix=slow_start,
                                   extra_args=("--no-gpu-monitor",), progress=lines.append)
     process.stop()
     assert len(lines) >= 3 and all(line.startswith("semgap: waiting") for line in lines)
@@ -75,7 +76,7 @@ def test_a_slow_server_start_reports_progress(tmp_path, monkeypatch):
 
 def test_a_server_that_cannot_start_reports_its_log(tmp_path):
     with pytest.raises(ServerStartError, match="unknown model"):
-        ServerProcess.spawn("no-such-model", "127.0.0.1", free_port(), tmp_path, ready_timeout_s=60)
+        ServerProcess.spawn("no-such-model", "127.0.0.1", 0, tmp_path, ready_timeout_s=60)
 
 
 def test_a_post_is_counted_as_bytes_sent_and_not_as_a_round_trip(client):
@@ -153,3 +154,16 @@ def test_the_frame_limit_follows_the_model(model_server):
     small = codec.encode({"x": torch.zeros(limit + 1, dtype=torch.uint8)}, compress=True)  # a few kB on the wire
     with pytest.raises(codec.MalformedMessage, match="beyond this receiver's limit"):
         model_server.handle("prefill", small)
+
+
+def test_a_server_asked_for_port_0_serves_the_handshake_on_the_port_it_reports(preset_server, client):
+    # preset_server was spawned with port 0: the kernel picked the port, so parallel tests cannot race for one.
+    assert preset_server.port != 0
+    assert serverproc.reported_port(preset_server.log_tail(10_000)) == preset_server.port
+    assert call(client, "hello")[1]["model"] == TEST_MODEL
+
+
+def test_the_reported_port_is_read_from_ipv4_and_ipv6_ready_lines():
+    assert serverproc.reported_port("loading\n" + serverproc.ready_line("::1", 40123, "tcp") + "\n") == 40123
+    assert serverproc.reported_port(serverproc.ready_line("10.0.0.2", 29500, "rpc calibration peer")) == 29500
+    assert serverproc.reported_port("semgap server built model=gpt2-test") is None

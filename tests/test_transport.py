@@ -19,7 +19,7 @@ import torch
 
 from semgap.wire import codec, transport
 from semgap.bench.testbed.netns import NetnsLink, link_available
-from semgap.bench.testbed.serverproc import READY_LINE, ServerProcess, free_port
+from semgap.bench.testbed.serverproc import READY_LINE, ServerProcess
 from semgap.wire.transport import auth, framed, tcp
 
 from .conftest import REPO, TEST_MODEL
@@ -33,7 +33,7 @@ LINK_OK, LINK_REASON = link_available()
 def secret_server(tmp_path_factory):
     """A server of its own (tests here change its KV caches) that demands SECRET, and takes frames up to 8 GiB
     (so a 4 GB claim gets past its limit, to the growing buffer)."""
-    server = ServerProcess.spawn(TEST_MODEL, "127.0.0.1", free_port(), tmp_path_factory.mktemp("logs"),
+    server = ServerProcess.spawn(TEST_MODEL, "127.0.0.1", 0, tmp_path_factory.mktemp("logs"),
                                  extra_args=("--no-gpu-monitor", "--max-frame-bytes", "8G"),
                                  env={auth.SECRET_VARIABLE: SECRET.decode()}, ready_timeout_s=120)
     yield server
@@ -277,13 +277,14 @@ def test_a_frame_beyond_the_models_limit_is_refused_at_once_with_a_logged_reason
 @contextmanager
 def served(handler=lambda op, request: bytes(request), secret: bytes | None = SECRET, **limits):
     """A tcp server in this process with `limits` (ServerLimits' fields); yields its port."""
-    stop, ready, port = threading.Event(), threading.Event(), free_port()
-    thread = threading.Thread(target=transport.serve, args=("tcp", "127.0.0.1", port, handler, stop), daemon=True,
-                              kwargs={"on_ready": ready.set, "secret": secret, "limits": transport.ServerLimits(**limits)})
+    stop, ready, ports = threading.Event(), threading.Event(), []
+    on_ready = lambda port: (ports.append(port), ready.set())  # noqa: E731
+    thread = threading.Thread(target=transport.serve, args=("tcp", "127.0.0.1", 0, handler, stop), daemon=True,
+                              kwargs={"on_ready": on_ready, "secret": secret, "limits": transport.ServerLimits(**limits)})
     thread.start()
     assert ready.wait(10)
     try:
-        yield port
+        yield ports[0]
     finally:
         stop.set()
         thread.join(30)
@@ -497,8 +498,8 @@ def test_nothing_listens_wider_than_the_address_asked_for(tmp_path, kind, transp
     link = NetnsLink() if host == "netns" else None
     try:
         address = link.server_address if link else host
-        port = 29500 if link else free_port(address)
-        server = spawn(kind, address, port, tmp_path, transport_name, link)
+        server = spawn(kind, address, 29500 if link else 0, tmp_path, transport_name, link)
+        port = server.port
         try:
             listening = listening_addresses(server.process.pid)
             print(f"{kind} {transport_name} on {address}:{port} listens on {sorted(listening)}")
@@ -578,11 +579,11 @@ sys.exit(main(sys.argv[1:]))
 @pytest.mark.parametrize("transport_name, unpickles", [("tcp", False), ("rpc", True)])
 def test_nothing_on_the_server_is_unpickled(tmp_path, transport_name, unpickles):
     # rpc is the control: the same watch sees PyTorch RPC unpickle every call, so it would see tcp's.
-    port = free_port()
     env = {auth.SECRET_VARIABLE: SECRET.decode()}
     server = ServerProcess.start(("-c", WATCHED_SERVER, "--model", TEST_MODEL, "--host", "127.0.0.1", "--port",
-                                  str(port), "--no-gpu-monitor", "--transport", transport_name),
-                                 "127.0.0.1", port, tmp_path, label="watched", env=env, ready_timeout_s=120)
+                                  "0", "--no-gpu-monitor", "--transport", transport_name),
+                                 "127.0.0.1", 0, tmp_path, label="watched", env=env, ready_timeout_s=120)
+    port = server.port
     try:
         # Every operation the server knows (it names them; one without a call there fails), a post and a refused one.
         client = subprocess.run([sys.executable, str(EVERY_OP), transport_name, "127.0.0.1", str(port), SECRET.decode(),
@@ -607,12 +608,13 @@ def test_a_closed_connection_says_so_instead_of_failing_obscurely(connect):
 
 def test_a_call_that_outlasts_its_timeout_loses_the_connection_with_a_clear_error():
     stop, ready, release = threading.Event(), threading.Event(), threading.Event()
-    port = free_port()
-    server = threading.Thread(target=transport.serve, args=("tcp", "127.0.0.1", port, lambda op, _: release.wait(30) and b"", stop),
-                              kwargs={"on_ready": ready.set})
+    ports = []
+    server = threading.Thread(target=transport.serve, args=("tcp", "127.0.0.1", 0, lambda op, _: release.wait(30) and b"", stop),
+                              kwargs={"on_ready": lambda port: (ports.append(port), ready.set())})
     server.start()
     try:
         assert ready.wait(10)
+        port = ports[0]
         connection = transport.connect("tcp", "127.0.0.1", port)
         started = time.monotonic()
         with pytest.raises(ConnectionError, match="lost the semgap server at 127.0.0.1:.* during 'slow': no progress within 0.5 s"):

@@ -17,7 +17,7 @@ from semgap.bench.session import ExperimentSession
 from semgap.schema import RoundRecord
 from semgap.client.modes import MODES, PHASES
 from semgap.bench.testbed.netns import NetnsLink
-from semgap.bench.testbed.serverproc import ServerProcess, free_port
+from semgap.bench.testbed.serverproc import ServerProcess
 from semgap.wire.transport import FramingBound, auth
 from semgap.bench.testbed.tcpcounters import TcpCounter, delta
 
@@ -45,7 +45,7 @@ def pattern(size: int) -> bytes:
 @pytest.fixture(scope="module")
 def secret_client(tmp_path_factory):
     """A tcp connection that proves SECRET, as every run's connection proves one (its frames carry MACs)."""
-    server = ServerProcess.spawn(TEST_MODEL, "127.0.0.1", free_port(), tmp_path_factory.mktemp("logs"),
+    server = ServerProcess.spawn(TEST_MODEL, "127.0.0.1", 0, tmp_path_factory.mktemp("logs"),
                                  extra_args=("--no-gpu-monitor",), env={auth.SECRET_VARIABLE: SECRET}, ready_timeout_s=120)
     connection = transport.CountingTransport(transport.connect("tcp", server.host, server.port, timeout_s=30,
                                                                secret=SECRET.encode()))

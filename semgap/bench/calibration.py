@@ -29,7 +29,7 @@ from semgap import schema
 from semgap.bench.design import measured
 from semgap.wire import transport
 from semgap.bench.testbed.placement import Placement
-from semgap.bench.testbed.serverproc import ServerProcess, free_port
+from semgap.bench.testbed.serverproc import ServerProcess
 from semgap.wire.transport import auth, tcp
 from semgap.bench.testbed.tcpcounters import TcpCounter, delta, tcp_counters_available
 
@@ -208,7 +208,7 @@ class Calibration:
 
     def _peer(self, name: str) -> ServerProcess:
         if name not in self.peers:
-            port = NETNS_FIRST_PORT + len(self.peers) if self.place.namespaced else free_port(self.host)
+            port = NETNS_FIRST_PORT + len(self.peers) if self.place.namespaced else 0
             args = ("-m", "semgap.server.calibration_peer", "--transport", name, "--host", self.host, "--port", str(port),
                     *self.place.server_args(name))
             self.peers[name] = ServerProcess.start(

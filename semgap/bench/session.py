@@ -19,7 +19,7 @@ from semgap.bench.testbed import hostload, interrupts
 from semgap.bench.testbed.netns import LinkCounters, NetnsLink, cleanup_stale
 from semgap.bench.testbed.placement import Placement
 from semgap.bench.testbed.monitor import GpuMonitor, GpuSummary, unavailable_summary
-from semgap.bench.testbed.serverproc import ServerProcess, free_port
+from semgap.bench.testbed.serverproc import ServerProcess
 from semgap.bench.testbed.tcpcounters import TcpBytes, TcpCounter, delta, tcp_counters_available
 from semgap.client import generate
 from semgap.client.modes import MODES, ModeContext, make_mode
@@ -347,7 +347,7 @@ def spawn_server(settings: SemgapConfig, secret: bytes, resources: ExitStack,
         cleanup_stale()
         link = resources.enter_context(NetnsLink(rate_bps=None))
         place = link.placement()
-    port = free_port(place.host) if settings.link == "loopback" else netns_port
+    port = 0 if settings.link == "loopback" else netns_port  # 0: the server binds a free port and names it
     server = ServerProcess.spawn(
         settings.model, place.host, port, settings.run_dir / "logs",
         extra_args=(*settings.server_args(), *place.server_args(settings.transport)),
@@ -355,7 +355,7 @@ def spawn_server(settings: SemgapConfig, secret: bytes, resources: ExitStack,
         ready_timeout_s=settings.server_start_timeout_s, progress=progress,
     )
     resources.callback(server.stop)
-    return SpawnedServer(server, place.host, port, link)
+    return SpawnedServer(server, place.host, server.port, link)
 
 
 def resident(mode: type) -> bool:

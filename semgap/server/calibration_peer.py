@@ -17,7 +17,7 @@ import threading
 from semgap.wire import names
 from semgap.wire import transport
 from semgap.bench.calibration import MESSAGE_BYTES, RAW, RAW_KINDS, RAW_START
-from semgap.bench.testbed.serverproc import READY_LINE
+from semgap.bench.testbed.serverproc import ready_line
 from semgap.wire.transport import auth
 
 
@@ -38,7 +38,7 @@ def serve_raw(host: str, port: int, stop: threading.Event, on_ready) -> None:
     listener = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
     listener.settimeout(0.2)
     slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
-    on_ready()
+    on_ready(listener.getsockname()[1])
     with listener:
         while not stop.is_set():
             try:
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    ready = lambda: print(f"{READY_LINE} {args.host}:{args.port} ({args.transport} calibration peer)", flush=True)  # noqa: E731
+    ready = lambda port: print(ready_line(args.host, port, f"{args.transport} calibration peer"), flush=True)  # noqa: E731
     try:
         if args.transport == RAW:
             serve_raw(args.host, args.port, stop, ready)

@@ -28,6 +28,7 @@ from semgap.server.oplevel import OpLevelServer
 from semgap.model.runtime import Engine, cache_to_tensors, stopwatch, tensors_to_cache
 from semgap.server.semantic import SemanticSessions
 from semgap.wire.transport import auth
+from semgap.bench.testbed.serverproc import ready_line
 
 MAX_CACHES = 64  # caches a crashed client never released are evicted oldest first beyond this
 # A request may be this much larger than the largest the model needs (a stateless step's weights
@@ -306,7 +307,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: auto)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, loopback only)")
     parser.add_argument("--port", type=int, default=29501,
-                        help="port to listen on; rpc's rendezvous store (default: 29501)")
+                        help="port to listen on; rpc's rendezvous store; 0: one the kernel picks, named on the ready line (default: 29501)")
     parser.add_argument("--transport", choices=list(transport.TRANSPORTS), default=transport.DEFAULT_TRANSPORT,
                         help="tcp: semgap's own, authenticated, no pickle; rpc: PyTorch RPC, loopback only "
                              f"(default: {transport.DEFAULT_TRANSPORT})")
@@ -369,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
         transport.serve(
             args.transport, args.host, args.port, server.handle, stop, secret=secret, limits=limits,
             allow_unauthenticated=args.allow_unauthenticated_rpc,
-            on_ready=lambda: print(f"semgap server ready on {args.host}:{args.port} ({args.transport})", flush=True),
+            on_ready=lambda port: print(ready_line(args.host, port, args.transport), flush=True),
         )
     finally:
         # After the rounds: a recompile, a cudagraph skip or a fallback during them shows here.

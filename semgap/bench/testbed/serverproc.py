@@ -4,7 +4,6 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,20 @@ from pathlib import Path
 from typing import Callable
 
 READY_LINE = "semgap server ready on"
+
+
+def ready_line(host: str, port: int, what: str) -> str:
+    """The line a server prints once it serves: it names the port it is bound to (it may have been asked for 0)."""
+    return f"{READY_LINE} {host}:{port} ({what})"
+
+
+def reported_port(log_text: str) -> int | None:
+    """The port on the last ready line in `log_text`, or None when there is none yet."""
+    for line in reversed(log_text.splitlines()):
+        if READY_LINE in line:
+            address = line.split(READY_LINE, 1)[1].split()[0]
+            return int(address.rsplit(":", 1)[1])
+    return None
 PR_SET_PDEATHSIG = 1
 PROGRESS_EVERY_S = 15.0
 
@@ -28,12 +41,6 @@ class ServerStartError(RuntimeError):
         super().__init__(f"{reason}; log {log_path}:\n{log_tail}")
         last_line = next((line.strip() for line in reversed(log_tail.splitlines()) if line.strip()), "(empty log)")
         self.summary = f"{reason}: {last_line} (whole log: {log_path})"
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
-        probe.bind((host, 0))
-        return probe.getsockname()[1]
 
 
 def _die_with_parent() -> None:
@@ -73,7 +80,9 @@ class ServerProcess:
     ) -> "ServerProcess":
         """Run `python PYTHON_ARGS` (after `command_prefix`, e.g. `ip netns exec NS`) until it prints READY_LINE.
 
-        Its output goes to a log named after `label` and the port in `log_dir`.
+        Its output goes to a log named after `label` and the port in `log_dir`. With `port` 0 the server
+        binds a port the kernel picks and names it on its ready line; `port` is then that port, so no
+        other process can take it between a probe and the bind.
         """
         log_dir.mkdir(parents=True, exist_ok=True)
         log_path = log_dir / f"server-{label}-{port}-{time.strftime('%Y%m%d-%H%M%S')}.log"
@@ -105,7 +114,12 @@ class ServerProcess:
                 last_line = (self.log_tail(1) or "(no output yet)").strip()
                 progress(f"semgap: waiting {time.monotonic() - start:.0f} s for the server; its log says: {last_line}")
                 next_progress += PROGRESS_EVERY_S
-            if READY_LINE in self.log_tail(20):
+            port = reported_port(self.log_tail(20))
+            if port is not None:
+                if self.port not in (0, port):
+                    raise ServerStartError(f"semgap server asked for port {self.port} reports port {port}",
+                                           self.log_path, self.log_tail())
+                self.port = port
                 return
             if self.process.poll() is not None:
                 raise ServerStartError(

@@ -40,7 +40,7 @@ def connect(name: str, host: str, port: int, *, timeout_s: float = 60.0, connect
 
 
 def serve(name: str, host: str, port: int, handler: Handler, stop: threading.Event, *,
-          on_ready: Callable[[], None] = lambda: None, secret: bytes | None = None,
+          on_ready: Callable[[int], None] = lambda port: None, secret: bytes | None = None,
           allow_unauthenticated: bool = False, limits: ServerLimits | None = None) -> None:
     """Serve `handler` on host:port over transport `name` until `stop` is set, once binding there is safe."""
     kind = transport_kind(name)

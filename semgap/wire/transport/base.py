@@ -92,7 +92,7 @@ class TransportKind(Protocol):
                  secret: bytes | None) -> Transport: ...
 
     @staticmethod
-    def serve(host: str, port: int, handler: Handler, stop: threading.Event, on_ready: Callable[[], None],
+    def serve(host: str, port: int, handler: Handler, stop: threading.Event, on_ready: Callable[[int], None],
               secret: bytes | None, *, limits: ServerLimits | None = None) -> None: ...
 
 

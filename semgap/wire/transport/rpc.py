@@ -151,7 +151,7 @@ class RpcTransport:
 
     @staticmethod
     def serve(host: str, port: int, handler: Handler, stop: threading.Event,
-              on_ready: Callable[[], None] = lambda: None, secret: bytes | None = None,
+              on_ready: Callable[[int], None] = lambda port: None, secret: bytes | None = None,
               timeout_s: float = 600.0, limits: ServerLimits | None = None) -> None:
         """Serve `handler` as rank 0 of a dynamic RPC group (it hosts the rendezvous store) until `stop` is set.
 
@@ -165,10 +165,11 @@ class RpcTransport:
         del limits  # TensorPipe reads and allocates as it sees fit: rpc serves on loopback only
         _handler = handler
         _store_listener = socket.create_server((host, port), backlog=128)
+        port = _store_listener.getsockname()[1]  # the kernel's pick when asked for 0
         pin_interface(host)
         rpc.init_rpc(SERVER_NAME, rank=0, world_size=None, rpc_backend_options=_backend_options(host, port, timeout_s))
         try:
-            on_ready()
+            on_ready(port)
             stop.wait()
         finally:
             # A client that vanished mid-call can leave the agent's shutdown waiting forever: bound it.

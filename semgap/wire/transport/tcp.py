@@ -122,7 +122,7 @@ class TcpTransport:
 
     @staticmethod
     def serve(host: str, port: int, handler: Handler, stop: threading.Event,
-              on_ready: Callable[[], None] = lambda: None, secret: bytes | None = None, *,
+              on_ready: Callable[[int], None] = lambda port: None, secret: bytes | None = None, *,
               limits: ServerLimits | None = None) -> None:
         """Serve `handler` on host:port, each connection on its own thread, until `stop` is set."""
         tcp_server.serve(host, port, handler, stop, on_ready, secret, limits)

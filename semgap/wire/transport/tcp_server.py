@@ -21,16 +21,19 @@ ACCEPT_POLL_S = 0.2
 STOP_GRACE_S = 10.0
 
 
-def serve(host: str, port: int, handler: Handler, stop: threading.Event, on_ready: Callable[[], None] = lambda: None,
+def serve(host: str, port: int, handler: Handler, stop: threading.Event, on_ready: Callable[[int], None] = lambda port: None,
           secret: bytes | None = None, limits: ServerLimits | None = None) -> None:
-    """Serve `handler` on host:port, each connection on its own thread, until `stop` is set."""
+    """Serve `handler` on host:port, each connection on its own thread, until `stop` is set.
+
+    `on_ready` gets the port bound (the kernel's pick when `port` is 0) once connections are accepted.
+    """
     limits = limits or ServerLimits()
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     listener = socket.create_server((host, port), family=family, backlog=128)
     listener.settimeout(ACCEPT_POLL_S)  # so `stop` is seen within this time
     connections: dict[FramedSocket, threading.Thread] = {}
     try:
-        on_ready()
+        on_ready(listener.getsockname()[1])
         while not stop.is_set():
             try:
                 sock, address = listener.accept()
