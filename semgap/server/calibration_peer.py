@@ -9,6 +9,7 @@ IDLE_TIMEOUT_S: a stray connection costs it neither memory nor a thread for long
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import socket
 import sys
@@ -113,4 +114,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # as the model server does (semgap/server/__main__.py): no slow interpreter shutdown

@@ -140,7 +140,11 @@ class ServerProcess:
         return self.process.poll() is None
 
     def stop(self, timeout_s: float = 10.0) -> None:
-        """SIGTERM the process group, then SIGKILL whatever is left after `timeout_s`."""
+        """SIGTERM the process group, then SIGKILL whatever is left after `timeout_s`.
+
+        Once the server itself has exited, anything else still in its group (a compile worker, an
+        `ip netns exec` child) is killed at once rather than waited for.
+        """
         for signum, wait_s in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 5.0)):
             try:
                 os.killpg(self.process.pid, signum)
@@ -152,6 +156,10 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 continue
         self.process.wait(5.0)
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass  # the group is empty: the usual case
 
 
 def _source_root() -> str:
