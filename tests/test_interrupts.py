@@ -150,9 +150,10 @@ def test_ctrl_c_mid_benchmark_saves_the_interrupt_and_leaves_nothing(suite, link
     output = finish(process, timeout_s=60)
     teardown_s = time.monotonic() - signalled
     assert_stopped_cleanly(output, process, suite.path)
-    # Measured, not yet held to: 6.5 s on loopback and 5.2 s on netns (2 busy CPUs), over the
-    # TEARDOWN_LIMIT_S issue 24 asks for. Run with -s to read it.
-    print(f"teardown after SIGINT ({link}): {teardown_s:.2f} s (goal: {TEARDOWN_LIMIT_S:.0f} s)")
+    # A stated requirement (issue 24), not a benchmark: measured 1.0 s on loopback on a loaded 2-core
+    # VM (it was 6.5 s before servers and interrupted runs skipped the interpreter's shutdown).
+    print(f"teardown after SIGINT ({link}): {teardown_s:.2f} s (limit: {TEARDOWN_LIMIT_S:.0f} s)")
+    assert teardown_s <= TEARDOWN_LIMIT_S, f"teardown after SIGINT took {teardown_s:.2f} s:\n{output[-3000:]}"
     [run_dir] = new_run_dirs(suite.path)
     saved = run_json(run_dir)["semgap"]
     assert (saved["run_status"], saved["interrupted_by"]) == ("interrupted", "SIGINT")

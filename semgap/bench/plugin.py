@@ -1,6 +1,8 @@
 """The pytest plugin: semgap's options, the mode x phase matrix, fixtures, and the post-run verdicts."""
 from __future__ import annotations
 
+import os
+import sys
 import warnings
 
 import pytest
@@ -45,10 +47,19 @@ def pytest_configure(config: pytest.Config) -> None:
     record.guard.install()
 
 
+@pytest.hookimpl(trylast=True)
 def pytest_unconfigure(config: pytest.Config) -> None:
     record = config.stash.get(run_key, None)
-    if record is not None:
-        record.guard.uninstall()
+    if record is None:
+        return
+    record.guard.uninstall()
+    if record.interrupted_by and record.final_exit_status is not None:
+        # A run stopped by SIGINT/SIGTERM: its JSON, report and summary are written, its servers and
+        # links gone. The interpreter's own shutdown (torch's and transformers' exit hooks, ~1 s on a
+        # 2-core VM) would only delay the exit the signal asked for (issue 24: at most 3 s), so leave now.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(record.final_exit_status)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -234,6 +245,7 @@ class SessionFinishGuard:
             result = yield
         if self.record.interrupted_by and session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.INTERRUPTED  # a signal during teardown or the report
+        self.record.final_exit_status = int(session.exitstatus)
         return result
 
     def _drop_cut_short(self, config: pytest.Config) -> None:

@@ -65,6 +65,7 @@ class RunRecord:
     conditions: dict = field(default_factory=dict)
     session: ExperimentSession | None = None  # while it is open: after -x or Ctrl-C the JSON is written before teardown
     exit_status: int = 0
+    final_exit_status: int | None = None  # the session's, after every sessionfinish hook
     verdicts: object | None = None
     output_json: dict | None = None
     report_error: str = ""
