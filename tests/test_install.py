@@ -79,3 +79,14 @@ def test_cross_host_recipe_runs_as_written(tmp_path):
     assert "semgap verdicts" in out, out[-4000:]
     runs = rundir.run_dirs(results)
     assert len(runs) == 1 and (runs[0] / "verdicts.json").is_file(), runs
+
+
+@needs_install
+def test_plugin_loads_once_inside_and_outside_the_checkout(tmp_path):
+    # Outside the checkout no conftest lists the plugin: only the pytest11 entry point brings its options.
+    # Inside, the root conftest lists it too, under the entry point's name, so it must be registered once
+    # (pytest stops with "Plugin already registered" otherwise).
+    for cwd in (tmp_path, REPO):
+        result = subprocess.run([str(REPO / ".venv" / "bin" / "pytest"), "--help"], cwd=cwd, capture_output=True,
+                                text=True, timeout=300)
+        assert result.returncode == 0 and "--semgap-secret-file" in result.stdout, (cwd, result.stderr[-2000:])
