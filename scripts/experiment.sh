@@ -5,4 +5,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec .venv/bin/python -m pytest --benchmark-only "$@"
+# -c pytest.ini: the checkout's settings and rootdir, whatever paths the arguments name (a path given as
+# a separate word, as in --semgap-secret-file ~/.semgap-secret, would move pytest's rootdir there).
+exec .venv/bin/python -m pytest -c pytest.ini --benchmark-only "$@"

@@ -18,6 +18,7 @@ import torch
 from semgap.model import corpus, presets, train, training, weights_cache
 
 from .conftest import REPO
+from .inner import QUICK
 from .test_models import weights_digest
 
 TRAINED_MODEL = "gpt2-test-trained"
@@ -65,6 +66,16 @@ def test_progress_comes_at_least_every_interval(trained, monkeypatch):
     training.train_byte_model(preset, corpus.stdlib_corpus().train_bytes, lines.append)
     assert [line.split(",")[0] for line in lines[1:]] == [f"semgap: training {TRAINED_MODEL}: step {step}/3" for step in (1, 2, 3)]
     assert all(line.endswith(" s") and "bits per byte" in line for line in lines[1:])
+
+
+@pytest.mark.slow
+def test_first_use_in_a_run_prints_training_progress_on_the_terminal(suite, tmp_path, monkeypatch):
+    """pytest captures what a fixture prints; the lines must pass it, through the terminal reporter."""
+    monkeypatch.setenv(weights_cache.CACHE_VARIABLE, str(tmp_path / "fresh-cache"))
+    result = suite.runpytest_subprocess("--benchmark-only", *QUICK, f"--semgap-model={TRAINED_MODEL}",
+                                        "--semgap-modes=local", "--semgap-phases=prefill", timeout=300)
+    result.stdout.fnmatch_lines([f"{TRAINING_LINE}*", f"semgap: training {TRAINED_MODEL}: step *, loss * bits per "
+                                 "byte, * s elapsed, ETA * s", "*bits per held-out byte*"])
 
 
 def test_a_tail_that_could_reach_the_bytes_is_refused():

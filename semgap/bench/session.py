@@ -70,7 +70,8 @@ class ExperimentSession:
         try:
             self._pin_client()
             self.progress(f"semgap: building {settings.model} in the client")
-            self.model = presets.build_model(settings.spec)
+            # Training a preset on first use takes minutes: its progress lines go to the terminal too.
+            self.model = presets.build_model(settings.spec, self.progress)
             self.prompt = presets.prompt_ids(settings.prompt_tokens, self.model.config.vocab_size)
             self.context = ModeContext(
                 self.model, semantic=settings.semantic, sampler=settings.sampler, program=settings.program,

@@ -28,7 +28,7 @@ from semgap.bench.testbed import hostload
 BYTE_VOCABULARY = 256
 RESERVED_CONSTANT = 1.0  # the final layer norm's output in the reserved (last) hidden dimension
 MINIMUM_BYTE_MARGIN_NATS = 1.0  # far above rounding: bfloat16 logits near 20 are 0.125 apart
-PROGRESS_EVERY_S = 10.0  # plus at most one step: a line at least every 15 s while a step takes under 5 s
+PROGRESS_EVERY_S = 5.0  # plus at most one step: a line at least every 10 s while a step takes under 5 s
 QUALITY_FILE = "quality.json"
 EVALUATION_BATCH = 4  # windows per forward pass when measuring quality: logits of [4, length, 50257] floats
 # The source of the code that trains, as imported (edits made while a process runs do not change its key).
@@ -211,8 +211,10 @@ def train_byte_model(preset: TrainedPreset, train_bytes: bytes, progress: Callab
         reserve_last_dimension(model)
         loss_bits = loss.item() / math.log(2)
         if time.monotonic() >= next_progress or step == recipe.steps - 1:
+            elapsed = time.monotonic() - start
             progress(f"semgap: training {preset.name}: step {step + 1}/{recipe.steps}, "
-                     f"loss {loss_bits:.3f} bits per byte, {time.monotonic() - start:.0f} s")
+                     f"loss {loss_bits:.3f} bits per byte, {elapsed:.0f} s elapsed, "
+                     f"ETA {elapsed / (step + 1) * (recipe.steps - step - 1):.0f} s")
             next_progress = time.monotonic() + PROGRESS_EVERY_S
     return TrainingRun(model.eval(), loss_bits, time.monotonic() - start)
 
