@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from semgap.bench import rundir
-from semgap.bench.testbed.serverproc import READY_LINE, free_port
+from semgap.bench.testbed.serverproc import READY_LINE, reported_port
 from tests.conftest import REPO, TEST_MODEL
 from tests.inner import QUICK
 
@@ -49,10 +49,9 @@ def test_cross_host_recipe_runs_as_written(tmp_path):
     secret.chmod(0o600)
     env = {**os.environ, "HOME": str(home)}
     env.pop("SEMGAP_SECRET", None)
-    port = free_port()
     server_log = tmp_path / "server.log"
     with server_log.open("w") as log:
-        server = subprocess.Popen(["bash", "-c", "exec " + for_loopback(recipe_line("server"), port)], cwd=REPO,
+        server = subprocess.Popen(["bash", "-c", "exec " + for_loopback(recipe_line("server"), 0)], cwd=REPO,
                                   env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
@@ -60,6 +59,7 @@ def test_cross_host_recipe_runs_as_written(tmp_path):
             assert server.poll() is None, f"the recipe's server exited: {server_log.read_text()[-2000:]}"
             assert time.monotonic() < deadline, f"the recipe's server not ready: {server_log.read_text()[-2000:]}"
             time.sleep(0.2)
+        port = reported_port(server_log.read_text())  # the server bound port 0 and says which port it got
         results = tmp_path / "results"
         # Only the run's size is added: few rounds and blocks, results kept out of the checkout.
         client = subprocess.run(

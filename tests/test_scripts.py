@@ -1,4 +1,5 @@
-"""scripts/setup.sh: pip runs on the first install and whenever requirements.txt changes, and only then."""
+"""scripts/setup.sh: pip runs on the first install and whenever requirements.txt or pyproject.toml changes,
+and only then."""
 import shutil
 import subprocess
 
@@ -20,6 +21,7 @@ def checkout(tmp_path):
     (tmp_path / "scripts").mkdir()
     shutil.copy(REPO / "scripts" / "setup.sh", tmp_path / "scripts")
     shutil.copy(REPO / "requirements.txt", tmp_path)
+    shutil.copy(REPO / "pyproject.toml", tmp_path)
     python = tmp_path / ".venv" / "bin" / "python"
     python.parent.mkdir(parents=True)
     python.write_text(FAKE_PYTHON)
@@ -40,18 +42,23 @@ def setup(checkout) -> tuple[int, int]:
 
 
 def test_pip_runs_once_per_change_of_requirements_and_again_after_a_failed_install(checkout):
-    assert setup(checkout) == (0, 1)  # the first install
-    assert "-m pip install --quiet --no-compile" in (checkout / "pip-calls").read_text()
+    assert setup(checkout) == (0, 2)  # the first install: requirements.txt, then semgap itself
+    pip_calls = (checkout / "pip-calls").read_text()
+    assert "-m pip install --quiet --no-compile --disable-pip-version-check -r requirements.txt" in pip_calls
+    assert "--no-deps --no-build-isolation -e ." in pip_calls  # the plugin's entry point and commands
     assert calls(checkout, "compileall") == 1  # byte-compiled after pip, on every core
-    assert setup(checkout) == (0, 1)  # nothing changed: no pip
+    assert setup(checkout) == (0, 2)  # nothing changed: no pip
     with open(checkout / "requirements.txt", "a") as requirements:
         requirements.write("tqdm>=4\n")
     (checkout / "pip-fails").touch()
-    assert setup(checkout) == (1, 2)  # changed, and pip failed
+    assert setup(checkout) == (1, 3)  # changed, and pip failed on the requirements: semgap is not installed
     assert calls(checkout, "compileall") == 1  # nothing to compile after a failed install
     (checkout / "pip-fails").unlink()
-    assert setup(checkout) == (0, 3)  # a failed install leaves no stamp: pip runs again
-    assert setup(checkout) == (0, 3)
+    assert setup(checkout) == (0, 5)  # a failed install leaves no stamp: pip runs again
+    assert setup(checkout) == (0, 5)
+    with open(checkout / "pyproject.toml", "a") as project:
+        project.write("# a changed entry point\n")
+    assert setup(checkout) == (0, 7)  # pyproject.toml changed: both installs again
 
 
 def test_the_test_script_shows_skip_reasons_and_the_slowest_tests_once(tmp_path):
