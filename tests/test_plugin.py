@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from semgap.bench import calibration
+from semgap.bench import benchtable, calibration
 from semgap.model import cpus
 from semgap.model.presets import named as presets
 
@@ -27,6 +27,9 @@ def test_a_run_writes_bytes_tokens_verdicts_report_plots_and_logs_into_its_own_d
     last_table = max(i for i, line in enumerate(lines) if line.startswith("test_semantic_gap["))
     verdicts_at = next(i for i, line in enumerate(lines) if "semgap verdicts" in line)
     assert last_table < verdicts_at, "the verdicts must come after pytest-benchmark's tables"
+    table_rows = [line.split()[0] for line in lines if line.startswith("test_semantic_gap[")]
+    assert len(table_rows) == 14 and not any("-b00" in row for row in table_rows), table_rows  # a row per case
+    assert benchtable.NOTE in lines[verdicts_at:]
     output = run_json(run_dir)
     assert (output["semgap"]["run_status"], output["semgap"]["interrupted_by"]) == ("complete", None)
     cases = by_case(output)
@@ -44,9 +47,10 @@ def test_a_run_writes_bytes_tokens_verdicts_report_plots_and_logs_into_its_own_d
         blind, semantic = cases[f"remote_cache-{phase}"], cases[f"semantic-{phase}"]
         assert semantic["wire_tcp_bytes_received"] < blind["wire_tcp_bytes_received"]
     assert cases["naive-decode"]["payload_bytes_sent"] > 100 * cases["remote_cache-decode"]["payload_bytes_sent"]
-    for name in ("verdicts.json", "report.md", "report.tex", "latency_vs_bytes.png", "tradeoff.png",
+    for name in ("verdicts.json", "report.md", "report.tex", "latency_vs_bytes.png",
                  "tables/cases.csv", "tables/ablation.csv"):
         assert (run_dir / name).stat().st_size > 0, name
+    assert not (run_dir / "tradeoff.png").exists()  # one technique set: latency_vs_bytes shows it
     assert len(list((run_dir / "logs").glob("server-*.log"))) == 1
     assert sorted(path.name for path in (suite.path / "results").iterdir()) == [run_dir.name, "latest"]
     assert latest_json(suite.path) == output

@@ -12,7 +12,7 @@ from semgap.analysis import compare, verdicts
 from semgap.report import plots, writer
 
 from .markdown import rows
-from .synthetic import case, legacy, run_json, standard
+from .synthetic import case, legacy, run_json, standard, variant
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -28,7 +28,9 @@ def test_write_creates_report_files_with_their_source(tmp_path):
     paths = writer.write(verdicts.compute(data), data, tmp_path / "out")
     tables = {p.name for p in paths if p.parent.name == "tables"}
     assert sorted(p.name for p in paths if p.parent.name == "out") == [
-        "latency_vs_bytes.png", "report.md", "report.tex", "tradeoff.png", "verdicts.json", "where_gap.md"]
+        "latency_vs_bytes.png", "report.md", "report.tex", "verdicts.json", "where_gap.md"]  # no ablation: no tradeoff
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "## Plots" in md and f"*latency_vs_bytes.png*: {plots.PLOTS[0].caption}" in md and "tradeoff" not in md
     assert {"headline_verdicts.csv", "cases.csv", "ablation.csv", "conditions.csv"} <= tables
     assert "load.csv" not in tables and "failures.csv" not in tables  # a table without rows has no CSV
     saved = json.loads((tmp_path / "out" / "verdicts.json").read_text())
@@ -158,6 +160,51 @@ def test_rate_plot_only_with_rates(tmp_path):
     assert "latency_vs_rate.png" in names
     md = (tmp_path / "report.md").read_text()
     assert "## Link-rate crossover (H2)" in md and "interpolated" in md
+
+
+def test_a_single_rate_draws_no_rate_plot_and_no_ablation_no_tradeoff(tmp_path):
+    data = run_json([case("local", latency_s=0.05), case("remote_cache", rate="1gbit", bps=10**9),
+                     case("semantic", latency_s=0.06, rate="1gbit", bps=10**9)], link="netns", noise=0.0)
+    names = {p.name for p in writer.write(verdicts.compute(data), data, tmp_path)}
+    assert "latency_vs_rate.png" not in names and "tradeoff.png" not in names and "latency_vs_bytes.png" in names
+    ablation = run_json(standard() + [variant("topk")])
+    assert "tradeoff.png" in {p.name for p in writer.write(verdicts.compute(ablation), ablation, tmp_path / "a")}
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """latency_vs_bytes's figure, drawn (not saved) for a run of both phases."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or path)
+    rv = verdicts.compute(both_phases())
+    plots.latency_vs_bytes(rv, Path("unused.png"))
+    FigureCanvasAgg(figures[0]).draw()
+    return rv, figures[0]
+
+
+def test_the_thresholds_are_drawn_against_the_binding_baseline(drawn):
+    rv, fig = drawn
+    decode = [s for s in rv.summaries if s.phase == "decode"]
+    binding = next(s for s in decode if s.label == "remote_cache")  # both headlines bind on it here
+    marks = plots.threshold_marks(rv, decode)
+    assert marks["H1"][0] == pytest.approx(0.7 * (binding.bytes_sent_per_round + binding.bytes_received_per_round))
+    assert marks["H2"][0] == pytest.approx(0.85 * binding.median_latency_ms)
+    ax = next(ax for ax in fig.axes if "decode" in ax.get_title())
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert list(lines[marks["H1"][1]].get_xdata()) == pytest.approx([marks["H1"][0]] * 2)
+    assert list(lines[marks["H2"][1]].get_ydata()) == pytest.approx([marks["H2"][0]] * 2)
+
+
+def test_legends_sit_beside_the_data_and_ticks_are_plain_numbers(drawn):
+    _, fig = drawn
+    for ax in fig.axes:
+        assert ax.get_legend().get_window_extent().x0 >= ax.get_window_extent().x1  # right of the panel
+        labels = [t.get_text() for axis in (ax.xaxis, ax.yaxis) for minor in (False, True)
+                  for t in axis.get_ticklabels(minor=minor) if t.get_text()]
+        assert labels and not [label for label in labels if "$" in label or "times" in label], labels
+    assert [plots.plain_number(v) for v in (60, 0.5, 2000, 1.5e6)] == ["60", "0.5", "2k", "1.5M"]
 
 
 def test_plot_legends_mark_a_lossy_candidate():

@@ -7,7 +7,7 @@ import warnings
 
 import pytest
 
-from semgap.bench import calibration, preflight, rundir
+from semgap.bench import benchtable, calibration, preflight, rundir
 
 from semgap.bench.testbed import interrupts
 
@@ -24,6 +24,7 @@ from semgap.bench.runrecord import CaseItem, RunRecord, SessionFailure, one_line
 
 settings_key = pytest.StashKey[SemgapConfig]()
 run_key = pytest.StashKey[RunRecord]()
+merged_key = pytest.StashKey[bool]()
 # Every benchmark semgap runs, by its parameter, and how its failures name it (the case id after this).
 BENCHMARK_PARAMETERS = {"semgap_case": "", "semgap_probe": "calibration:", "semgap_batch_case": "batching:",
                         "semgap_kv_case": "kv-recovery:"}
@@ -297,6 +298,19 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_benchmark_group_stats(config: pytest.Config, benchmarks: list[dict], group_by: str):
+    """pytest-benchmark's table with one row per matrix case (semgap/bench/benchtable.py); its own grouping
+    of the rows, and the JSON, are unchanged. A comparison (`--benchmark-compare`) is left as it is."""
+    if any(bench.get("source") for bench in benchmarks):
+        return None
+    from pytest_benchmark.plugin import pytest_benchmark_group_stats as group_stats
+
+    rows = benchmarks and benchtable.one_row_per_case(benchmarks)
+    config.stash[merged_key] = [row["name"] for row in rows] != [bench["name"] for bench in benchmarks]
+    return group_stats(config=config, benchmarks=rows, group_by=group_by)
+
+
 @pytest.hookimpl(trylast=True)  # after pytest-benchmark's tables: the verdicts are the last thing on the screen
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
     record, settings = config.stash[run_key], config.stash[settings_key]
@@ -304,6 +318,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         return
     write = terminalreporter.write_line
     terminalreporter.section("semgap verdicts")
+    if config.stash.get(merged_key, False):
+        write(benchtable.NOTE)
     if record.interrupted_by:
         write(f"semgap: interrupted by {record.interrupted_by}; the benchmarks that finished are saved", yellow=True)
     for warning in record.conditions.get("warnings", []):

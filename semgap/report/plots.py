@@ -1,13 +1,17 @@
-"""The report's PNG plots: latency against bytes and against link rate, one panel per (model, phase), and
-the trade-off of the semantic runtime's technique sets, one panel per group.
+"""The report's PNG plots, one question each (:data:`PLOTS`, with the caption report.md gives them): latency
+against bytes with both thresholds, latency against link rate (two rates or more), and the trade-off of
+the semantic runtime's technique sets (ablation runs only).
 
 Plots are drawn on a bare ``matplotlib.figure.Figure`` (Agg canvas), so no pyplot state or GUI
 backend is touched; matplotlib is imported only when plotting, so a run without it still reports.
+Legends sit beside the panel, never over its data, and log axes are labelled with plain numbers.
 """
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from semgap.analysis.measurements import mode_rank
 from semgap.schema import is_ablation
@@ -69,14 +73,43 @@ def _error_bars(pts: Sequence[CaseSummary]) -> list[list[float]]:
     return [[s.median_latency_ms - s.q1_latency_ms for s in pts], [s.q3_latency_ms - s.median_latency_ms for s in pts]]
 
 
+def plain_number(value: float) -> str:
+    """A tick label as a plain number: 20, 0.5, 2k, 1.5M (not 2x10^1)."""
+    if value == 0:
+        return "0"
+    for suffix, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(value) >= scale:
+            return f"{value / scale:g}{suffix}"
+    return f"{value:g}"
+
+
+def _plain_log_ticks(axis: Any) -> None:
+    """Plain labels on a log axis: every decade; between decades every tick when the axis spans less than a
+    decade and a half (a narrow latency axis would otherwise show a single label), 2 and 5 up to three
+    decades, none beyond (a bytes axis spans eight)."""
+    from matplotlib.ticker import FuncFormatter
+
+    def minor(value: float, _pos: Any = None) -> str:
+        low, high = sorted(axis.get_view_interval())
+        digit = round(value / 10 ** math.floor(math.log10(value)))
+        decades = math.log10(high / low) if low > 0 else math.inf
+        return plain_number(value) if decades <= 1.5 or (decades <= 3 and digit in (2, 5)) else ""
+
+    axis.set_major_formatter(FuncFormatter(lambda value, _pos=None: plain_number(value)))
+    axis.set_minor_formatter(FuncFormatter(minor))
+
+
 def _finish_panel(ax: Any, xlabel: str, title: str, bars: str = ", IQR bars") -> None:
     ax.set_xlabel(xlabel)
     ax.set_yscale("log")  # modes differ by orders of magnitude: a linear axis hides the fast ones
     ax.set_ylabel(f"ms per round (log): block medians' median{bars}")
     ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8)
+    for axis in (ax.xaxis, ax.yaxis):
+        if axis.get_scale() == "log":
+            _plain_log_ticks(axis)
+    if ax.get_legend_handles_labels()[0]:  # beside the panel, never over its points
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
 
 
 def _figure(panels: int, columns: int | None = None) -> tuple[Figure, Any]:
@@ -85,7 +118,7 @@ def _figure(panels: int, columns: int | None = None) -> tuple[Figure, Any]:
 
     columns = min(columns or panels, panels)
     rows = -(-panels // columns)
-    fig = Figure(figsize=(6 * columns, 4.5 * rows))
+    fig = Figure(figsize=(9 * columns, 4.5 * rows))  # 6 for the panel, 3 for its legend
     axes = fig.subplots(rows, columns, squeeze=False).ravel()
     for ax in axes[panels:]:
         ax.set_visible(False)
@@ -94,12 +127,32 @@ def _figure(panels: int, columns: int | None = None) -> tuple[Figure, Any]:
 
 def _save(fig: Figure, path: Path) -> Path:
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")  # the legends outside the panels included
     return path
 
 
+def threshold_marks(rv: RunVerdicts, rows: Sequence[CaseSummary]) -> dict[str, tuple[float, str]]:
+    """Where a semantic point must lie to pass each headline's threshold, for a panel of one group:
+    {"H1": (bytes per round, label), "H2": (ms per round, label)}, (1 - threshold) x the binding baseline's
+    bytes or latency. Empty for a panel of several groups (rates, decode lengths): each has its own."""
+    groups = {(s.model, s.phase, s.link_rate, s.decode_steps) for s in rows}
+    if len(groups) != 1:
+        return {}
+    marks = {}
+    for h in rv.headlines:
+        base = next((s for s in rows if s.label == h.binding_baseline), None)
+        if h.group_key not in groups or base is None:
+            continue
+        if h.hypothesis == "H1":
+            marks["H1"] = ((1 - rv.h1) * (base.bytes_sent_per_round + base.bytes_received_per_round),
+                           f"H1 threshold: {1 - rv.h1:.2f} x {base.label}'s bytes")
+        elif h.hypothesis == "H2":
+            marks["H2"] = ((1 - rv.h2) * base.median_latency_ms, f"H2 threshold: {1 - rv.h2:.2f} x {base.label}'s latency")
+    return marks
+
+
 def latency_vs_bytes(rv: RunVerdicts, path: Path) -> Path:
-    """Latency (IQR bars) vs bytes per round, one panel per (model, phase)."""
+    """Latency (IQR bars) vs bytes per round, one panel per (model, phase), with both headline thresholds."""
     panels = _panels(rv.summaries)
     fig, axes = _figure(len(panels))
     for ax, (model, phase) in zip(axes, panels):
@@ -114,6 +167,11 @@ def latency_vs_bytes(rv: RunVerdicts, path: Path) -> Path:
             ax.errorbar(total, [s.median_latency_ms for s in pts], yerr=_error_bars(pts), fmt=marker, color=color,
                         label=_legend(label, pts, rv.min_agreement), capsize=3)
             _annotate_rates(ax, total, pts)
+        marks = threshold_marks(rv, rows)
+        if "H1" in marks:
+            ax.axvline(marks["H1"][0], color="black", linestyle="--", linewidth=1, label=marks["H1"][1])
+        if "H2" in marks:
+            ax.axhline(marks["H2"][0], color="black", linestyle="-.", linewidth=1, label=marks["H2"][1])
         level = "/".join(sorted({s.byte_level for s in rows if s.role != "local"})) or "payload"
         ax.set_xscale("log")
         ax.margins(x=0.2)
@@ -136,9 +194,10 @@ def _threshold_line(rv: RunVerdicts, rows: Sequence[CaseSummary]) -> tuple[list[
 
 
 def latency_vs_rate(rv: RunVerdicts, path: Path) -> Path | None:
-    """Latency vs link rate per case with the H2 threshold line; None if no rates."""
+    """Latency vs link rate per case with the H2 threshold line; None with fewer than two rates (one rate is
+    a single column of points: latency_vs_bytes shows it)."""
     rated = [s for s in rv.summaries if s.link_rate_bps]
-    if not rated:
+    if len({s.link_rate_bps for s in rated}) < 2:
         return None
     panels = _panels(rated)
     fig, axes = _figure(len(panels))
@@ -175,9 +234,10 @@ def _point_label(s: CaseSummary, min_agreement: float) -> str:
 
 def tradeoff(rv: RunVerdicts, path: Path) -> Path | None:
     """Bytes per round (x, log) against median latency (y), one point per label, for every group with a
-    semantic row; semantic points are annotated with their token agreement. None when no group has one."""
+    technique set of an ablation; semantic points are annotated with their token agreement. None without an
+    ablation: latency_vs_bytes already shows the one technique set."""
     keys = list(dict.fromkeys((s.model, s.phase, s.link_rate, s.decode_steps) for s in rv.summaries
-                              if s.role == "semantic"))
+                              if s.role == "semantic" and is_ablation(s.label)))
     if not keys:
         return None
     fig, axes = _figure(len(keys), columns=3)
@@ -198,3 +258,36 @@ def tradeoff(rv: RunVerdicts, path: Path) -> Path | None:
         _finish_panel(ax, f"bytes per round, sent + received ({rows[0].byte_level} level, log scale)",
                       _title(rows, model, where, "trade-off"), bars="")
     return _save(fig, path)
+
+
+@dataclass(frozen=True)
+class Plot:
+    """One plot of the report: its file, how it is drawn (None: not for this run), what to read from it."""
+
+    file: str
+    draw: Callable[[RunVerdicts, Path], Path | None]
+    caption: str
+
+
+PLOTS = (
+    Plot("latency_vs_bytes.png", latency_vs_bytes,
+         "H1 and H2 at once: each mode's round latency against the bytes it moved in a round. A semantic point "
+         "left of the dashed line passes H1's threshold, one below the dash-dotted line H2's (both drawn against "
+         "the binding baseline; the verdicts also need the interval, see the verdict table)."),
+    Plot("latency_vs_rate.png", latency_vs_rate,
+         "How the latency gap moves with the link rate: where the semantic curve lies below the dashed H2 "
+         "threshold line, semantic is that much faster; a dash-dotted line marks the crossover rate."),
+    Plot("tradeoff.png", tradeoff,
+         "What each technique set of the ablation trades: bytes against latency per set, with token agreement "
+         "on the semantic points; a LOSSY point bought its savings with other tokens."),
+)
+
+
+def markdown(drawn: Sequence[Path]) -> list[str]:
+    """report.md's "Plots" section: each drawn plot with its caption."""
+    names = {path.name for path in drawn}
+    shown = [plot for plot in PLOTS if plot.file in names]
+    lines = ["## Plots", ""] if shown else []
+    for plot in shown:
+        lines += [f"![{plot.file}]({plot.file})", "", f"*{plot.file}*: {plot.caption}", ""]
+    return lines

@@ -120,8 +120,9 @@ def write(run_verdicts: RunVerdicts, output_json: dict, out_dir: Path, written_b
     dump = run_verdicts.to_dict()
     dump["source"] = {"run_id": run_id(output_json), "written_by": written_by}
     sections = tables.sections(run_verdicts, output_json)
+    drawn = _plots(run_verdicts, out_dir)
     texts = {out_dir / "verdicts.json": json.dumps(dump, indent=2, default=str) + "\n",
-             out_dir / "report.md": markdown(run_verdicts, output_json, sections),
+             out_dir / "report.md": "\n".join([markdown(run_verdicts, output_json, sections), *plots.markdown(drawn)]),
              out_dir / "report.tex": latex(run_verdicts, output_json, sections),
              out_dir / where_gap.FILE_NAME: where_gap.markdown(run_verdicts, run_id(output_json)) + "\n"}
     table_dir = out_dir / TABLE_DIR
@@ -132,18 +133,19 @@ def write(run_verdicts: RunVerdicts, output_json: dict, out_dir: Path, written_b
                   if not table.empty})
     for path, text in texts.items():
         path.write_text(text)
-    return list(texts) + _plots(run_verdicts, out_dir)
+    return list(texts) + drawn
 
 
 def _plots(run_verdicts: RunVerdicts, out_dir: Path) -> list[Path]:
+    """Draw each plot of :data:`plots.PLOTS` this run has data for; remove an earlier report's others."""
+    for plot in plots.PLOTS:
+        (out_dir / plot.file).unlink(missing_ok=True)
     if not run_verdicts.summaries:
         return []
     if importlib.util.find_spec("matplotlib") is None:
         print("semgap report: matplotlib is not installed, so no plots were drawn", file=sys.stderr)
         return []
-    drawn = [plots.latency_vs_bytes(run_verdicts, out_dir / "latency_vs_bytes.png"),
-             plots.latency_vs_rate(run_verdicts, out_dir / "latency_vs_rate.png"),
-             plots.tradeoff(run_verdicts, out_dir / "tradeoff.png")]
+    drawn = [plot.draw(run_verdicts, out_dir / plot.file) for plot in plots.PLOTS]
     return [path for path in drawn if path is not None]
 
 
