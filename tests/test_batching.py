@@ -203,6 +203,23 @@ def test_batching_table_compares_each_count_with_blind():
     assert list(frame["tokens"]) == ["as local", "as local"]
 
 
+def test_a_gpu_note_every_row_shares_is_said_once_not_on_every_row():
+    def info(sessions, note, util=None):
+        return {"extra_info": {
+            "batching": f"blind-{sessions}sessions", "model": "gpt2-test", "weights": "random", "sessions": sessions,
+            "flavour": "blind", "role": "blind", "tokens_per_s": 1.0, "token_latency_ms": 1.0,
+            "token_latency_p90_ms": 2.0, "payload_bytes_per_token": 10.0, "wire_tcp_bytes_per_token": 12.0,
+            "mean_batch_size": None, "token_agreement_with_local": 1.0, "decode_steps": 5,
+            "gpu_monitor_note": note, "gpu_sm_util_mean_pct": util}}
+
+    (section,) = batching({"benchmarks": [info(1, "NVML unavailable: no library"), info(4, "NVML unavailable: no library")]})
+    assert "GPU note" not in section.tables[0].frame and "SM util %" not in section.tables[0].frame
+    assert "GPU note: NVML unavailable: no library (every row)." in section.before[0]
+    (section,) = batching({"benchmarks": [info(1, None, 40.0), info(4, "2 samples lost", 55.0)]})
+    assert list(section.tables[0].frame["GPU note"]) == [None, "2 samples lost"]  # they differ: kept per row
+    assert list(section.tables[0].frame["SM util %"]) == [40.0, 55.0]
+
+
 def test_batched_tokens_below_the_min_agreement_are_labelled_lossy_not_failed():
     """A batched forward need not reproduce a batch of one bit for bit: its agreement is measured and labelled."""
     def info(agreement):

@@ -136,6 +136,10 @@ def test_the_kv_table_shows_each_strategys_saving_against_the_blind_one_and_verd
     assert table.loc["recompute", "payload B/recovery"] == 100
     assert table.loc["recompute", "bytes saving"] == pytest.approx(0.9)
     assert table.loc["recompute", "latency saving"] == pytest.approx(-1.5)
+    # Slower with fewer bytes says why, on its row: the compute it paid for the bytes it did not move.
+    assert table.loc["recompute", "note"] == ("slower by design on this link: 0.5 ms of server compute to move 900 B "
+                                              "fewer; it gains only where the link takes longer than that")
+    assert table.loc["full_cache", "note"] is None
     assert set(table["weights"]) == {"random"}  # figures on random weights say so
     assert read_run(output_json).cases == []  # not a mode x phase case: no verdict judges it
     assert scenarios.kv_recovery({"benchmarks": []}) == []

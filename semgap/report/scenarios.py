@@ -62,14 +62,40 @@ def batching(output_json: dict, min_agreement: float = DEFAULT_THRESHOLDS["min_a
     formats = {"tokens/s": fixed(1), "vs blind": ratio, "latency ms/token": fixed(2), "p90 ms/token": fixed(2),
                "payload B/token": count, "TCP B/token": count, "mean batch": fixed(2), "agreement": share,
                "SM util %": fixed(1)}
+    header, rows, said_once = _said_once(header, rows, ("SM util %", "GPU note"))
     steps = infos[0]["decode_steps"]
     return [Section("Semantic batching", (
         f"N client sessions, each on its own connection, decode {steps} tokens each at once. Blind: the server runs "
         "each request as it comes, one forward each; semantic: it steps every live session in one batched forward. "
         "tokens/s = all sessions' tokens / the round's wall time; latency is each decode step's, client to client; "
         "vs blind = tokens/s over blind's at the same N and link rate; mean batch = sessions per forward; tokens = "
-        f"{LOSSY} when the worst session's agreement with local is below {min_agreement:g}.", ""),
+        f"{LOSSY} when the worst session's agreement with local is below {min_agreement:g}.{said_once}", ""),
         (Table.from_rows("batching", "Semantic batching", header, rows, formats, prose=("GPU note",)),))]
+
+
+def _said_once(header: tuple, rows: list[tuple], columns: tuple[str, ...]) -> tuple[tuple, list[tuple], str]:
+    """Drop each of `columns` whose value is the same on every row (e.g. "NVML unavailable" on a CPU), and say
+    that value once, for the section's text; columns that differ between rows stay."""
+    said = ""
+    for column in columns:
+        index = header.index(column)
+        values = {row[index] for row in rows}
+        if len(values) == 1:
+            [value] = values
+            said += f" {column}: {'-' if value is None else value} (every row)."
+            header = header[:index] + header[index + 1:]
+            rows = [row[:index] + row[index + 1:] for row in rows]
+    return header, rows, said
+
+
+def _kv_note(info: dict, baseline: dict | None, saved_bytes: float | None) -> str | None:
+    """Why a strategy that moves fewer bytes is slower: it pays in server compute what the link would have cost,
+    so on a fast link (loopback) it loses by design, and gains only where moving the bytes takes longer."""
+    if baseline is None or info["recovery_ms"] <= baseline["recovery_ms"]:
+        return None
+    moved = f" to move {count(saved_bytes)} B fewer" if saved_bytes else ""
+    return (f"slower by design on this link: {fixed(1)(info['server_compute_ms'])} ms of server compute{moved}; "
+            "it gains only where the link takes longer than that")
 
 
 def kv_recovery(output_json: dict, min_agreement: float = DEFAULT_THRESHOLDS["min_agreement"]) -> list[Section]:
@@ -96,15 +122,15 @@ def kv_recovery(output_json: dict, min_agreement: float = DEFAULT_THRESHOLDS["mi
         baseline, recovered_bytes = blind.get(where(info)), bytes_per_round(info)
         rows.append((info.get("model"), info.get("weights"), info[schema.KIND_KV_RECOVERY], info.get("link_rate"),
                      info.get(schema.KV_STRATEGY, info.get("mode")),  # JSON from before the strategy key: "mode"
-                    
                      info["role"], info["lossless"], info.get("cached_positions"), recovered_bytes,
                      info["rpc_round_trips"], info["recovery_ms"], info["server_compute_ms"],
                      saving(recovered_bytes, baseline, bytes_per_round),
                      saving(info["recovery_ms"], baseline, lambda other: other["recovery_ms"]),
-                     info["token_agreement_with_local"], tokens_label(info["token_agreement_with_local"], min_agreement)))
+                     info["token_agreement_with_local"], tokens_label(info["token_agreement_with_local"], min_agreement),
+                     _kv_note(info, baseline, baseline and bytes_per_round(baseline) - recovered_bytes)))
     header = ("model", "weights", "scenario", "rate", "strategy", "role", "lossless", "cached positions",
               f"{level} B/recovery", "round trips",
-              "recovery ms", "server ms", "bytes saving", "latency saving", "token agreement", "tokens")
+              "recovery ms", "server ms", "bytes saving", "latency saving", "token agreement", "tokens", "note")
     formats = {f"{level} B/recovery": count, "round trips": fixed(0), "recovery ms": fixed(2), "server ms": fixed(2),
                "bytes saving": pct, "latency saving": pct, "token agreement": fixed(3)}
     title = "KV recovery: eviction and migration"
@@ -115,4 +141,4 @@ def kv_recovery(output_json: dict, min_agreement: float = DEFAULT_THRESHOLDS["mi
         "the blind strategy (full_cache) of the same scenario and link rate. Token agreement: the tokens decoded after the "
         "recovery against local's, the worst measured round; a strategy below the min agreement "
         f"{min_agreement:g} is {LOSSY}, whatever its saving (lossy ones, recompute*, are measured, never assumed).", ""),
-        (Table.from_rows("kv_recovery", title, header, rows, formats),))]
+        (Table.from_rows("kv_recovery", title, header, rows, formats, prose=("note",)),))]
