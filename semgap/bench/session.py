@@ -68,10 +68,11 @@ class ExperimentSession:
     def open(self) -> "ExperimentSession":
         settings = self.settings
         try:
-            self._pin_client()
             self.progress(f"semgap: building {settings.model} in the client")
-            # Training a preset on first use takes minutes: its progress lines go to the terminal too.
+            # Training a preset on first use takes minutes: its progress lines go to the terminal too. It runs
+            # before the client pins itself to its half of the CPUs (on this VM one core: 5 s a step, not 1).
             self.model = presets.build_model(settings.spec, self.progress)
+            self._pin_client()
             self.prompt = presets.prompt_ids(settings.prompt_tokens, self.model.config.vocab_size)
             self.context = ModeContext(
                 self.model, semantic=settings.semantic, sampler=settings.sampler, program=settings.program,
