@@ -218,3 +218,49 @@ def test_a_static_cache_exports_only_its_filled_positions_and_converts_to_an_equ
     converted = static.to_dynamic(static_cache)
     assert converted is not static_cache and runtime.cache_to_tensors(converted)["k.0"].shape[2] == PROMPT_TOKENS
     assert static.to_dynamic(dynamic_cache) is dynamic_cache  # a dynamic cache is already one
+
+
+# Kills the migration's second server as the second round of `migration-full_cache` starts: the cache is
+# exported from the first server and its import finds the target gone.
+KILL_THE_TARGET_MID_MIGRATION = r'''
+import os
+import signal
+
+import semgap.bench.kvrecovery as kvrecovery
+
+_spawn, _recover, _servers = kvrecovery.spawn_server, kvrecovery.RecoveryRunner._recover, []
+
+
+def _spawning(*args, **kwargs):
+    spawned = _spawn(*args, **kwargs)
+    _servers.append(spawned)
+    return spawned
+
+
+def _killing(runner):
+    if runner.case.id == "migration-full_cache" and len(runner.rounds) == 1 and _servers:
+        os.killpg(_servers[-1].server.process.pid, signal.SIGKILL)
+    return _recover(runner)
+
+
+kvrecovery.spawn_server, kvrecovery.RecoveryRunner._recover = _spawning, _killing
+'''
+
+
+@pytest.mark.slow
+def test_a_target_server_killed_mid_migration_fails_in_one_line_keeps_the_json_and_leaves_nothing(suite):
+    suite.makepyfile(test_kv_recovery=KV_BENCHMARK)  # beside the matrix, which runs after it
+    suite.makeconftest(INNER_CONFTEST + KILL_THE_TARGET_MID_MIGRATION)
+    result, output, pid = run_suite(suite, *SMALL, "-p", "no:randomly")
+    [failure] = output["semgap"]["failures"]
+    assert failure["case"] == "kv-recovery:migration-full_cache" and "lost the semgap server" in failure["reason"]
+    assert output["semgap"]["run_status"] == "failed"
+    result.stdout.fnmatch_lines(["failed: kv-recovery:migration-full_cache (call): *lost the semgap server*"])
+    # The later migrations skip, naming the loss once; the run's own server goes on serving the matrix after it.
+    skipped = {skip["case"]: skip["reason"] for skip in output["semgap"]["skipped"]}
+    assert set(skipped) == {f"kv-recovery:migration-{s}" for s in ("recompute", "recompute_since_sync", "kv_since_sync")}
+    assert all(reason.startswith("not run: the migration's second server was lost in migration-full_cache")
+               for reason in skipped.values()), skipped
+    cases = {b["extra_info"]["case"] for b in output["benchmarks"]}
+    assert {"eviction-full_cache", "eviction-recompute", "remote_cache-prefill"} <= cases, cases
+    assert leftovers(pid, suite.path) == []

@@ -75,6 +75,7 @@ class RecoveryHosts:
         self.resources = ExitStack()
         self.first = Host(self._steps(session.context), session.tcp_counter, session.link) if session.transport else None
         self.second: Host | None = None
+        self.second_lost = ""  # why the migration's second server is gone: later migrations skip, naming it
 
     def unavailable(self, scenario: str) -> str:
         """Why `scenario` cannot run in this session, or ""."""
@@ -83,6 +84,8 @@ class RecoveryHosts:
             return "no semgap server in this session (only local modes were asked for)"
         if scenario != "migration":
             return ""
+        if self.second_lost:
+            return self.second_lost
         if settings.server is not None:
             return (f"--semgap-server names {settings.external_server}: the suite starts no second server "
                     "beside it")
@@ -145,8 +148,14 @@ class RecoveryRunner:
         # The GPU monitor of the run's server, as the matrix records it (a migration's second server has none).
         gpu_mark = self.hosts.session.gpu_mark(GPU_MODE)
         cpu_before = hostload.CpuTimes.read()
-        benchmark.pedantic(self._recover, setup=self._setup, teardown=self._teardown,
-                           rounds=rounds, warmup_rounds=settings.warmup_rounds)
+        try:
+            benchmark.pedantic(self._recover, setup=self._setup, teardown=self._teardown,
+                               rounds=rounds, warmup_rounds=settings.warmup_rounds)
+        except ConnectionError as error:
+            if self.target is self.hosts.second and self.target.steps.context.transport.inner.broken:
+                self.hosts.second_lost = (f"not run: the migration's second server was lost in {self.case.id} "
+                                          f"({str(error).splitlines()[0]})")
+            raise
         cpu_after = hostload.CpuTimes.read()
         window = lambda samples: measured(samples, settings.warmup_rounds, rounds)
         tokens = window(self.tokens)
