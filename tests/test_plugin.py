@@ -97,10 +97,13 @@ def test_blocks_interleave_every_case_in_a_seeded_order(suite):
     assert all(sorted(name.rsplit("-", 1)[0] for name in block) == sorted(
         f"{mode}-{phase}" for mode in ("local", "remote_cache") for phase in ("prefill", "decode")) for block in blocks)
     assert len({tuple(name.rsplit("-", 1)[0] for name in block) for block in blocks}) > 1  # shuffled per block
-    again = suite.runpytest_inprocess("--benchmark-only", *QUICK, "--semgap-modes", "local,remote_cache",
-                                      "--semgap-blocks", "3", "--collect-only", "-q")
-    assert [line for line in again.outlines if "::test_" in line] == [
-        line for line in result.outlines if "::test_" in line]  # the same seed, the same order
+    def order(*seed: str) -> list[str]:
+        run = suite.runpytest_inprocess("--benchmark-only", *QUICK, "--semgap-modes", "local,remote_cache",
+                                        "--semgap-blocks", "6", *seed, "--collect-only", "-q")
+        return [line for line in run.outlines if "::test_" in line]
+
+    assert order("--semgap-block-seed=5") == order("--semgap-block-seed=5")  # a seed given replays its order
+    assert order() != order()  # without one, each run draws its own (6 blocks of 4 shuffled cases: 24**6 orders)
 
 
 def test_a_decode_length_sweep_shows_naive_bytes_per_step_growing_and_resident_ones_flat(suite):

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Sequence
 
-from semgap.analysis import effects, gap, headlines, stats, summaries
+from semgap.analysis import effects, gap, headlines, looks, stats, summaries
 from semgap.analysis.headlines import INVALID, LOSSY, Headline, Verdict
 from semgap.analysis.load import LoadWarning, load_warnings, loaded_blocks
 from semgap.analysis.premise import ComputeCheck, compute_checks
@@ -85,6 +85,7 @@ class RunVerdicts:
     skipped: list[dict[str, Any]] = field(default_factory=list)  # the benchmarks the run skipped, each with its reason
     notes: list[str] = field(default_factory=list)
     source: dict[str, Any] = field(default_factory=dict)
+    design: dict[str, Any] | None = None  # the sequential design's looks (analysis/looks.py); None: fixed blocks
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (dataclasses flattened with ``asdict``)."""
@@ -325,6 +326,10 @@ def compute(output_json: dict, h1: float | None = None, h2: float | None = None,
     result.verdicts += [h2_verdict(pair, test, p, q, h2, alpha, min_agreement, set(flagged))
                         for pair, test, p, q in zip(h2_pairs, tests, p_for, p_against)]
     result.headlines, result.verdicts = judge_headlines(result.verdicts, min_agreement)
+    design = looks.design_of(meta, alpha)
+    if design is not None:  # H2 headlines decided by the looks of a sequential run
+        outcome = looks.evaluate(groups, design, h2, min_agreement)
+        result.headlines, result.design = looks.apply(result.headlines, outcome), outcome.to_dict()
     result.verdicts.sort(key=_verdict_order(list(groups)))
     result.headlines.sort(key=lambda h: (list(groups).index(h.group_key), h.hypothesis))
     result.load_warnings = load_warnings(flagged, info.cores, [(describe(v), v.loaded_blocks) for v in result.verdicts])

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import re
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import torch
 
 from semgap.model import cpus, presets
 
+from semgap.analysis import sequential
 from semgap.bench import rundir
 
 from semgap.wire import transport
@@ -25,6 +27,7 @@ from semgap.techniques import TECHNIQUES, TechniqueSet, ablation_chain, ablation
 from semgap.wire.transport import auth
 
 LINKS = ("loopback", "netns")
+FIXED_BLOCKS = 10  # a sweep of link rates, without --semgap-blocks
 
 
 def _choices(known: tuple[str, ...] | list[str], what: str):
@@ -151,15 +154,22 @@ def add_options(parser: pytest.Parser) -> None:
     option("--semgap-decode-steps", metavar="LIST", type=_positive_ints, default=(5,),
            help="tokens generated per decode round; a comma list (e.g. 5,50,250) makes every decode benchmark "
                 "one per length, to show how bytes and latency per step grow with the KV cache. Default: 5")
-    option("--semgap-blocks", metavar="N", type=_positive_int, default=10,
-           help="interleaved blocks: each block runs every case in a seeded shuffled order, and the latency "
-                "verdicts compare modes block by block. Default: 10")
+    option("--semgap-blocks", metavar="N", type=_positive_int, default=None,
+           help="a fixed design of N interleaved blocks (each runs every case in a seeded shuffled order; the "
+                "latency verdicts compare modes block by block), judged once at the end. Default: the sequential "
+                "design, blocks until every H2 headline is decided (--semgap-max-blocks); with several link "
+                f"rates, {FIXED_BLOCKS} blocks")
+    option("--semgap-max-blocks", metavar="N", type=_positive_int, default=sequential.DEFAULT_MAX_BLOCKS,
+           help=f"the sequential design's most blocks: it looks after {sequential.FIRST_LOOK} blocks and every "
+                f"{sequential.LOOK_EVERY} after, and stops when every H2 headline is decided. "
+                f"Default: {sequential.DEFAULT_MAX_BLOCKS}")
     option("--semgap-rounds", metavar="N", type=_positive_int, default=3,
            help="measured rounds of each case in each block. Default: 3")
     option("--semgap-warmup-rounds", metavar="N", type=_non_negative_int, default=1,
            help="discarded rounds of each case before its measured rounds in each block. Default: 1")
-    option("--semgap-block-seed", metavar="N", type=_non_negative_int, default=0,
-           help="seed of the order of the cases inside each block. Default: 0")
+    option("--semgap-block-seed", metavar="N", type=_non_negative_int, default=None,
+           help="seed of the order of the cases inside each block; give a run's block_order_seed to replay its "
+                "order. Default: drawn anew for each run (and recorded)")
     option("--semgap-batch-sessions", metavar="LIST", type=_session_counts, default=(1, 4, 16),
            help="concurrent client sessions of the batching benchmark (benchmarks/test_batching.py), a comma list "
                 "(one benchmark per count and flavour), or none to leave it out. Default: 1,4,16")
@@ -218,6 +228,14 @@ def add_options(parser: pytest.Parser) -> None:
            help="fail the run when a hypothesis is NOT SUPPORTED (a CI gate). Default: off")
 
 
+def _design(blocks: int | None, max_blocks: int, alpha: float, rates: tuple[int, ...]) -> dict:
+    """A fixed design when --semgap-blocks is given, or several link rates are swept (each rate's blocks run
+    one after another, so one rate's looks would wait for the others); the sequential design otherwise."""
+    if blocks is not None or len(rates) > 1:
+        return {"blocks": blocks or FIXED_BLOCKS, "design": None}
+    return {"blocks": max_blocks, "design": sequential.Design.plan(max_blocks, alpha)}
+
+
 @dataclass(frozen=True)
 class SemgapConfig:
     """The run's settings, read once from the options and kept in the pytest stash."""
@@ -235,7 +253,8 @@ class SemgapConfig:
     phases: tuple[str, ...]
     prompt_tokens: int
     decode_steps: tuple[int, ...]  # one decode benchmark per length
-    blocks: int
+    blocks: int  # blocks the matrix may run: the fixed design's, or the sequential design's most
+    design: sequential.Design | None  # None: a fixed design of `blocks` blocks, judged once
     rounds: int  # measured rounds per case and block
     warmup_rounds: int  # per case and block
     block_seed: int
@@ -262,6 +281,12 @@ class SemgapConfig:
     batch_rounds: int
     calibrate_rpc: bool  # start an rpc calibration peer although the run uses tcp
 
+    @property
+    def fixed_blocks(self) -> int:
+        """What sizes the benchmarks beside the matrix (KV recovery's rounds): the fixed design's blocks, or
+        FIXED_BLOCKS under the sequential design (whose blocks are not known before the matrix has run)."""
+        return FIXED_BLOCKS if self.design else self.blocks
+
     @classmethod
     def from_pytest(cls, config: pytest.Config) -> "SemgapConfig":
         get = config.getoption
@@ -270,8 +295,10 @@ class SemgapConfig:
             fast_path=get("semgap_fast_path"), cpus=get("semgap_cpus"),
             cpu_plan=cpus.plan(get("semgap_cpus")) if get("semgap_server") is None else None,
             modes=get("semgap_modes"), phases=get("semgap_phases"), prompt_tokens=get("semgap_prompt_tokens"),
-            decode_steps=get("semgap_decode_steps"), blocks=get("semgap_blocks"), rounds=get("semgap_rounds"),
-            warmup_rounds=get("semgap_warmup_rounds"), block_seed=get("semgap_block_seed"),
+            decode_steps=get("semgap_decode_steps"), rounds=get("semgap_rounds"),
+            **_design(get("semgap_blocks"), get("semgap_max_blocks"), get("semgap_alpha"), get("semgap_link_rate")),
+            warmup_rounds=get("semgap_warmup_rounds"),
+            block_seed=secrets.randbelow(2**31) if get("semgap_block_seed") is None else get("semgap_block_seed"),
             semantic=get("semgap_semantic"), ablation=get("semgap_ablation"), sampler=get("semgap_sampler"),
             program=get("semgap_program"),
             server=get("semgap_server"), host=get("semgap_host"), link=get("semgap_link"),

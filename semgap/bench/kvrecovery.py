@@ -144,7 +144,7 @@ class RecoveryRunner:
         self.before_steps = settings.max_decode_steps - self.after_steps
         rate = format_rate(self.case.link_rate_bps) if self.case.link_rate_bps else None
         benchmark.group = f"kv recovery: {self.case.scenario}" + (f" at {rate}" if rate else "")
-        rounds = ROUNDS_PER_BLOCK * settings.blocks
+        rounds = ROUNDS_PER_BLOCK * settings.fixed_blocks
         # The GPU monitor of the run's server, as the matrix records it (a migration's second server has none).
         gpu_mark = self.hosts.session.gpu_mark(GPU_MODE)
         cpu_before = hostload.CpuTimes.read()

@@ -7,7 +7,7 @@ import warnings
 
 import pytest
 
-from semgap.bench import benchtable, calibration, preflight, rundir
+from semgap.bench import benchtable, calibration, preflight, rundir, stopping
 
 from semgap.bench.testbed import interrupts
 
@@ -25,6 +25,7 @@ from semgap.bench.runrecord import CaseItem, RunRecord, SessionFailure, one_line
 settings_key = pytest.StashKey[SemgapConfig]()
 run_key = pytest.StashKey[RunRecord]()
 merged_key = pytest.StashKey[bool]()
+stop_key = pytest.StashKey[stopping.SequentialStop]()
 # Every benchmark semgap runs, by its parameter, and how its failures name it (the case id after this).
 BENCHMARK_PARAMETERS = {"semgap_case": "", "semgap_probe": "calibration:", "semgap_batch_case": "batching:",
                         "semgap_kv_case": "kv-recovery:"}
@@ -44,8 +45,17 @@ def pytest_configure(config: pytest.Config) -> None:
     # A benchmark that stops at a session-level failure, before its rounds, is reported as such already.
     config.addinivalue_line("filterwarnings", "ignore:Benchmark fixture was not used at all in this test")
     record = config.stash[run_key] = RunRecord(run_id=settings.run_dir.name)
+    config.stash[stop_key] = stopping.SequentialStop(settings, lambda line: _say(config, line))
     config.pluginmanager.register(SessionFinishGuard(record), "semgap-sessionfinish")
     record.guard.install()
+
+
+def _say(config: pytest.Config, line: str) -> None:
+    """A line on the terminal in the middle of the run, on a line of its own."""
+    terminal = config.pluginmanager.get_plugin("terminalreporter")
+    if terminal is not None:
+        terminal.ensure_newline()
+        terminal.write_line(line)
 
 
 @pytest.hookimpl(trylast=True)
@@ -200,6 +210,12 @@ def semgap_calibration(request: pytest.FixtureRequest, semgap_session: Experimen
         yield runner.start()
     finally:
         runner.close()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
+    """A block the sequential design no longer needs is left out: not run, not reported (semgap/bench/stopping.py)."""
+    return True if item.config.stash[stop_key].skips(item) else None
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from semgap.bench import calibration
+from semgap.bench import calibration, stopping
 from semgap.bench.session import ExperimentSession
 from semgap.bench.testbed.interrupts import SignalGuard
 
@@ -115,8 +115,11 @@ class RunRecord:
                 "interrupted_by": self.interrupted_by}
 
     def full_section(self, output_json: dict) -> dict:
-        """The JSON's `semgap` section: the run's conditions and status, and its transport calibration."""
-        return {**self.semgap_section(), "calibration": calibration.summarize(output_json["benchmarks"])}
+        """The JSON's `semgap` section: the run's conditions and status, its transport calibration, and the
+        sequential design's looks (None for a fixed design)."""
+        section = {**self.semgap_section(), "calibration": calibration.summarize(output_json["benchmarks"])}
+        looked = stopping.outcome({**output_json, "semgap": section}) if section.get("design") else None
+        return {**section, "looks": looked.to_dict() if looked else None}
 
     def save_json(self, written: Path, run_dir: Path) -> None:
         """The run's JSON in its folder, also when pytest-benchmark wrote none (nothing was measured), and

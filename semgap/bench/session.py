@@ -301,6 +301,7 @@ class ExperimentSession:
             "program": str(settings.program),
             "compressor": self.server_info.get("compressor", ""),
             "blocks": settings.blocks,
+            "design": settings.design.to_dict() if settings.design else {"kind": "fixed", "blocks": settings.blocks},
             "rounds_per_block": settings.rounds,
             "warmup_rounds_per_block": settings.warmup_rounds,
             "block_order_seed": settings.block_seed,

@@ -31,7 +31,7 @@ from semgap.analysis import compare, frames
 from semgap.analysis.headlines import INVALID, LOSSY
 from semgap.analysis.stats import INCONCLUSIVE
 
-from semgap.report import plots, render, tables, where_gap
+from semgap.report import looks, plots, render, tables, where_gap
 from semgap.bench import rundir
 from semgap.bench.argtypes import fraction, share
 from semgap.analysis.measurements import InvalidBenchmarkJSON, read_run
@@ -170,7 +170,7 @@ def terminal_lines(run_verdicts: RunVerdicts) -> list[str]:
     lines += ["reduction = 1 - semantic/baseline (positive: semantic cheaper); each headline is judged against "
               f"every blind baseline ({'/'.join(map(str, counts)) or 0}); vs: the binding one (smallest reduction)",
               f"thresholds H1 {rv.h1:.0%}, H2 {rv.h2:.0%}; H2{design}, headline p Holm-adjusted over {len(heads)} "
-              f"headline(s)"]
+              f"headline(s)"] + ([looks.stop_line(rv)] if rv.design else [])
     for v in rv.headlines:
         what = "bytes  " if v.hypothesis == "H1" else "latency"
         if v.ci_low is None or v.ci_high is None:
