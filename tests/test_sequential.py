@@ -40,7 +40,7 @@ def test_the_exact_signed_rank_p_is_scipys():
 
 
 def test_the_looks_spend_alpha_and_nothing_more():
-    assert DESIGN.looks == (8, 14, 20, 26, 32)
+    assert DESIGN.looks == (8, 14, 20, 26)
     assert sum(DESIGN.alphas) == pytest.approx(ALPHA) and all(a > 0 for a in DESIGN.alphas)
     assert DESIGN.alphas[0] > 2.0 ** -8 * 2  # the first look can decide even with Holm over two headlines
     assert sequential.Design.plan(5, ALPHA).looks == (5,)  # fewer blocks than the first look: one look
@@ -71,8 +71,10 @@ def test_ten_points_above_the_threshold_is_supported_nine_times_in_ten_with_this
 
 
 def test_ten_points_below_the_threshold_is_mostly_not_supported():
+    # 80 % here: NOT SUPPORTED pays Bonferroni over the baselines (x2 here, x5 in a default run), so a
+    # shortfall of 10 pp is left INCONCLUSIVE in about one run in five at this noise.
     decision, _ = simulate(DESIGN, THRESHOLD - 0.10, THRESHOLD - 0.10)
-    assert (decision == stats.NOT_SUPPORTED).mean() >= 0.85
+    assert (decision == stats.NOT_SUPPORTED).mean() >= 0.75
     assert (decision == stats.SUPPORTED).mean() == 0
 
 

@@ -43,7 +43,7 @@ from semgap.analysis import stats
 
 FIRST_LOOK = 8  # blocks before the first look: 2**-8 = 0.004 lets the first look's share of alpha decide
 LOOK_EVERY = 6
-DEFAULT_MAX_BLOCKS = 32
+DEFAULT_MAX_BLOCKS = 26
 
 
 @dataclass(frozen=True)
