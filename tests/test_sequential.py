@@ -96,9 +96,9 @@ def test_a_clear_saving_is_decided_at_the_first_look_and_one_at_the_threshold_ru
     assert clear.design["stop_reason"] == "every H2 headline decided" and clear.design["stopped_after_blocks"] == 8
     h2 = [h for h in clear.headlines if h.hypothesis == "H2"]
     assert [h.verdict for h in h2] == [stats.SUPPORTED] * 2
-    assert all(h.reason.startswith("sequential design, look 1 of 5 (8 blocks)") for h in h2), [h.reason for h in h2]
+    assert all(h.reason.startswith(f"sequential design, look 1 of {len(DESIGN.looks)} (8 blocks)") for h in h2), h2
     near = sequential_run(0.085, MAX_BLOCKS)  # 15 %: the threshold itself
-    assert near.design["stop_reason"] == "max blocks reached" and len(near.design["looks"]) == 5
+    assert near.design["stop_reason"] == "max blocks reached" and len(near.design["looks"]) == len(DESIGN.looks)
     assert {h.verdict for h in near.headlines if h.hypothesis == "H2"} == {stats.INCONCLUSIVE}
 
 
