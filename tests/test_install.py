@@ -38,7 +38,7 @@ def for_loopback(line: str, port: int) -> str:
 
 @pytest.mark.slow
 @needs_install
-def test_cross_host_recipe_runs_as_written(tmp_path):
+def test_cross_host_recipe_runs_as_written(tmp_path, outside_xdist):
     # The secret lies in a HOME outside the checkout and the client names it as a separate word
     # (~/.semgap-secret): that path must not move pytest's rootdir off the checkout.
     home = tmp_path / "home"

@@ -228,6 +228,15 @@ def add_options(parser: pytest.Parser) -> None:
            help="fail the run when a hypothesis is NOT SUPPORTED (a CI gate). Default: off")
 
 
+def _block_seed(config: pytest.Config) -> int:
+    """The given block-order seed, else one drawn per run; xdist workers derive it from their shared run uid,
+    since each worker collects the matrix itself and must collect the same order."""
+    if config.getoption("semgap_block_seed") is not None:
+        return config.getoption("semgap_block_seed")
+    shared = getattr(config, "workerinput", {}).get("testrunuid")
+    return int(shared[:8], 16) % 2**31 if shared else secrets.randbelow(2**31)
+
+
 def _design(blocks: int | None, max_blocks: int, alpha: float, rates: tuple[int, ...]) -> dict:
     """A fixed design when --semgap-blocks is given, or several link rates are swept (each rate's blocks run
     one after another, so one rate's looks would wait for the others); the sequential design otherwise."""
@@ -298,7 +307,7 @@ class SemgapConfig:
             decode_steps=get("semgap_decode_steps"), rounds=get("semgap_rounds"),
             **_design(get("semgap_blocks"), get("semgap_max_blocks"), get("semgap_alpha"), get("semgap_link_rate")),
             warmup_rounds=get("semgap_warmup_rounds"),
-            block_seed=secrets.randbelow(2**31) if get("semgap_block_seed") is None else get("semgap_block_seed"),
+            block_seed=_block_seed(config),
             semantic=get("semgap_semantic"), ablation=get("semgap_ablation"), sampler=get("semgap_sampler"),
             program=get("semgap_program"),
             server=get("semgap_server"), host=get("semgap_host"), link=get("semgap_link"),
