@@ -85,6 +85,15 @@ class RoundRecord:
     # the server retransmitted, known only for a server this session spawned.
     wire_tcp_bytes_retransmitted_sent: int | None = None
     wire_tcp_bytes_retransmitted_received: int | None = None
+    # The round taken apart (semgap/analysis/rounds.py): its wall time, the client's time inside the
+    # transport, and the server's own time on the round's requests (semgap/wire/timing.py); None where
+    # not measured (local; a transport that cannot say).
+    round_ms: float | None = None
+    wait_ms: float | None = None
+    server_queue_ms: float | None = None
+    server_decode_ms: float | None = None
+    server_encode_ms: float | None = None
+    server_handler_ms: float | None = None
 
     @classmethod
     def total(cls, records: Sequence["RoundRecord"]) -> "RoundRecord":

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Sequence
 
-from semgap.analysis import effects, gap, headlines, looks, stats, summaries
+from semgap.analysis import effects, gap, headlines, looks, rounds, stats, summaries
 from semgap.analysis.headlines import INVALID, LOSSY, Headline, Verdict
 from semgap.analysis.load import LoadWarning, load_warnings, loaded_blocks
 from semgap.analysis.premise import ComputeCheck, compute_checks
@@ -75,6 +75,7 @@ class RunVerdicts:
     cross_checks: list[ByteCrossCheck] = field(default_factory=list)
     load_warnings: list[LoadWarning] = field(default_factory=list)
     compute_checks: list[ComputeCheck] = field(default_factory=list)  # the premise of H2 (analysis/premise.py)
+    round_parts: list[rounds.RoundParts] = field(default_factory=list)  # remote rounds taken apart (analysis/rounds.py)
     summaries: list[summaries.CaseSummary] = field(default_factory=list)
     where_gap: list[gap.GapRow] = field(default_factory=list)
     taxes: list[summaries.TaxEntry] = field(default_factory=list)
@@ -334,6 +335,7 @@ def compute(output_json: dict, h1: float | None = None, h2: float | None = None,
     result.headlines.sort(key=lambda h: (list(groups).index(h.group_key), h.hypothesis))
     result.load_warnings = load_warnings(flagged, info.cores, [(describe(v), v.loaded_blocks) for v in result.verdicts])
     result.compute_checks = compute_checks(run.cases)
+    result.round_parts = rounds.taken_apart(output_json)
     _note_holm_reach(result, tests)
     confidence = 1.0 - 2.0 * alpha
     tables = summaries.tables(groups, result.verdicts, h2, confidence, seed, n_resamples, rtts_s)

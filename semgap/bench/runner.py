@@ -1,6 +1,8 @@
 """One case of one block as `benchmark.pedantic` rounds, and what they moved as extra_info."""
 from __future__ import annotations
 
+import dataclasses
+import time
 from dataclasses import asdict, dataclass, field
 
 from semgap import schema
@@ -64,23 +66,36 @@ class CaseRunner:
         state = None
         if self.case.phase == "decode":  # the prompt is processed outside the measured round
             state = generate.prefill(self.mode, self.session.prompt)
+        if self.mode.needs_server:
+            self.session.server_time()  # the server's clock restarts here: the untimed prefill is not the round's
         self.before = self.session.snapshot()
         self.counters_before = self.mode.counters()
         return (state,), {}
 
     def _prefill_round(self, _):
+        start = time.perf_counter()
         token, state = generate.prefill(self.mode, self.session.prompt)
         self.round_tokens = [token]
         self.mode.release(state)
+        self.round_ms = (time.perf_counter() - start) * 1e3
 
     def _decode_round(self, prefilled):
+        start = time.perf_counter()
         first_token, state = prefilled
         self.round_tokens, state = generate.decode_n_tokens(self.mode, first_token, state, self.case.decode_steps,
                                                             position=len(self.session.prompt))
         self.mode.release(state)
+        self.round_ms = (time.perf_counter() - start) * 1e3
 
     def _teardown(self, _):
-        self.rounds.append(self.session.record(self.before, self.session.snapshot()))
+        record = dataclasses.replace(self.session.record(self.before, self.session.snapshot()), round_ms=self.round_ms)
+        server = self.session.server_time() if self.mode.needs_server else None  # after the counters: not the round's bytes
+        if server is not None:
+            record = dataclasses.replace(record, server_queue_ms=server.queue_ms, server_decode_ms=server.decode_ms,
+                                         server_encode_ms=server.encode_ms, server_handler_ms=server.handler_ms)
+        if not self.mode.needs_server:
+            record = dataclasses.replace(record, wait_ms=None)
+        self.rounds.append(record)
         counters = self.mode.counters()
         self.counter_rounds.append(self.mode.round_figures(self.counters_before, counters))
         self.tokens.append(self.round_tokens)

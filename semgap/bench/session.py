@@ -27,7 +27,7 @@ from semgap.client.modes.local import LocalMode
 from semgap.model import cpus, presets, runtime
 from semgap.schema import RoundRecord
 from semgap.techniques import TechniqueSet
-from semgap.wire import codec, transport
+from semgap.wire import codec, timing, transport
 from semgap.wire.transport import auth
 
 
@@ -234,7 +234,13 @@ class ExperimentSession:
             tcp.sockets_closed if tcp else 0,
             wire_tcp_bytes_retransmitted_sent=tcp.bytes_retransmitted if tcp else None,
             wire_tcp_bytes_retransmitted_received=server_tcp.bytes_retransmitted if server_tcp else None,
+            wait_ms=payload.wait_ms,
         )
+
+    def server_time(self) -> timing.ServerTime | None:
+        """The server's own time on this session's connection since the last ask (None: not reported).
+        Asked between rounds: its bytes fall outside every round's counters."""
+        return self.transport.server_time() if self.transport is not None else None
 
     def device(self, mode_name: str) -> str:
         """Where `mode_name`'s model runs: the server's device for remote modes, else the client's."""

@@ -1,6 +1,6 @@
 """The report's PNG plots, one question each (:data:`PLOTS`, with the caption report.md gives them): latency
-against bytes with both thresholds, latency against link rate (two rates or more), and the trade-off of
-the semantic runtime's technique sets (ablation runs only).
+against bytes with both thresholds, latency against link rate (two rates or more), each remote round taken
+apart, and the trade-off of the semantic runtime's technique sets (ablation runs only).
 
 Plots are drawn on a bare ``matplotlib.figure.Figure`` (Agg canvas), so no pyplot state or GUI
 backend is touched; matplotlib is imported only when plotting, so a run without it still reports.
@@ -260,6 +260,35 @@ def tradeoff(rv: RunVerdicts, path: Path) -> Path | None:
     return _save(fig, path)
 
 
+PART_COLORS = ("tab:gray", "tab:olive", "tab:red", "tab:pink", "tab:cyan", "tab:blue", "tab:purple", "tab:brown")
+
+
+def round_parts(rv: RunVerdicts, path: Path) -> Path | None:
+    """One stacked bar per remote mode, a panel per (model, phase, rate): its mean round taken apart."""
+    from semgap.analysis.rounds import PARTS
+
+    panels = list(dict.fromkeys((p.model, p.phase, p.link_rate) for p in rv.round_parts))
+    if not panels:
+        return None
+    fig, axes = _figure(len(panels), columns=2)
+    for ax, (model, phase, rate) in zip(axes, panels):
+        rows = [p for p in rv.round_parts if (p.model, p.phase, p.link_rate) == (model, phase, rate)]
+        left = [0.0] * len(rows)
+        for (name, what), color in zip(PARTS, PART_COLORS):
+            widths = [max(p.parts[name], 0.0) for p in rows]  # in flight below zero (posts overlap): in the table
+            ax.barh(range(len(rows)), widths, left=left, color=color, label=f"{name} ({what})")
+            left = [x + w for x, w in zip(left, widths)]
+        ax.scatter([p.benchmark_ms for p in rows], range(len(rows)), marker="|", s=300, color="black",
+                   label="pytest-benchmark's round time", zorder=3)
+        ax.set_yticks(range(len(rows)), [p.label for p in rows])
+        ax.invert_yaxis()
+        ax.set_xlabel("ms per round (mean over measured rounds)")
+        ax.set_title(f"{model} {phase}{f' at {rate}' if rate else ''}: a round taken apart", fontsize=10)
+        ax.grid(True, axis="x", alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+    return _save(fig, path)
+
+
 @dataclass(frozen=True)
 class Plot:
     """One plot of the report: its file, how it is drawn (None: not for this run), what to read from it."""
@@ -277,6 +306,10 @@ PLOTS = (
     Plot("latency_vs_rate.png", latency_vs_rate,
          "How the latency gap moves with the link rate: where the semantic curve lies below the dashed H2 "
          "threshold line, semantic is that much faster; a dash-dotted line marks the crossover rate."),
+    Plot("round_parts.png", round_parts,
+         "Where a remote round goes: client compute and codec, time in flight, and the server's queueing, decode, "
+         "compute, encode and dispatch, stacked per mode; the black tick is pytest-benchmark's own round time, "
+         "which the stack must reach within 5 %."),
     Plot("tradeoff.png", tradeoff,
          "What each technique set of the ablation trades: bytes against latency per set, with token agreement "
          "on the semantic points; a LOSSY point bought its savings with other tokens."),

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from semgap.analysis import ablation, costmodel, frames
-from semgap.report import equal_compute, looks, scenarios, where_gap
+from semgap.report import equal_compute, looks, round_parts, scenarios, where_gap
 from semgap.report.plots import format_bps
 from semgap.report.render import Section, Table, count, fixed, general, pct, percent, ratio, share
 from semgap.analysis.verdicts import LOSSY, PAYLOAD_ONLY_NOTE, Headline, RunVerdicts, Verdict
@@ -292,6 +292,7 @@ def sections(rv: RunVerdicts, output_json: dict) -> list[Section]:
     """Every section of report.md, in order; the tables in them are report.tex's and tables/*.csv's."""
     rounds = frames.rounds(output_json) if rv.summaries else pd.DataFrame(columns=frames.IDENTITY)
     return [design(rv), *verdicts(rv), *looks.section(rv), where_gap.section(rv), cross_check(rv), load(rv), *equal_compute.sections(rv, output_json),
+            *round_parts.section(rv),
             cases(rv), *taxes(rv),
             *ablation.sections(rv, rounds), crossovers(rv), rtt_projection(rv), cost_model(rv, output_json, rounds),
             *scenarios.calibration(output_json), *scenarios.batching(output_json, rv.min_agreement),

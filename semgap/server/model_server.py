@@ -5,12 +5,14 @@ Run it with `python -m semgap.server --model gpt2-mini --host 127.0.0.1 --port 2
 from __future__ import annotations
 
 import argparse
+import contextvars
 import hashlib
 import json
 import signal
 import sys
 import secrets
 import threading
+import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
@@ -19,7 +21,7 @@ from pathlib import Path
 import torch
 
 from semgap.wire import names
-from semgap.wire import codec, transport
+from semgap.wire import codec, timing, transport
 
 from semgap.model import cpus, presets, runtime
 from semgap.server.batching import DecodeBatcher
@@ -101,14 +103,18 @@ class ModelServer:
             self.engine_thread.shutdown(wait=True)
 
     def _exclusive(self, function, *args):
-        """Run `function` with the model to itself: one request at a time, on the engine thread if there is one."""
+        """Run `function` with the model to itself: one request at a time, on the engine thread if there is one.
+        The wait for the model is the request's queueing time (semgap.wire.timing)."""
+        start = time.perf_counter()
         with self.lock:
+            timing.add("queue_ms", (time.perf_counter() - start) * 1e3)
             return self._on_engine_thread(function, *args)
 
     def _on_engine_thread(self, function, *args):
         if self.engine_thread is None:
             return function(*args)
-        return self.engine_thread.submit(function, *args).result()
+        # The request's context goes along, so what the engine thread spends lands on the request's clock.
+        return self.engine_thread.submit(contextvars.copy_context().run, function, *args).result()
 
     def hello(self, tensors, meta) -> bytes:
         import transformers
@@ -169,14 +175,14 @@ class ModelServer:
         weights = {name[2:]: t.to(device) for name, t in tensors.items() if name.startswith("w.")}
         self._check_complete(weights)
         kv = {name[3:]: t.to(device) for name, t in tensors.items() if name.startswith("kv.")}
-        with stopwatch(device) as timing:
+        with stopwatch(device) as watch:
             cache = tensors_to_cache(kv) if kv else None
             step = self.engine.decode_one_token(tensors[names.INPUT_IDS], cache, weights) if kv else (
                 self.engine.prefill(tensors[names.INPUT_IDS], weights, logits_to_keep(meta))
             )
         response = {names.LOGITS: step.logits}
         response.update({f"kv.{name}": t for name, t in cache_to_tensors(step.cache).items()})
-        return codec.encode(response, {names.SERVER_COMPUTE_MS: codec.milliseconds_text(timing["ms"])})
+        return codec.encode(response, {names.SERVER_COMPUTE_MS: codec.milliseconds_text(watch["ms"])})
 
     def prefill(self, tensors, meta) -> bytes:
         self.check_weights(meta)
@@ -184,23 +190,23 @@ class ModelServer:
         handle = secrets.token_hex(8)
         # a bad `techniques` field fails before any compute
         keep = logits_to_keep(meta)
-        with self.semantic.opening(handle, meta, tensors[names.INPUT_IDS]), stopwatch(self.engine.device) as timing:
+        with self.semantic.opening(handle, meta, tensors[names.INPUT_IDS]), stopwatch(self.engine.device) as watch:
             step = self.engine.prefill(tensors[names.INPUT_IDS], logits_to_keep=keep)
         self.keep(step.cache, handle)
         if handle in self.semantic:
-            return self.semantic.respond(handle, step.logits, timing["ms"], prefill=True)
-        return self._logits_response(step.logits, timing["ms"], kv_handle=handle)
+            return self.semantic.respond(handle, step.logits, watch["ms"], prefill=True)
+        return self._logits_response(step.logits, watch["ms"], kv_handle=handle)
 
     def decode(self, tensors, meta) -> bytes:
         handle = meta.get(names.KV_HANDLE, "")
         cache = self.cache(handle)
         tensors = self.semantic.decode_request(handle, tensors, meta)
-        with stopwatch(self.engine.device) as timing:
+        with stopwatch(self.engine.device) as watch:
             step = self.engine.decode_one_token(tensors[names.INPUT_IDS], cache)
         self.caches[handle] = step.cache
         if handle in self.semantic:
-            return self.semantic.respond(handle, step.logits, timing["ms"], prefill=False)
-        return self._logits_response(step.logits, timing["ms"])
+            return self.semantic.respond(handle, step.logits, watch["ms"], prefill=False)
+        return self._logits_response(step.logits, watch["ms"])
 
     def release(self, tensors, meta) -> bytes:
         handle = meta.get(names.KV_HANDLE, "")

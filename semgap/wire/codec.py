@@ -29,6 +29,8 @@ import zlib
 
 import torch
 
+from semgap.wire import timing
+
 try:
     import zstandard
 except ImportError:  # the lent GPU machine has no zstandard: fall back to the standard library
@@ -71,14 +73,16 @@ def encode(tensors: dict[str, torch.Tensor], meta: dict[str, str] | None = None,
     `compress` zstd-compresses the tensor data at `level` (zlib at ZLIB_LEVEL without zstandard).
     `stamp` = (key, start): metadata `key` holds the milliseconds from `start` (a perf_counter reading)
     to the end of this encoding, written into the finished message (fixed width, see `milliseconds_text`).
+    A server's encoding adds to its request's clock (semgap.wire.timing).
     """
-    if stamp is None:
-        return _encode(tensors, meta, compress, level)
-    key, start = stamp
-    placeholder = milliseconds_text(0.0)
-    message = bytearray(_encode(tensors, {**(meta or {}), key: placeholder}, compress, level))
-    fill(message, key, placeholder, milliseconds_text((time.perf_counter() - start) * 1e3))
-    return bytes(message)
+    with timing.part("encode_ms"):
+        if stamp is None:
+            return _encode(tensors, meta, compress, level)
+        key, start = stamp
+        placeholder = milliseconds_text(0.0)
+        message = bytearray(_encode(tensors, {**(meta or {}), key: placeholder}, compress, level))
+        fill(message, key, placeholder, milliseconds_text((time.perf_counter() - start) * 1e3))
+        return bytes(message)
 
 
 def fill(message: bytearray, key: str, placeholder: str, value: str) -> None:
@@ -121,7 +125,13 @@ def decode(message: bytes | bytearray | memoryview,
     """Inverse of `encode`: (tensors on the CPU, metadata); MalformedMessage for anything else.
 
     A compressed message whose tensors would take more than `max_bytes` is refused before decompressing.
+    A server's decoding adds to its request's clock (semgap.wire.timing).
     """
+    with timing.part("decode_ms"):
+        return _decode(message, max_bytes)
+
+
+def _decode(message: bytes | bytearray | memoryview, max_bytes: int) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     view = memoryview(message).cast("B")
     flag = bytes(view[:1])
     try:

@@ -15,10 +15,13 @@ the name against the registry.
 """
 from __future__ import annotations
 
+import json
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from semgap.wire import timing
 from semgap.wire.transport.base import (  # noqa: F401 (the boundary's names, for callers of semgap.wire.transport)
     DEFAULT_TRANSPORT, AuthenticationFailed, BindRefused, FramingBound, Handler, ServerBusy, ServerError, ServerLimits,
     ServerUnreachable, Transport, TransportKind, describe, is_ipv6, is_loopback, unreachable,
@@ -82,6 +85,7 @@ class PayloadCounter:
     server_compute_ms: float = 0.0
     encode_ms: float = 0.0
     decode_ms: float = 0.0
+    wait_ms: float = 0.0  # inside the transport: sending, and waiting for and reading the answers
 
     def snapshot(self) -> "PayloadCounter":
         return PayloadCounter(**vars(self))
@@ -98,16 +102,27 @@ class CountingTransport:
     counter: PayloadCounter = field(default_factory=PayloadCounter)
 
     def call(self, op: str, request: bytes, timeout_s: float | None = None) -> bytes:
+        start = time.perf_counter()
         response = self.inner.call(op, request, timeout_s)
+        self.counter.wait_ms += (time.perf_counter() - start) * 1e3
         self.counter.bytes_sent += len(request)
         self.counter.bytes_received += len(response)
         self.counter.round_trips += 1
         return response
 
     def post(self, op: str, request: bytes) -> None:
+        start = time.perf_counter()
         self.inner.post(op, request)
+        self.counter.wait_ms += (time.perf_counter() - start) * 1e3
         self.counter.bytes_sent += len(request)
         self.counter.posts += 1
+
+    def server_time(self) -> timing.ServerTime | None:
+        """The server's own time on this connection since the last ask (None where the transport cannot
+        say). Its bytes are not counted: ask between rounds, outside any round's counters."""
+        if not getattr(self.inner, "reports_server_time", False):
+            return None
+        return timing.ServerTime(**json.loads(bytes(self.inner.call(timing.SERVER_TIME_OP, b""))))
 
     def close(self) -> None:
         self.inner.close()

@@ -12,7 +12,9 @@ session key of the frame's sequence number in its direction and its bytes (semga
 Framing is then 26 + len(op) bytes per request and 25 per answer (10 + len(op) and 9 without a
 secret). The server reads a connection's frames in order, one thread per connection
 (semgap/wire/transport/tcp_server.py); a failed post is remembered and the connection's later
-requests are skipped until the next call, which answers with the post's error.
+requests are skipped until the next call, which answers with the post's error. The op `server_time`
+is answered by the connection itself: the server's own time on its requests since the last ask, as
+JSON (semgap/wire/timing.py).
 """
 from __future__ import annotations
 
@@ -42,6 +44,7 @@ class TcpTransport:
     framing = FramingBound(sent_bytes_per_request=48, received_bytes_per_request=32)
     authenticates = True
     ipv6 = True
+    reports_server_time = True  # its server answers timing.SERVER_TIME_OP
 
     def __init__(self, host: str, port: int, *, timeout_s: float = 60.0, connect_timeout_s: float = 10.0,
                  secret: bytes | None = None):

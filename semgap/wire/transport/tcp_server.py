@@ -2,15 +2,18 @@
 
 A frame the server cannot trust (a length beyond its limit, unknown flags, a non-ASCII op, a failed
 MAC) is answered with an error, logged, and its connection closed; other connections go on. A handler
-that raises is answered with its one-line error and logged with its traceback.
+that raises is answered with its one-line error and logged with its traceback. Each connection adds up
+its server's own time per request (semgap.wire.timing) and answers `server_time` with it itself.
 """
 from __future__ import annotations
 
+import json
 import socket
 import sys
 import threading
 from typing import Callable
 
+from semgap.wire import timing
 from semgap.wire.transport import handshake
 from semgap.wire.transport.base import AuthenticationFailed, Handler, ServerLimits, describe, log_failure
 from semgap.wire.transport.framed import (
@@ -90,6 +93,7 @@ class ServerConnection:
         self.limits = limits
         self.failed_post: str | None = None  # the error of a post nobody has been told about yet
         self.skipped = 0  # requests skipped since that post failed
+        self.server_time = timing.ServerTime()  # since the client last asked (timing.SERVER_TIME_OP)
 
     def run(self) -> None:
         try:
@@ -138,8 +142,14 @@ class ServerConnection:
         if self.failed_post is not None:
             self._skip(op, posted)
             return True
+        if op == timing.SERVER_TIME_OP:
+            spent, self.server_time = self.server_time, timing.ServerTime()
+            self._answer(OK, json.dumps(spent.as_dict()).encode())
+            return True
+        clock = timing.ServerTime()
         try:
-            response = self.handler(op, request)
+            with timing.request_clock(clock):
+                response = self.handler(op, request)
         except Exception as error:
             log_failure(self.peer, op, error)
             if posted:
@@ -149,6 +159,7 @@ class ServerConnection:
             return True
         finally:
             del request  # the body's buffer is free for reuse (or let go) once the handler is done
+            self.server_time.add(clock)
         if not posted:
             self._answer(OK, response)
         return True
