@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 
 from semgap.bench.testbed import hostload, interrupts
 
-from semgap.model import presets
+from semgap.model import presets, shapes
 
 from semgap.wire import transport
 from semgap import schema
@@ -167,6 +167,10 @@ class RecoveryRunner:
         })
         lossless.check(self.case.id, f"strategy {self.case.strategy}", self.strategy.lossless, self.expected_tokens(),
                        tokens)
+        if self.case.strategy == "full_cache" and self.target is self.source:  # an eviction: the whole cache, exported
+            info = benchmark.extra_info
+            self.hosts.session.check_shape(shapes.kv_check(self.hosts.session.shape, int(info["payload_bytes_received"]),
+                                                           info["cached_positions"]))
 
     def expected_tokens(self) -> list[int]:
         """`local`'s tokens after the recovery point: reference token 0 comes from the prefill."""

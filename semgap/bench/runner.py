@@ -13,7 +13,7 @@ from semgap.bench.testbed import hostload
 from semgap.bench.testbed.rates import format_rate
 from semgap.client import generate
 from semgap.client.modes import MODES
-from semgap.model import presets
+from semgap.model import presets, shapes
 from semgap.schema import RoundRecord
 
 
@@ -60,6 +60,9 @@ class CaseRunner:
         })
         # The measurements are in the JSON by now; what follows fails the benchmark, it does not hide it.
         lossless.check(case.id, f"mode {case.mode}", self.mode.lossless, self._expected_tokens(), tokens)
+        if (case.mode, case.phase) == ("remote_cache", "prefill") and self.mode.context.program.logits_to_keep == 1:
+            received = int(benchmark.extra_info["payload_bytes_received"])  # the prefill's one row, and its handle
+            self.session.check_shape(shapes.logits_row_check(self.session.shape, received))
         assert framing_warning is None, framing_warning
 
     def _setup(self):

@@ -3,6 +3,7 @@ the byte counters at every level, GPU marks, and the run's conditions; `close` u
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from contextlib import ExitStack
@@ -24,7 +25,7 @@ from semgap.bench.testbed.tcpcounters import TcpBytes, TcpCounter, delta, tcp_co
 from semgap.client import generate
 from semgap.client.modes import MODES, ModeContext, make_mode
 from semgap.client.modes.local import LocalMode
-from semgap.model import cpus, presets, runtime
+from semgap.model import cpus, presets, runtime, shapes
 from semgap.schema import RoundRecord
 from semgap.techniques import TechniqueSet
 from semgap.wire import codec, timing, transport
@@ -56,6 +57,7 @@ class ExperimentSession:
         self.lost_by = ""  # set when a connection of the run's own (a batching session's) lost the server
         self.server_address: tuple[str, int] | None = None  # host, port: where more connections can go
         self.setup_bytes = transport.PayloadCounter()
+        self.shape_checks: list[shapes.ShapeCheck] = []
         # TCP bytes may exceed payload bytes by the transport's framing per request; outside
         # payload .. payload + this bound a run warns (see transport.FramingBound).
         self.framing = transport.transport_kind(settings.transport).framing
@@ -157,6 +159,19 @@ class ExperimentSession:
             before = self.context.counter.snapshot()
             self.context.resident_weights()
             self.setup_bytes = self.context.counter.since(before)
+            self.check_shape(shapes.weights_check(self.shape, self.setup_bytes.bytes_sent))
+
+    @functools.cached_property
+    def shape(self) -> shapes.ModelShape:
+        """What the client's model's config says its transfers weigh (semgap/model/shapes.py)."""
+        return shapes.ModelShape.of(self.settings.model, self.model.config, next(self.model.parameters()).dtype)
+
+    def check_shape(self, check: shapes.ShapeCheck) -> None:
+        """Record a shape check; fail loudly where the bytes that crossed the wire are not what the shape says."""
+        self.shape_checks.append(check)
+        if not check.ok:
+            raise AssertionError(f"model shape mismatch, {check.line()}: the shape semgap reports for "
+                                 f"{self.settings.model} (semgap/model/shapes.py) is not what the run moved")
 
     def decode_path(self, mode_name: str) -> str:
         """Which decode path ran `mode_name`'s steps (extra_info `fast_path`)."""
@@ -322,6 +337,8 @@ class ExperimentSession:
             "decode_steps": list(settings.decode_steps),
             "reference_tokens": self.reference_tokens,
             "setup_bytes": asdict(self.setup_bytes),
+            "model_shape": asdict(self.shape),
+            "shape_checks": [{**asdict(check), "ok": check.ok} for check in self.shape_checks],
             "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                          "server_torch": self.server_info.get("torch", ""),
                          "server_transformers": self.server_info.get("transformers", "")},

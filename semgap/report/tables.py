@@ -9,7 +9,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from semgap.analysis import ablation, costmodel, frames
-from semgap.report import equal_compute, looks, round_parts, scenarios, where_gap
+from semgap.report import equal_compute, looks, model_shape, round_parts, scenarios, where_gap
 from semgap.report.plots import format_bps
 from semgap.report.render import Section, Table, count, fixed, general, pct, percent, ratio, share
 from semgap.analysis.verdicts import LOSSY, PAYLOAD_ONLY_NOTE, Headline, RunVerdicts, Verdict
@@ -296,7 +296,8 @@ def sections(rv: RunVerdicts, output_json: dict) -> list[Section]:
             cases(rv), *taxes(rv),
             *ablation.sections(rv, rounds), crossovers(rv), rtt_projection(rv), cost_model(rv, output_json, rounds),
             *scenarios.calibration(output_json), *scenarios.batching(output_json, rv.min_agreement),
-            *scenarios.kv_recovery(output_json, rv.min_agreement), *failures(rv), *notes(rv), *conditions(rv, output_json)]
+            *scenarios.kv_recovery(output_json, rv.min_agreement), *failures(rv), *notes(rv), *model_shape.section(output_json),
+            *conditions(rv, output_json)]
 
 
 def caption_context(rv: RunVerdicts) -> str:

@@ -75,11 +75,27 @@ ALLOWED_OPS = frozenset(f"aten::{op}" for op in (
     "le.Tensor", "mm.default", "mul.Scalar", "mul.Tensor", "native_layer_norm.default", "ones.default",
     "pow.Tensor_Scalar", "scalar_tensor.default", "scaled_dot_product_attention.default", "tanh.default",
     "tril.default", "where.self", "zero_.default", "zeros.default",
+    # Llama-shaped blocks: RoPE, RMSNorm, SwiGLU
+    "cos.default", "sin.default", "rsqrt.default", "mean.dim", "silu.default",
+    # Mixtral-shaped experts: softmax routing, top-k, the tokens sorted by expert, grouped expert matmuls
+    "_softmax.default", "topk.default", "sort.default", "histc.default", "cumsum.default", "floor_divide.default",
+    "div_.Tensor", "sum.dim_IntList", "index_put_.default", "empty_like.default", "split.Tensor", "_grouped_mm.default",
     # the sampler and the reads the client waits for
     "_local_scalar_dense.default", "argmax.default", "eq.Scalar",
     # tests/test_oplevel.py's reads, branches and data-dependent shapes
     "gt.Scalar", "index.Tensor", "max.default", "mul_.Tensor", "neg.default", "remainder.Scalar", "sum.default",
 ))
+
+
+def _histc_of_any_dtype(values: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    """histc as an accelerator runs it: a CPU has no integer kernel (transformers' MoE routing counts tokens
+    per expert on integer ids wherever the device is not a CPU, and to the model the remote device is not)."""
+    exact = values if values.is_floating_point() else values.float()
+    return torch.ops.aten.histc.default(exact, *args, **kwargs).to(values.dtype)
+
+
+#: Ops a CPU server runs otherwise than its own kernel would, to behave as the accelerator it stands for.
+ACCELERATOR_STAND_INS = {"aten::histc.default": _histc_of_any_dtype}
 
 
 class ProtocolError(ValueError):

@@ -50,8 +50,9 @@ class OpReplayMode(Mode):
             # Made before any capture: the cache's storages outlive every step, which update them in place.
             self.cache = StaticCache(config=config, max_cache_len=self.max_cache_len)
             heads = config.num_attention_heads
-            self.cache.early_initialization(1, heads, config.hidden_size // heads, self.context.model.dtype,
-                                            self.session.device)
+            kv_heads = getattr(config, "num_key_value_heads", None) or heads  # grouped-query attention: fewer
+            head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+            self.cache.early_initialization(1, kv_heads, head_dim, self.context.model.dtype, self.session.device)
         self.session.flush()
         self.captured: set[str] = set()
         self.figures = {"captures": 0, "replays": 0, "replay_client_ms": 0.0}

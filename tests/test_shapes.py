@@ -1,0 +1,100 @@
+"""Model families (issue 22): the Llama-shaped and mixture-of-experts presets are context-dependent, their shapes
+come from their configs, and a shape that misreports a transfer fails against the bytes a run moves."""
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import pytest
+import torch
+
+from semgap.model import presets, runtime, shapes
+from semgap.wire import codec
+from .conftest import INNER_CONFTEST, REPO
+from .inner import SMALL, new_run_dirs, run_suite
+
+FAMILIES = ("gpt2-test", "llama-test", "moe-test", "gpt2-mini", "llama-mini", "moe-mini")
+KV_BENCHMARK = (REPO / "benchmarks" / "test_kv_recovery.py").read_text()
+
+
+def shape_of(name: str) -> shapes.ModelShape:
+    return shapes.ModelShape.of(name, presets.config_of(name), torch.bfloat16)
+
+
+def greedy(model, prompt: list[int], steps: int, cache=None) -> list[int]:
+    """Greedy tokens continuing `prompt`'s last token on `cache` (the prompt's own cache when None)."""
+    if cache is None:
+        cache = runtime.forward(model, torch.tensor([prompt[:-1]])).cache
+    tokens, ids = [], torch.tensor([prompt[-1:]])
+    for _ in range(steps):
+        step = runtime.forward(model, ids, cache)
+        cache, tokens = step.cache, tokens + [int(step.logits[0, -1].argmax())]
+        ids = torch.tensor([tokens[-1:]])
+    return tokens
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_every_family_generates_from_its_context_a_wrong_kv_cache_gives_other_tokens(name):
+    model = presets.build_model(presets.ModelSpec(name))
+    prompt = presets.prompt_ids(48, model.config.vocab_size)
+    other = prompt[-2::-1]  # another context of the same length: the same ids, reversed
+    right = greedy(model, prompt, 6)
+    wrong = greedy(model, prompt, 6, cache=runtime.forward(model, torch.tensor([other])).cache)
+    assert right != wrong, f"{name}: its tokens do not depend on the KV cache, so a lost cache would go unseen"
+    assert len(set(right)) > 1, f"{name}: greedy decoding repeats one token"
+
+
+def test_the_families_differ_where_the_gap_does():
+    gpt2, llama, moe = shape_of("gpt2-mini"), shape_of("llama-mini"), shape_of("moe-mini")
+    # Llama-3's vocabulary: a 128,256-id row, 2.55x GPT-2's.
+    assert (llama.vocab_size, llama.logits_row_bytes, gpt2.logits_row_bytes) == (128256, 256512, 100514)
+    # Grouped-query attention: 2 KV heads for 8 query heads of 32 dims, keys and values of 4 layers in bfloat16.
+    assert (llama.kv_heads, llama.head_dim, llama.kv_bytes_per_token) == (2, 32, 2 * 4 * 2 * 32 * 2)
+    assert gpt2.kv_bytes_per_token == 2 * 4 * 256 * 2  # multi-head: 4x llama-mini's at the same width
+    # A mixture of experts: 8 experts, 2 per token, so most expert weights are idle for any one token.
+    experts = 4 * 8 * 3 * 256 * 512  # layers x experts x (gate, up, down) x width x expert width
+    assert (moe.experts, moe.experts_per_token) == (8, 2)
+    assert moe.active_parameters == moe.parameters - experts * 6 // 8 == 12_003_584
+    assert gpt2.active_parameters is None and gpt2.weight_bytes == 2 * gpt2.parameters
+
+
+@pytest.mark.parametrize("name", ["llama-test", "moe-test", "gpt2-test"])
+def test_a_real_cache_export_matches_the_shape_and_a_misreported_kv_head_count_fails(name):
+    model = presets.build_model(presets.ModelSpec(name))
+    engine = runtime.Engine(model)
+    step = engine.prefill(presets.prompt_ids(40, model.config.vocab_size))
+    exported = len(codec.encode(engine.cache_tensors(step.cache)))  # what kv_export sends
+    engine.release(step.cache)
+    honest = shape_of(name)
+    assert shapes.kv_check(honest, exported, 40).ok, shapes.kv_check(honest, exported, 40).line()
+    if honest.kv_heads == model.config.num_attention_heads:
+        misreported = dataclasses.replace(honest, kv_bytes_per_token=honest.kv_bytes_per_token // 2)
+    else:  # grouped-query attention reported as multi-head: a config read that ignores num_key_value_heads
+        config = copy.deepcopy(model.config)
+        config.num_key_value_heads = config.num_attention_heads
+        misreported = shapes.ModelShape.of(name, config, torch.bfloat16)
+    check = shapes.kv_check(misreported, exported, 40)
+    assert not check.ok and check.line().startswith("KV cache: the shape says"), check
+
+
+def test_a_run_checks_every_shape_and_fails_loudly_on_a_misreported_one(suite):
+    suite.makepyfile(test_kv_recovery=KV_BENCHMARK)
+    result, output, _ = run_suite(suite, *SMALL, "--semgap-model=llama-test")
+    result.assert_outcomes(passed=7)
+    checks = {c["quantity"]: c for c in output["semgap"]["shape_checks"]}
+    assert set(checks) == {"weights", "logits row", "KV cache"} and all(c["ok"] for c in checks.values()), checks
+    assert output["semgap"]["model_shape"]["kv_heads"] == 1
+    [run_dir] = new_run_dirs(suite.path)
+    report = (run_dir / "report.md").read_text()
+    assert "## Model shape" in report and "| KV cache   |" in report and "| NO " not in report
+
+    # The same run with the KV head count misreported (as multi-head attention): the eviction fails, saying so.
+    suite.makeconftest(INNER_CONFTEST + (
+        "import dataclasses\nfrom semgap.model import shapes\n_of = shapes.ModelShape.of.__func__\n"
+        "def misreported(cls, *args):\n    shape = _of(cls, *args)\n"
+        "    return dataclasses.replace(shape, kv_heads=4, kv_bytes_per_token=4 * shape.kv_bytes_per_token)\n"
+        "shapes.ModelShape.of = classmethod(misreported)\n"))
+    result, output, _ = run_suite(suite, *SMALL, "--semgap-model=llama-test")
+    result.assert_outcomes(passed=6, failed=1)
+    result.stdout.fnmatch_lines(["*model shape mismatch, KV cache: the shape says *B, the run moved *",
+                                 "FAILED *test_kv_recovery[[]eviction-full_cache[]]*"])
