@@ -17,7 +17,9 @@ IDENTITY = CaseInfo(
 ROUNDS = [RoundRecord(payload_bytes_sent=100 + i, payload_bytes_received=40 + i, wire_tcp_bytes_sent=160 + i,
                       wire_tcp_bytes_received=80 + i, wire_link_bytes_sent=400 + i, wire_link_bytes_received=300 + i,
                       rpc_round_trips=5, rpc_posts=0, server_compute_ms=10.0 + i, encode_ms=0.1, decode_ms=0.2,
-                      wire_tcp_bytes_retransmitted_sent=i, wire_tcp_bytes_retransmitted_received=0)
+                      wire_tcp_bytes_retransmitted_sent=i, wire_tcp_bytes_retransmitted_received=0,
+                      round_ms=20.0 + i, wait_ms=15.0 + i, server_queue_ms=0.5 + i, server_decode_ms=0.3,
+                      server_encode_ms=0.4 + i, server_handler_ms=11.0 + i)
           for i in range(3)]
 TOKENS = TokenRecord.measure([7, 8, 9, 1, 2], [[7, 8, 9, 1, 2], [7, 8, 9, 1, 2], [7, 8, 0, 1, 2]])
 

@@ -105,6 +105,7 @@ def test_a_stateless_step_that_lacks_a_weight_is_refused_not_run_on_resident_wei
 
 def test_a_partial_or_empty_upload_is_refused_naming_what_is_missing(client, preset_model):
     weights = presets.weights_of(preset_model)
+    handle = call(client, "upload_weights", weights)[1]["weights_handle"]  # other tests share this server
     partial = {name: tensor for name, tensor in weights.items() if name != "transformer.h.1.attn.c_attn.weight"}
     with pytest.raises(transport.ServerError, match=(r"uploaded weights do not fit model 'gpt2-test', nothing was loaded: "
                                                       r"1 of its \d+ weights missing \['transformer.h.1.attn.c_attn.weight'\]")):
@@ -112,8 +113,8 @@ def test_a_partial_or_empty_upload_is_refused_naming_what_is_missing(client, pre
     with pytest.raises(transport.ServerError, match=rf"{len(weights)} of its {len(weights)} weights missing \['lm_head"
                                                     r"|transformer\.h\.0"):
         call(client, "upload_weights", {})
-    # nothing was loaded: the server's own weights still answer to their handle
-    assert "kv_handle" in call(client, "prefill", {"input_ids": torch.tensor([[1, 2]])}, {"weights_handle": "server-built"})[1]
+    # nothing was loaded: the complete upload's weights still answer to their handle
+    assert "kv_handle" in call(client, "prefill", {"input_ids": torch.tensor([[1, 2]])}, {"weights_handle": handle})[1]
 
 
 @pytest.fixture(scope="module")
