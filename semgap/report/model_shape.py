@@ -23,13 +23,28 @@ def section(output_json: dict) -> list[Section]:
     checks = meta.get("shape_checks") or []
     if checks:
         tables.append(Table.from_rows(
-            "shape_checks", "The shape against the bytes the run moved",
-            ("transfer", "shape says B", "run moved B", "framing allowance B", "agrees"),
-            [(c["quantity"], c["expected_bytes"], c["measured_bytes"], c["framing_bytes"], "yes" if c["ok"] else "NO")
-             for c in checks],
-            {"shape says B": count, "run moved B": count, "framing allowance B": count}))
+            "shape_checks", "The shape against the bytes the run moved (one row per transfer and prediction)",
+            ("transfer", "checks", "shape says B", "run moved B", "framing allowance B", "agree"),
+            [_grouped(group) for group in _by_transfer(checks)],
+            {"shape says B": count, "framing allowance B": count}))
     text = ("Computed from the model's config (semgap/model/shapes.py), then checked against the payload bytes of the "
             "transfers they predict: the weight upload, `remote_cache`'s prefill answer (one logits row under the "
             "generate program) and an eviction's whole-cache export. A check that disagrees beyond framing fails its "
             "benchmark.")
     return [Section("Model shape", (text, ""), tuple(tables))]
+
+
+def _by_transfer(checks: list[dict]) -> list[list[dict]]:
+    groups: dict[tuple, list[dict]] = {}
+    for check in checks:
+        groups.setdefault((check["quantity"], check["expected_bytes"], check["framing_bytes"]), []).append(check)
+    return list(groups.values())
+
+
+def _grouped(checks: list[dict]) -> tuple:
+    """One transfer's checks as a row: how many, the range moved, and how many agreed."""
+    moved = sorted(c["measured_bytes"] for c in checks)
+    span = f"{moved[0]:,}" if moved[0] == moved[-1] else f"{moved[0]:,} to {moved[-1]:,}"
+    agreed = sum(c["ok"] for c in checks)
+    return (checks[0]["quantity"], len(checks), checks[0]["expected_bytes"], span, checks[0]["framing_bytes"],
+            f"{agreed} of {len(checks)}" + ("" if agreed == len(checks) else " (NO)"))
