@@ -94,7 +94,11 @@ class OpReplayMode(Mode):
         session.capture = {"graph": graph, "position": position, "tokens": input_ids.shape[1]}
         session.input_names = {id(input_ids): INPUT_IDS}
         try:
-            with session.active():
+            # inference_mode, as op_sync's dynamic steps run: under no_grad, autograd would expand
+            # scaled_dot_product_attention on the client into the math kernel's ops (bmm, softmax), where
+            # local's and the server's CPU run a fused kernel, and the logits would differ in bfloat16. The
+            # cache's tensors were made outside it (setup), so they stay writable in place everywhere.
+            with session.active(), torch.inference_mode():
                 if position == 0:
                     self.cache.reset()  # as the Engine does between sequences; part of the prefill's graph
                 keep = self.context.program.logits_to_keep if position == 0 else 0
