@@ -88,3 +88,31 @@ def test_the_readme_report_commands_run_as_written(tmp_path):
         assert "wrote " in proc.stdout, proc.stdout
     comparisons = list((tmp_path / "results").glob("compare-*"))
     assert len(comparisons) == 1 and (comparisons[0] / "comparison.md").is_file(), list((tmp_path / "results").iterdir())
+
+
+FAMILIES = REPO / "docs" / "families.md"
+
+
+def test_the_families_headlines_are_what_their_committed_runs_give():
+    """docs/families.md's H1/H2 rows, per model, against the verdicts computed from the JSON it links."""
+    from semgap.analysis import verdicts
+
+    text = FAMILIES.read_text()
+    header = next(line for line in text.splitlines() if line.startswith("| scenario | `gpt2-mini`"))
+    models = [cell.strip().strip("`") for cell in header.strip("|").split("|")[1:]]
+    shown = {}
+    for line in text.splitlines():
+        found = re.match(r"\| (H[12]) (prefill|decode) \(vs (\w+)\) \|(.*)\|$", line)
+        if found:
+            for model, cell in zip(models, found.group(4).split("|")):
+                shown[found.group(1), found.group(2), model] = (found.group(3), cell.strip())
+    assert len(shown) == 4 * len(models), shown
+    for model in models:
+        path = re.search(rf"\[{model}\]\((runs/[^)]+\.json)\)", text).group(1)
+        # Headline estimates and sequential verdicts need no bootstrap; fewer resamples only speed up the tables.
+        rv = verdicts.compute(json.loads((REPO / "docs" / path).read_text()), n_resamples=500)
+        for h in rv.headlines:
+            key = ("H1" if h.hypothesis.startswith("H1") else "H2", h.phase, model)
+            baseline, cell = shown.pop(key)
+            assert (baseline, cell) == (h.binding_baseline, f"{h.estimate:+.1%} {h.verdict}".replace("-", "−").replace("%", " %")), key
+    assert not shown, f"rows with no verdict in their run: {shown}"
