@@ -1,25 +1,35 @@
 """KV-cache recovery: a session's cache is evicted, or the session migrates to a second server; blind vs semantic."""
 import pytest
 
+from semgap.bench.design import run_models
 from semgap.bench.kvrecovery import RecoveryHosts, RecoveryRunner, recovery_cases
 from semgap.bench.plugin import settings_key
 
 
 @pytest.fixture(scope="module")
-def semgap_kv_hosts(semgap_session):
-    """The run's server and, for migration, a second one; the second and its link are removed at the end, also on failure."""
-    if semgap_session is None:
+def semgap_kv_hosts(semgap_sessions):
+    """Per model, the run's server and, for migration, a second one, made when first needed; the second servers
+    and their links are removed at the end, also on failure."""
+    if semgap_sessions is None:
         pytest.skip("the session did not open: see the first benchmark's failure")
-    hosts = RecoveryHosts(semgap_session)
+    hosts: dict[str, RecoveryHosts] = {}
+
+    def of(model: str) -> RecoveryHosts:
+        if model not in hosts:
+            hosts[model] = RecoveryHosts(semgap_sessions.of(model))
+        return hosts[model]
+
     try:
-        yield hosts
+        yield of
     finally:
-        hosts.close()
+        for opened in reversed(list(hosts.values())):
+            opened.close()
 
 
 def pytest_generate_tests(metafunc):
     if "semgap_kv_case" in metafunc.fixturenames:
-        cases = recovery_cases(metafunc.config.stash[settings_key].link_rates_bps)
+        settings = metafunc.config.stash[settings_key]
+        cases = recovery_cases(settings.link_rates_bps, run_models(settings))
         metafunc.parametrize("semgap_kv_case", cases, ids=[case.id for case in cases])
 
 
@@ -30,7 +40,8 @@ def test_kv_recovery(benchmark, semgap_kv_hosts, semgap_kv_case):
     """
     if benchmark.disabled:
         pytest.skip("benchmarking is disabled (pytest-xdist or --benchmark-disable): semgap needs measured rounds")
-    reason = semgap_kv_hosts.unavailable(semgap_kv_case.scenario)
+    hosts = semgap_kv_hosts(semgap_kv_case.model)
+    reason = hosts.unavailable(semgap_kv_case.scenario)
     if reason:
         pytest.skip(reason)
-    RecoveryRunner(semgap_kv_hosts, semgap_kv_case).run(benchmark)
+    RecoveryRunner(hosts, semgap_kv_case).run(benchmark)

@@ -193,6 +193,10 @@ def test_enforce_turns_a_not_supported_hypothesis_into_a_failed_run(suite, enfor
     ("--semgap-model=./no/such/checkpoint", "checkpoint directory './no/such/checkpoint' does not exist"),
     ("--semgap-model=test_semantic_gap.py", "checkpoint path 'test_semantic_gap.py' is a file"),
     ("--semgap-model=results", "--semgap-model results: cannot read its config"),  # a directory without config.json
+    ("--semgap-model=gpt2-test,nope", "unknown model 'nope'"),  # each model of a list is checked
+    ("--semgap-model=gpt2-test,results", "--semgap-model results: cannot read its config"),
+    ("--semgap-model=gpt2-test,llama-test --semgap-transport=rpc", "allows one RPC group per process, so one server"),
+    ("--semgap-model=gpt2-test,llama-test --semgap-server=127.0.0.1:9", "--semgap-server names one server"),
     ("--semgap-transport=grpc", "invalid choice: 'grpc' (choose from 'tcp', 'rpc')"),
     ("--semgap-transport=rpc --semgap-host=::1", "the rpc transport cannot serve on the IPv6 address ::1"),
     ("--semgap-transport=rpc --semgap-host=10.1.2.3", "PyTorch RPC cannot authenticate its peers"),

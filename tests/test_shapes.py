@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ import torch
 from semgap.model import presets, runtime, shapes
 from semgap.wire import codec
 from .conftest import INNER_CONFTEST, REPO
-from .inner import SMALL, new_run_dirs, run_suite
+from .inner import QUICK, SMALL, by_case, new_run_dirs, run_suite
 
 FAMILIES = ("gpt2-test", "llama-test", "moe-test", "gpt2-mini", "llama-mini", "moe-mini")
 KV_BENCHMARK = (REPO / "benchmarks" / "test_kv_recovery.py").read_text()
@@ -97,3 +98,32 @@ def test_a_run_checks_every_shape_and_fails_loudly_on_a_misreported_one(suite):
     [run_dir] = new_run_dirs(suite.path)
     shape_section = (run_dir / "report.md").read_text().split("## Model shape")[1]
     assert "| weights    |        1 |" in shape_section and "0 of 1 (NO)" in shape_section, shape_section
+
+
+def test_a_run_of_two_models_serves_each_case_from_its_own_server_and_judges_each_model(suite):
+    """`--semgap-model=gpt2-test,llama-test`: every case is named by its model and measured on that model's own
+    server (its one-row prefill answer weighs that model's logits row: 100 KB or 256 KB), each model gets its
+    headlines, its reference tokens, its shape column and its server log."""
+    models = ("gpt2-test", "llama-test")
+    result, output, _ = run_suite(suite, *QUICK, f"--semgap-model={','.join(models)}", "--semgap-rounds=1",
+                                  "--semgap-warmup-rounds=0", "--semgap-modes=local,remote_cache,semantic",
+                                  "--semgap-phases=prefill")
+    result.assert_outcomes(passed=6)
+    meta = output["semgap"]
+    shape = {entry["model"]: entry["model_shape"] for entry in meta["models"]}
+    assert meta["model"] == ",".join(models) and list(shape) == list(models), meta["model"]
+    infos = by_case(output)
+    assert sorted(infos) == sorted(f"{m}:{mode}-prefill" for m in models for mode in ("local", "remote_cache", "semantic"))
+    for case, info in infos.items():
+        assert info["model"] == case.split(":")[0], (case, info["model"])
+    for model in models:  # the answer came from this model's server: its row, the transport's framing aside
+        received = infos[f"{model}:remote_cache-prefill"]["payload_bytes_received"]
+        assert 0 <= received - shape[model]["logits_row_bytes"] < 1024, (model, received, shape[model])
+    references = [entry["reference_tokens"] for entry in meta["models"]]
+    assert references[0] != references[1], references
+    [run_dir] = new_run_dirs(suite.path)
+    verdicts = json.loads((run_dir / "verdicts.json").read_text())
+    assert {(h["hypothesis"], h["model"]) for h in verdicts["headlines"]} == {(h, m) for h in ("H1", "H2") for m in models}
+    assert sorted(log.name.split("-")[1] + "-" + log.name.split("-")[2] for log in (run_dir / "logs").glob("server-*")) \
+        == sorted(models)
+    assert "| quantity                    | gpt2-test   | llama-test   |" in (run_dir / "report.md").read_text()

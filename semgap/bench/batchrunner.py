@@ -13,7 +13,7 @@ from semgap.model import presets
 
 from semgap.wire import codec, names, transport
 from semgap.bench.config import SemgapConfig
-from semgap.bench.design import measured
+from semgap.bench.design import measured, model_prefix, run_models
 from semgap.bench.session import ExperimentSession
 from semgap.client.modes.local import LocalMode
 from semgap.client.sessions import FLAVOURS, ConcurrentRound, ConcurrentSessions, session_prompts
@@ -32,16 +32,18 @@ class BatchCase:
     sessions: int
     flavour: str
     link_rate_bps: int | None = None  # None: the link as it is (loopback, or an unshaped namespace pair)
+    model: str = ""  # as the matrix's Case.model
 
     @property
     def id(self) -> str:
-        return f"{self.flavour}-{self.sessions}sessions" + (f"-{format_rate(self.link_rate_bps)}" if self.link_rate_bps else "")
+        rate = f"-{format_rate(self.link_rate_bps)}" if self.link_rate_bps else ""
+        return model_prefix(self.model) + f"{self.flavour}-{self.sessions}sessions{rate}"
 
 
 def batch_cases(settings: SemgapConfig) -> list[BatchCase]:
-    """Every session count and flavour at every link rate of the run, as the matrix shapes its cases."""
-    return [BatchCase(sessions, flavour, rate) for rate in settings.link_rates_bps or (None,)
-            for sessions in settings.batch_sessions for flavour in FLAVOURS]
+    """Every session count and flavour at every link rate of the run, for each model, as the matrix shapes its cases."""
+    return [BatchCase(sessions, flavour, rate, model) for rate in settings.link_rates_bps or (None,)
+            for model in run_models(settings) for sessions in settings.batch_sessions for flavour in FLAVOURS]
 
 
 def engine_fallbacks(connection) -> int:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import ipaddress
 import re
 import secrets
@@ -70,9 +71,13 @@ def _non_negative_int(text: str) -> int:
     return int(text)
 
 
-def _model(text: str) -> str:
+def _models(text: str) -> tuple[str, ...]:
+    """One model, or several separated by commas, each a preset or a local checkpoint directory; each once."""
+    names = tuple(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected a model, or models separated by commas, got {text!r}")
     try:
-        return presets.check_model_name(text)
+        return tuple(presets.check_model_name(name) for name in names)
     except presets.UnknownModelError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
 
@@ -130,8 +135,10 @@ def _rates(text: str) -> tuple[int, ...]:
 def add_options(parser: pytest.Parser) -> None:
     group = parser.getgroup("semgap", "semgap: the semantic-gap experiment")
     option = group.addoption
-    option("--semgap-model", metavar="NAME", type=_model, default=presets.DEFAULT_MODEL,
-           help=f"model preset ({', '.join(presets.named())}) or a local checkpoint directory. Default: {presets.DEFAULT_MODEL}")
+    option("--semgap-model", metavar="LIST", type=_models, default=(presets.DEFAULT_MODEL,),
+           help=f"model preset ({', '.join(presets.named())}) or a local checkpoint directory; a comma list runs "
+                "every case, batching and KV-recovery benchmark for each model, in the same blocks, with verdicts "
+                f"per model. Default: {presets.DEFAULT_MODEL}")
     option("--semgap-seed", metavar="N", type=_non_negative_int, default=0, help="seed of a preset's weights. Default: 0")
     option("--semgap-dtype", metavar="DTYPE", default="auto", choices=["auto", *presets.DTYPES],
            help="model dtype: auto is the serving dtype, bfloat16 on the CPU and float16 on CUDA. Default: auto")
@@ -247,8 +254,12 @@ def _design(blocks: int | None, max_blocks: int, alpha: float, rates: tuple[int,
 
 @dataclass(frozen=True)
 class SemgapConfig:
-    """The run's settings, read once from the options and kept in the pytest stash."""
+    """The run's settings, read once from the options and kept in the pytest stash.
 
+    `models` are the run's models; `model` is the one a session serves (`for_model`), the first by default.
+    """
+
+    models: tuple[str, ...]
     model: str
     seed: int
     dtype: str
@@ -300,7 +311,7 @@ class SemgapConfig:
     def from_pytest(cls, config: pytest.Config) -> "SemgapConfig":
         get = config.getoption
         settings = cls(
-            model=get("semgap_model"), seed=get("semgap_seed"), dtype=get("semgap_dtype"), device=get("semgap_device"),
+            models=get("semgap_model"), model=get("semgap_model")[0], seed=get("semgap_seed"), dtype=get("semgap_dtype"), device=get("semgap_device"),
             fast_path=get("semgap_fast_path"), cpus=get("semgap_cpus"),
             cpu_plan=cpus.plan(get("semgap_cpus")) if get("semgap_server") is None else None,
             modes=get("semgap_modes"), phases=get("semgap_phases"), prompt_tokens=get("semgap_prompt_tokens"),
@@ -322,6 +333,10 @@ class SemgapConfig:
         )
         settings.check()
         return settings
+
+    def for_model(self, model: str) -> "SemgapConfig":
+        """These settings for one of the run's models: what its session, server and benchmarks read."""
+        return dataclasses.replace(self, model=model)
 
     def check(self) -> None:
         """Reject contradictory settings before anything starts."""
@@ -353,18 +368,28 @@ class SemgapConfig:
                 raise pytest.UsageError(f"--semgap-host {self.host} --semgap-transport {self.transport}: {error}") from None
         if self.server is not None and self.link == "netns":
             raise pytest.UsageError("--semgap-server names a server already running; --semgap-link netns starts its own")
+        if len(self.models) > 1 and self.server is not None:
+            raise pytest.UsageError(f"--semgap-server names one server, which holds one model; --semgap-model names "
+                                    f"{len(self.models)}: give one, or let the suite spawn a server per model")
+        if len(self.models) > 1 and self.transport == "rpc":
+            raise pytest.UsageError(f"--semgap-transport rpc allows one RPC group per process, so one server; "
+                                    f"--semgap-model names {len(self.models)}: give one, or use tcp")
+        for model in self.models:
+            self._check_context(model)
+
+    def _check_context(self, model: str) -> None:
         try:
-            limit = presets.context_length_of(self.model)
+            limit = presets.context_length_of(model)
         except (OSError, ValueError) as error:  # a checkpoint directory without a readable config.json
             first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise pytest.UsageError(
-                f"--semgap-model {self.model}: cannot read its config ({first_line}); a checkpoint directory "
+                f"--semgap-model {model}: cannot read its config ({first_line}); a checkpoint directory "
                 "needs config.json and weights"
             ) from None
         if self.prompt_tokens + self.max_decode_steps > limit:
             raise pytest.UsageError(
                 f"a prompt of {self.prompt_tokens} tokens plus {self.max_decode_steps} decode steps exceeds the context "
-                f"of {self.model} ({limit} positions); lower --semgap-prompt-tokens or --semgap-decode-steps"
+                f"of {model} ({limit} positions); lower --semgap-prompt-tokens or --semgap-decode-steps"
             )
 
     @property

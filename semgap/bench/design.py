@@ -15,8 +15,8 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Case:
-    """One case of the matrix: a mode, a phase, and in sweeps a decode length and a link rate; for an
-    ablation variant of the semantic mode, its technique set (None: the mode as configured)."""
+    """One case of the matrix: a model, a mode, a phase, and in sweeps a decode length and a link rate; for
+    an ablation variant of the semantic mode, its technique set (None: the mode as configured)."""
 
     mode: str
     phase: str
@@ -24,13 +24,14 @@ class Case:
     decode_steps: int = 0  # tokens per decode round; 0 for prefill
     steps_in_id: bool = False  # a decode-length sweep names the length in the id
     techniques: TechniqueSet | None = None
+    model: str = ""  # "": the run's one model; a run of several names each case's (see run_models)
 
     @property
     def id(self) -> str:
         steps = f"-{self.decode_steps}steps" if self.steps_in_id else ""
         rate = f"-{format_rate(self.link_rate_bps)}" if self.link_rate_bps else ""
         variant = "" if self.techniques is None else "+" + self.techniques.spec.replace(",", "+")
-        return f"{self.mode}{variant}-{self.phase}{steps}{rate}"
+        return model_prefix(self.model) + f"{self.mode}{variant}-{self.phase}{steps}{rate}"
 
     @property
     def label(self) -> str:
@@ -52,12 +53,22 @@ class BlockItem:
         return f"{self.case.id}-b{self.block:02d}"
 
 
+def model_prefix(model: str) -> str:
+    """How a benchmark id of a run of several models names its model ("" for the run's one model)."""
+    return f"{model.rstrip('/').replace('/', '_')}:" if model else ""
+
+
+def run_models(settings: SemgapConfig) -> tuple[str, ...]:
+    """The models benchmark ids name: ("",) for a run of one model (its ids as ever), else every model."""
+    return settings.models if len(settings.models) > 1 else ("",)
+
+
 def cases(settings: SemgapConfig) -> list[Case]:
     sweep = len(settings.decode_steps) > 1
     lengths = {"prefill": (0,), "decode": settings.decode_steps}
     variants = {"semantic": (None, *settings.ablation_sets)}
-    return [Case(mode, phase, rate, steps, sweep and phase == "decode", techniques)
-            for rate in settings.link_rates_bps or (None,) for mode in settings.modes
+    return [Case(mode, phase, rate, steps, sweep and phase == "decode", techniques, model)
+            for rate in settings.link_rates_bps or (None,) for model in run_models(settings) for mode in settings.modes
             for techniques in variants.get(mode, (None,)) for phase in settings.phases for steps in lengths[phase]]
 
 
@@ -66,7 +77,7 @@ def schedule(settings: SemgapConfig) -> list[BlockItem]:
 
     Modes compared with each other then run minutes apart at most, in every order: drift over the run
     (another process, clock frequency, page cache) lands on every mode of a block alike, and the
-    verdicts compare them block by block. Link rates stay the outer loop, so a shaper changes rate once
+    verdicts compare them block by block. The models of a run of several share each block too. Link rates stay the outer loop, so a shaper changes rate once
     per rate, not once per benchmark.
     """
     items = []

@@ -19,7 +19,7 @@ from semgap.model import presets, shapes
 from semgap.wire import transport
 from semgap import schema
 from semgap.bench import lossless
-from semgap.bench.design import measured
+from semgap.bench.design import measured, model_prefix
 from semgap.bench.session import ExperimentSession, Snapshot, spawn_server
 from semgap.schema import RoundRecord
 from semgap.client.kvrecovery import SCENARIOS, ResidentSteps, begin_session, continue_after, make_strategy
@@ -41,16 +41,18 @@ class RecoveryCase:
     scenario: str
     strategy: str
     link_rate_bps: int | None = None
+    model: str = ""  # as the matrix's Case.model
 
     @property
     def id(self) -> str:
         rate = f"-{format_rate(self.link_rate_bps)}" if self.link_rate_bps else ""
-        return f"{self.scenario}-{self.strategy}{rate}"
+        return model_prefix(self.model) + f"{self.scenario}-{self.strategy}{rate}"
 
 
-def recovery_cases(link_rates_bps: tuple[int, ...] = ()) -> list[RecoveryCase]:
-    """Every scenario x strategy, at each of `--semgap-link-rate`'s rates (unshaped without any)."""
-    return [RecoveryCase(scenario, strategy, rate) for rate in link_rates_bps or (None,)
+def recovery_cases(link_rates_bps: tuple[int, ...] = (), models: tuple[str, ...] = ("",)) -> list[RecoveryCase]:
+    """Every scenario x strategy, for each model (design.run_models), at each of `--semgap-link-rate`'s rates
+    (unshaped without any)."""
+    return [RecoveryCase(scenario, strategy, rate, model) for rate in link_rates_bps or (None,) for model in models
             for scenario, strategies in SCENARIOS.items() for strategy in strategies]
 
 

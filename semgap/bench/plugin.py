@@ -18,6 +18,7 @@ from semgap.bench.batchrunner import BatchCase, BatchReference, BatchRunner, bat
 from semgap.bench.config import SemgapConfig, add_options
 from semgap.bench.design import BlockItem, schedule
 from semgap.bench.runner import CaseRunner
+from semgap.bench.runsessions import RunSessions
 from semgap.bench.session import ExperimentSession
 from semgap.client.modes import MODES
 from semgap.bench.runrecord import CaseItem, RunRecord, SessionFailure, one_line
@@ -122,15 +123,15 @@ def semgap_settings(request: pytest.FixtureRequest) -> SemgapConfig:
 
 
 @pytest.fixture(scope="session")
-def semgap_session(request: pytest.FixtureRequest, semgap_settings: SemgapConfig):
-    """The link, server and connection shared by every benchmark; all torn down at the end, also on failure.
+def semgap_sessions(request: pytest.FixtureRequest, semgap_settings: SemgapConfig):
+    """Every model's link, server and connection, shared by every benchmark; all torn down at the end, also on failure.
 
-    None when it could not be opened: the first benchmark reports why in one line, the others skip.
+    None when they could not be opened: the first benchmark reports why in one line, the others skip.
     """
     record = request.config.stash[run_key]
     record.started = True
     try:
-        record.session = ExperimentSession(semgap_settings, _progress_writer(request.config)).open()
+        record.session = RunSessions(semgap_settings, _progress_writer(request.config)).open()
     except Exception as error:  # open() has undone itself; a KeyboardInterrupt stops the run instead
         record.session_failure = SessionFailure(one_line(error))
         yield None
@@ -139,13 +140,24 @@ def semgap_session(request: pytest.FixtureRequest, semgap_settings: SemgapConfig
         yield record.session
     finally:
         # pytest tears session fixtures down with the last benchmark, not in sessionfinish: a signal
-        # now waits until the link and server are gone, then stops the run.
+        # now waits until the links and servers are gone, then stops the run.
         with interrupts.held():
             try:
                 record.conditions = record.session.conditions()
             finally:
                 record.session.close()
                 record.session = None
+
+
+@pytest.fixture(scope="session")
+def semgap_session(semgap_sessions: RunSessions | None) -> ExperimentSession | None:
+    """The first model's session: the model-free calibration runs on its link."""
+    return None if semgap_sessions is None else semgap_sessions.first
+
+
+def session_of(sessions: RunSessions | None, model: str) -> ExperimentSession | None:
+    """`model`'s session, or None when the sessions did not open."""
+    return None if sessions is None else sessions.of(model)
 
 
 def _progress_writer(config: pytest.Config):
@@ -163,24 +175,29 @@ def _progress_writer(config: pytest.Config):
 
 
 @pytest.fixture
-def semgap_bench(request: pytest.FixtureRequest, semgap_session: ExperimentSession | None, semgap_case: BlockItem) -> CaseRunner:
-    _check_session(request, semgap_session, MODES[semgap_case.case.mode].needs_server)
-    return CaseRunner(semgap_session, semgap_case)
+def semgap_bench(request: pytest.FixtureRequest, semgap_sessions: RunSessions | None, semgap_case: BlockItem) -> CaseRunner:
+    session = session_of(semgap_sessions, semgap_case.case.model)
+    _check_session(request, session, MODES[semgap_case.case.mode].needs_server)
+    return CaseRunner(session, semgap_case)
 
 
 @pytest.fixture(scope="session")
-def semgap_batch_reference(semgap_session: ExperimentSession | None) -> BatchReference | None:
-    """Every batching session's prompt and local's tokens for it, computed once."""
-    return None if semgap_session is None else BatchReference.compute(semgap_session)
+def semgap_batch_references() -> dict[str, BatchReference]:
+    """Per model, every batching session's prompt and local's tokens for it, computed once, when first needed."""
+    return {}
 
 
 @pytest.fixture
-def semgap_batching(request: pytest.FixtureRequest, semgap_session: ExperimentSession | None,
-                    semgap_batch_reference: BatchReference | None, semgap_batch_case: BatchCase) -> BatchRunner:
-    if semgap_session is not None and semgap_session.transport is None:
+def semgap_batching(request: pytest.FixtureRequest, semgap_sessions: RunSessions | None,
+                    semgap_batch_references: dict[str, BatchReference], semgap_batch_case: BatchCase) -> BatchRunner:
+    session = session_of(semgap_sessions, semgap_batch_case.model)
+    if session is not None and session.transport is None:
         pytest.skip("the batching benchmark needs the server: --semgap-modes names no remote mode")
-    _check_session(request, semgap_session, needs_server=True)
-    return BatchRunner(semgap_session, semgap_batch_case, semgap_batch_reference)
+    _check_session(request, session, needs_server=True)
+    model = session.settings.model
+    if model not in semgap_batch_references:
+        semgap_batch_references[model] = BatchReference.compute(session)
+    return BatchRunner(session, semgap_batch_case, semgap_batch_references[model])
 
 
 def _check_session(request: pytest.FixtureRequest, semgap_session: ExperimentSession | None, needs_server: bool) -> None:

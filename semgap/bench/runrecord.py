@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from semgap.bench import calibration, stopping
-from semgap.bench.session import ExperimentSession
+from semgap.bench.runsessions import RunSessions
 from semgap.bench.testbed.interrupts import SignalGuard
 
 def one_line(error: BaseException) -> str:
@@ -63,7 +63,7 @@ class RunRecord:
     skipped: list[dict] = field(default_factory=list)  # {"name", "case", "reason"} of each skipped benchmark
     session_failure: SessionFailure | None = None
     conditions: dict = field(default_factory=dict)
-    session: ExperimentSession | None = None  # while it is open: after -x or Ctrl-C the JSON is written before teardown
+    session: RunSessions | None = None  # while they are open: after -x or Ctrl-C the JSON is written before teardown
     exit_status: int = 0
     final_exit_status: int | None = None  # the session's, after every sessionfinish hook
     verdicts: object | None = None

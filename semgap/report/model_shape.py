@@ -6,32 +6,37 @@ from semgap.report.render import Section, Table, count
 
 
 def section(output_json: dict) -> list[Section]:
-    """The shape table and the checks; [] for a run that recorded no shape (before issue 22)."""
+    """The shape table (a column per model) and the checks; [] for a run that recorded no shape (before issue 22)."""
     meta = output_json.get("semgap") or {}
-    shape = meta.get("model_shape")
-    if not shape:
+    each = [m for m in meta.get("models") or [meta] if m.get("model_shape")]  # a run of several: one entry per model
+    if not each:
         return []
-    quantities = (("parameters", shape["parameters"]), ("weight bytes", shape["weight_bytes"]),
-                  ("KV bytes per token", shape["kv_bytes_per_token"]),
-                  ("KV heads x head dim", f"{shape['kv_heads']} x {shape['head_dim']}"),
-                  ("logits-row bytes", shape["logits_row_bytes"]), ("vocabulary", shape["vocab_size"]),
-                  ("experts (per token)", f"{shape['experts']} ({shape['experts_per_token']})" if shape["experts"] else "-"),
-                  ("active parameters per token", shape["active_parameters"] or shape["parameters"]))
-    rows = [(shape["model"], shape["dtype"], name, f"{value:,}" if isinstance(value, int) else value)
-            for name, value in quantities]
-    tables = [Table.from_rows("model_shape", "Model shape, from its config", ("model", "dtype", "quantity", "value"), rows)]
-    checks = meta.get("shape_checks") or []
+    shapes = [m["model_shape"] for m in each]
+    quantities = (("dtype", lambda s: s["dtype"]), ("parameters", lambda s: s["parameters"]),
+                  ("weight bytes", lambda s: s["weight_bytes"]), ("KV bytes per token", lambda s: s["kv_bytes_per_token"]),
+                  ("KV heads x head dim", lambda s: f"{s['kv_heads']} x {s['head_dim']}"),
+                  ("logits-row bytes", lambda s: s["logits_row_bytes"]), ("vocabulary", lambda s: s["vocab_size"]),
+                  ("experts (per token)", lambda s: f"{s['experts']} ({s['experts_per_token']})" if s["experts"] else "-"),
+                  ("active parameters per token", lambda s: s["active_parameters"] or s["parameters"]))
+    rows = [(name, *(_cell(value(shape)) for shape in shapes)) for name, value in quantities]
+    header = ("quantity", *(shape["model"] for shape in shapes))
+    tables = [Table.from_rows("model_shape", "Model shape, from its config", header, rows)]
+    checks = [(m["model_shape"]["model"], group) for m in each for group in _by_transfer(m.get("shape_checks") or [])]
     if checks:
         tables.append(Table.from_rows(
-            "shape_checks", "The shape against the bytes the run moved (one row per transfer and prediction)",
-            ("transfer", "checks", "shape says B", "run moved B", "framing allowance B", "agree"),
-            [_grouped(group) for group in _by_transfer(checks)],
+            "shape_checks", "The shape against the bytes the run moved (one row per model, transfer and prediction)",
+            ("model", "transfer", "checks", "shape says B", "run moved B", "framing allowance B", "agree"),
+            [(model, *_grouped(group)) for model, group in checks],
             {"shape says B": count, "framing allowance B": count}))
-    text = ("Computed from the model's config (semgap/model/shapes.py), then checked against the payload bytes of the "
+    text = ("Computed from each model's config (semgap/model/shapes.py), then checked against the payload bytes of the "
             "transfers they predict: the weight upload, `remote_cache`'s prefill answer (one logits row under the "
             "generate program) and an eviction's whole-cache export. A check that disagrees beyond framing fails its "
             "benchmark.")
     return [Section("Model shape", (text, ""), tuple(tables))]
+
+
+def _cell(value) -> str:
+    return f"{value:,}" if isinstance(value, int) else str(value)
 
 
 def _by_transfer(checks: list[dict]) -> list[list[dict]]:
