@@ -14,7 +14,7 @@ from semgap.client import generate
 from semgap.model import presets
 from semgap.server.batching import DecodeBatcher
 from semgap.server.semantic import SemanticSessions
-from semgap.bench.config import _session_counts
+from semgap.bench.argtypes import session_counts as _session_counts
 from semgap.client.modes.base import ModeContext
 from semgap.client.modes.local import LocalMode
 from semgap.client.modes.remote_cache import RemoteCacheMode

@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import ipaddress
-import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +17,8 @@ from semgap.analysis import sequential
 from semgap.bench import rundir
 
 from semgap.wire import transport
-from semgap.bench.argtypes import fraction as _fraction
-from semgap.bench.argtypes import share as _share
+from semgap.bench.argtypes import (address, choices, device, fraction as _fraction, non_negative_int, parsed_by,
+                                   positive_int, positive_ints, session_counts, share as _share)
 from semgap.client.modes import MODES, PHASES
 from semgap.model.program import PROGRAMS, Program
 from semgap.model.runtime import FAST_PATH_SETTINGS
@@ -31,46 +30,6 @@ LINKS = ("loopback", "netns")
 FIXED_BLOCKS = 10  # a sweep of link rates, without --semgap-blocks
 
 
-def _choices(known: tuple[str, ...] | list[str], what: str):
-    def parse(text: str) -> tuple[str, ...]:
-        names = tuple(name.strip() for name in text.split(",") if name.strip())
-        if text.strip() == "all":
-            return tuple(known)
-        unknown = [name for name in names if name not in known]
-        if unknown or not names:
-            raise argparse.ArgumentTypeError(f"unknown {what} {(unknown or [text])[0]!r}; choose from {', '.join(known)} or all")
-        return names
-
-    return parse
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
-    return value
-
-
-def _positive_ints(text: str) -> tuple[int, ...]:
-    values = tuple(_positive_int(part.strip()) for part in text.split(",") if part.strip())
-    if not values:
-        raise argparse.ArgumentTypeError(f"expected positive whole numbers separated by commas, got {text!r}")
-    return tuple(dict.fromkeys(values))  # each length once, in the order given
-
-
-def _session_counts(text: str) -> tuple[int, ...]:
-    return () if text.strip() == "none" else _positive_ints(text)
-
-
-def _non_negative_int(text: str) -> int:
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
-    return int(text)
-
-
 def _models(text: str) -> tuple[str, ...]:
     """One model, or several separated by commas, each a preset or a local checkpoint directory; each once."""
     names = tuple(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
@@ -80,30 +39,6 @@ def _models(text: str) -> tuple[str, ...]:
         return tuple(presets.check_model_name(name) for name in names)
     except presets.UnknownModelError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
-
-
-def _device(text: str) -> str:
-    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", text):
-        raise argparse.ArgumentTypeError(f"unknown device {text!r}; choose from auto, cpu, cuda, cuda:N")
-    return text
-
-
-def _address(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
-    return host.strip("[]"), int(port)
-
-
-def _parsed_by(parse):
-    """An argparse type from a parser that raises ValueError with the message a user should read."""
-    def parse_option(text: str):
-        try:
-            return parse(text)
-        except ValueError as error:
-            raise argparse.ArgumentTypeError(str(error)) from None
-
-    return parse_option
 
 
 def _ablation(text: str) -> str:
@@ -139,10 +74,10 @@ def add_options(parser: pytest.Parser) -> None:
            help=f"model preset ({', '.join(presets.named())}) or a local checkpoint directory; a comma list runs "
                 "every case, batching and KV-recovery benchmark for each model, in the same blocks, with verdicts "
                 f"per model. Default: {presets.DEFAULT_MODEL}")
-    option("--semgap-seed", metavar="N", type=_non_negative_int, default=0, help="seed of a preset's weights. Default: 0")
+    option("--semgap-seed", metavar="N", type=non_negative_int, default=0, help="seed of a preset's weights. Default: 0")
     option("--semgap-dtype", metavar="DTYPE", default="auto", choices=["auto", *presets.DTYPES],
            help="model dtype: auto is the serving dtype, bfloat16 on the CPU and float16 on CUDA. Default: auto")
-    option("--semgap-device", metavar="DEVICE", type=_device, default="auto",
+    option("--semgap-device", metavar="DEVICE", type=device, default="auto",
            help="where the model runs (client for local, server otherwise): auto, cpu, cuda. Default: auto")
     option("--semgap-fast-path", metavar="SETTING", default="auto", choices=FAST_PATH_SETTINGS,
            help="decode with a static KV cache and torch.compile (CUDA graphs) wherever the cache stays resident "
@@ -153,52 +88,52 @@ def add_options(parser: pytest.Parser) -> None:
                 "each with that many intra-op threads, and local computes with the server's thread count (needs "
                 "two CPUs; an external server reports its own); off: both use every CPU, as the OS schedules. "
                 "Default: auto")
-    option("--semgap-modes", metavar="LIST", type=_choices(list(MODES), "mode"), default=tuple(MODES),
+    option("--semgap-modes", metavar="LIST", type=choices(list(MODES), "mode"), default=tuple(MODES),
            help=f"comma list of modes ({', '.join(MODES)}) or all. Default: all")
-    option("--semgap-phases", metavar="LIST", type=_choices(PHASES, "phase"), default=PHASES,
+    option("--semgap-phases", metavar="LIST", type=choices(PHASES, "phase"), default=PHASES,
            help="comma list of phases (prefill, decode) or all. Default: all")
-    option("--semgap-prompt-tokens", metavar="N", type=_positive_int, default=128, help="prompt length. Default: 128")
-    option("--semgap-decode-steps", metavar="LIST", type=_positive_ints, default=(5,),
+    option("--semgap-prompt-tokens", metavar="N", type=positive_int, default=128, help="prompt length. Default: 128")
+    option("--semgap-decode-steps", metavar="LIST", type=positive_ints, default=(5,),
            help="tokens generated per decode round; a comma list (e.g. 5,50,250) makes every decode benchmark "
                 "one per length, to show how bytes and latency per step grow with the KV cache. Default: 5")
-    option("--semgap-blocks", metavar="N", type=_positive_int, default=None,
+    option("--semgap-blocks", metavar="N", type=positive_int, default=None,
            help="a fixed design of N interleaved blocks (each runs every case in a seeded shuffled order; the "
                 "latency verdicts compare modes block by block), judged once at the end. Default: the sequential "
                 "design, blocks until every H2 headline is decided (--semgap-max-blocks); with several link "
                 f"rates, {FIXED_BLOCKS} blocks")
-    option("--semgap-max-blocks", metavar="N", type=_positive_int, default=sequential.DEFAULT_MAX_BLOCKS,
+    option("--semgap-max-blocks", metavar="N", type=positive_int, default=sequential.DEFAULT_MAX_BLOCKS,
            help=f"the sequential design's most blocks: it looks after {sequential.FIRST_LOOK} blocks and every "
                 f"{sequential.LOOK_EVERY} after, and stops when every H2 headline is decided. "
                 f"Default: {sequential.DEFAULT_MAX_BLOCKS}")
-    option("--semgap-rounds", metavar="N", type=_positive_int, default=3,
+    option("--semgap-rounds", metavar="N", type=positive_int, default=3,
            help="measured rounds of each case in each block. Default: 3")
-    option("--semgap-warmup-rounds", metavar="N", type=_non_negative_int, default=1,
+    option("--semgap-warmup-rounds", metavar="N", type=non_negative_int, default=1,
            help="discarded rounds of each case before its measured rounds in each block. Default: 1")
-    option("--semgap-block-seed", metavar="N", type=_non_negative_int, default=None,
+    option("--semgap-block-seed", metavar="N", type=non_negative_int, default=None,
            help="seed of the order of the cases inside each block; give a run's block_order_seed to replay its "
                 "order. Default: drawn anew for each run (and recorded)")
-    option("--semgap-batch-sessions", metavar="LIST", type=_session_counts, default=(1, 4, 16),
+    option("--semgap-batch-sessions", metavar="LIST", type=session_counts, default=(1, 4, 16),
            help="concurrent client sessions of the batching benchmark (benchmarks/test_batching.py), a comma list "
                 "(one benchmark per count and flavour), or none to leave it out. Default: 1,4,16")
-    option("--semgap-batch-rounds", metavar="N", type=_positive_int, default=5,
+    option("--semgap-batch-rounds", metavar="N", type=positive_int, default=5,
            help="measured rounds of each batching benchmark, after --semgap-warmup-rounds. Default: 5")
-    option("--semgap-semantic", metavar="LIST", type=_parsed_by(TechniqueSet.parse),
+    option("--semgap-semantic", metavar="LIST", type=parsed_by(TechniqueSet.parse),
            default=TechniqueSet.parse(DEFAULT_SEMANTIC),
            help=f"the headline technique set of the semantic mode, the one H1 and H2 judge: a comma list of "
                 f"{', '.join(TECHNIQUES)} (settings as cast=bfloat16, int8, compress=LEVEL, logprobs=K), or none. "
                 f"Default: {DEFAULT_SEMANTIC}")
-    option("--semgap-ablation", metavar="LIST", type=_parsed_by(_ablation), default="off",
+    option("--semgap-ablation", metavar="LIST", type=parsed_by(_ablation), default="off",
            help="add ablation variants of the semantic mode as cases of the same blocks: no technique, each "
                 "listed technique alone, and each cumulative combination in the order listed; all = "
                 "prune,cast,int8,compress,narrow-ids,token-only,logprobs with the headline's settings. Default: off")
-    option("--semgap-sampler", metavar="SPEC", type=_parsed_by(Sampler.parse), default=Sampler(),
+    option("--semgap-sampler", metavar="SPEC", type=parsed_by(Sampler.parse), default=Sampler(),
            help="how every mode picks tokens, local and the server's token-only alike: greedy, top-k=K or "
                 "top-p=P, then ,seed=N for the seeded draws. Default: greedy")
-    option("--semgap-program", metavar="NAME", type=_parsed_by(Program), default=Program(),
+    option("--semgap-program", metavar="NAME", type=parsed_by(Program), default=Program(),
            help=f"the program every mode runs ({', '.join(PROGRAMS)}): generate is transformers' generate() (the "
                 "prefill keeps the last position's logits, the sampler reads where the logits are: greedy one id); "
                 "full-logits keeps every prompt position's logits, the workload of semgap's first runs. Default: generate")
-    option("--semgap-server", metavar="HOST:PORT", type=_address, default=None,
+    option("--semgap-server", metavar="HOST:PORT", type=address, default=None,
            help="use the semgap server already running there; nothing is spawned. Default: spawn one")
     option("--semgap-host", metavar="ADDRESS", default="127.0.0.1",
            help="address a spawned server binds (rpc: loopback only, IPv4). Default: 127.0.0.1")
@@ -216,9 +151,9 @@ def add_options(parser: pytest.Parser) -> None:
     option("--semgap-calibrate-rpc", action="store_true", default=False,
            help="calibrate the rpc transport too in a run on tcp: it starts a PyTorch RPC peer on the run's link, "
                 "which unpickles whatever reaches it (a run on rpc calibrates rpc anyway). Default: off")
-    option("--semgap-rpc-timeout", metavar="SECONDS", type=_positive_int, default=120,
+    option("--semgap-rpc-timeout", metavar="SECONDS", type=positive_int, default=120,
            help="timeout of one call to the server, whatever the transport. Default: 120")
-    option("--semgap-server-start-timeout", metavar="SECONDS", type=_positive_int, default=600,
+    option("--semgap-server-start-timeout", metavar="SECONDS", type=positive_int, default=600,
            help="how long to wait for a spawned server to build its model, and for the one weight upload. Default: 600")
     option("--semgap-results", metavar="DIR", type=Path, default=Path("results"),
            help="each run writes its JSON, report, verdicts, plots and server logs into DIR/<run id>/; "
