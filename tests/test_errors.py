@@ -5,8 +5,8 @@ import pytest
 from semgap.client.modes import MODES, PHASES
 from tests.conftest import unused_port
 
-from .conftest import INNER_CONFTEST, REPO
-from .inner import QUICK, RUN_ORDER, by_case, new_run_dirs, run_json
+from .conftest import INNER_CONFTEST, REPO, TEST_MODEL
+from .inner import QUICK, RUN_ORDER, by_case, new_run_dirs, run_json, run_suite, wait_for_no_leftovers
 
 ALL_CASES = len(MODES) * len(PHASES)  # the default run: every mode and phase, one block
 
@@ -73,6 +73,19 @@ def test_a_checkpoint_without_weights_is_reported_once(suite, preset_model):
                                         "--semgap-modes", "local,remote_cache")
     result.assert_outcomes(errors=1, skipped=3)
     assert_said_once(result, "no file named model.safetensors")
+
+
+def test_a_model_of_a_list_that_cannot_open_is_named_and_the_models_opened_before_it_are_closed(suite, preset_model):
+    """gpt2-test opens (its server spawns), then no-weights fails: the failure names that model, once, and
+    gpt2-test's server was stopped by the run's teardown, not by the kernel when the run exited."""
+    preset_model.config.save_pretrained(suite.path / "no-weights")
+    result, _, pid = run_suite(suite, *QUICK, f"--semgap-model={TEST_MODEL},no-weights", "--semgap-modes", "local,remote_cache")
+    result.assert_outcomes(errors=1, skipped=7)
+    assert_said_once(result, "no-weights: ")
+    result.stdout.fnmatch_lines(["*no-weights: *no file named model.safetensors*"])
+    assert wait_for_no_leftovers(pid, suite.path) == []
+    [log] = (suite.path / "results").glob(f"*/logs/server-{TEST_MODEL}-*.log")
+    assert log.read_text().rstrip().endswith("semgap server stopped"), log.read_text()[-500:]
 
 
 def test_a_server_that_does_not_start_in_time_is_one_line_with_its_log(suite):
