@@ -18,7 +18,7 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 echo "semgap byte gate: a short run of the default experiment (1 block, 1 round after 1 warm-up)"
 if ! .venv/bin/python -m pytest --benchmark-only -q -p no:cacheprovider -k test_semantic_gap \
-        --semgap-blocks 1 --semgap-rounds 1 --semgap-warmup-rounds 1 --semgap-results "$work/results" \
+        --semgap-blocks 1 --semgap-rounds 1 --semgap-warmup-rounds 1 --semgap-plots off --semgap-results "$work/results" \
         "$@" >"$work/pytest.log" 2>&1; then
     tail -n 40 "$work/pytest.log"
     echo "semgap byte gate: the run failed (its log's end is above)" >&2

@@ -98,7 +98,8 @@ def suite(pytester, monkeypatch, outside_xdist):
     pytester.makepyfile(test_semantic_gap=BENCHMARK)
     pytester.makeconftest(INNER_CONFTEST)
     pytester.makeini(
-        f"[pytest]\naddopts = --benchmark-save-data --semgap-model={TEST_MODEL} --semgap-blocks=1\n"
+        # No plots (2 s a run): the tests that check them pass --semgap-plots=on.
+        f"[pytest]\naddopts = --benchmark-save-data --semgap-model={TEST_MODEL} --semgap-blocks=1 --semgap-plots=off\n"
         "filterwarnings =\n    error:::semgap\n"
     )
     return pytester

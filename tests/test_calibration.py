@@ -172,9 +172,10 @@ def test_a_default_run_starts_no_rpc_peer(monkeypatch, transport_name, ask, cali
 
 def test_the_default_run_collects_no_rpc_probe(suite):
     suite.makepyfile(test_calibration=CALIBRATION)
-    default = suite.runpytest_subprocess("--collect-only", "-q", "-p", "no:cacheprovider", timeout=300)
+    # Only collected: in this process, as nothing is spawned.
+    default = suite.runpytest_inprocess("--collect-only", "-q", "-p", "no:cacheprovider")
     assert "rpc" not in default.stdout.str() and "test_calibration[tcp-small]" in default.stdout.str()
-    asked = suite.runpytest_subprocess("--collect-only", "-q", "-p", "no:cacheprovider", "--semgap-calibrate-rpc", timeout=300)
+    asked = suite.runpytest_inprocess("--collect-only", "-q", "-p", "no:cacheprovider", "--semgap-calibrate-rpc")
     asked.stdout.fnmatch_lines(["*test_calibration[[]rpc-small[]]*"])
 
 

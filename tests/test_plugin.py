@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_a_run_writes_bytes_tokens_verdicts_report_plots_and_logs_into_its_own_directory(suite):
-    result = suite.runpytest_subprocess("--benchmark-only", *QUICK)
+    result = suite.runpytest_subprocess("--benchmark-only", *QUICK, "--semgap-plots=on")
     result.assert_outcomes(passed=14)
     [run_dir] = new_run_dirs(suite.path)
     result.stdout.fnmatch_lines([f"semgap: building {TEST_MODEL} in the client",
@@ -224,7 +224,7 @@ def test_a_short_secret_in_the_environment_stops_the_run_at_once(suite, monkeypa
 
 
 def test_under_xdist_benchmarks_are_skipped_with_a_reason_that_names_the_fix(suite):
-    result = suite.runpytest_subprocess("-n", "2", "-rs", *QUICK, "--semgap-modes", "local")
+    result = suite.runpytest_subprocess("-n", "1", "-rs", *QUICK, "--semgap-modes", "local")
     result.assert_outcomes(skipped=2)
     result.stdout.fnmatch_lines(["*benchmarking is disabled under pytest-xdist*drop -n, or add -n 0 after it*"])
     assert "passed" not in result.outlines[-1]

@@ -126,4 +126,6 @@ def test_a_run_of_two_models_serves_each_case_from_its_own_server_and_judges_eac
     assert {(h["hypothesis"], h["model"]) for h in verdicts["headlines"]} == {(h, m) for h in ("H1", "H2") for m in models}
     assert sorted(log.name.split("-")[1] + "-" + log.name.split("-")[2] for log in (run_dir / "logs").glob("server-*")) \
         == sorted(models)
-    assert "| quantity                    | gpt2-test   | llama-test   |" in (run_dir / "report.md").read_text()
+    report = (run_dir / "report.md").read_text()
+    assert "| quantity                    | gpt2-test   | llama-test   |" in report
+    assert not list(run_dir.glob("*.png")) and "## Plots" not in report  # the inner runs' --semgap-plots=off

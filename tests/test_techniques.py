@@ -95,11 +95,14 @@ def test_ablation_variants_are_none_each_alone_and_each_cumulative_set_once():
 
 
 def test_ablation_cases_carry_their_set_in_id_and_label():
-    settings = dataclasses.make_dataclass("S", ["modes", "phases", "decode_steps", "link_rates_bps", "ablation_sets"])(
-        ("remote_cache", "semantic"), ("decode",), (5,), (), [TechniqueSet(), TechniqueSet.parse("prune,compress=9")])
-    assert [(case.id, case.label) for case in cases(settings)] == [
-        ("remote_cache-decode", "remote_cache"), ("semantic-decode", "semantic"),
-        ("semantic+none-decode", "semantic:none"), ("semantic+prune+compress=9-decode", "semantic:prune,compress")]
+    settings = dataclasses.make_dataclass("S", ["models", "modes", "phases", "decode_steps", "link_rates_bps", "ablation_sets"])(
+        ("gpt2-test",), ("remote_cache", "semantic"), ("decode",), (5,), (), [TechniqueSet(), TechniqueSet.parse("prune,compress=9")])
+    expected = [("remote_cache-decode", "remote_cache"), ("semantic-decode", "semantic"),
+                ("semantic+none-decode", "semantic:none"), ("semantic+prune+compress=9-decode", "semantic:prune,compress")]
+    assert [(case.id, case.label) for case in cases(settings)] == expected  # one model: ids as before model lists
+    two = dataclasses.replace(settings, models=("gpt2-test", "llama-test"))  # several: each id names its model
+    assert [(case.id, case.label) for case in cases(two)] == [
+        (f"{model}:{case_id}", label) for model in two.models for case_id, label in expected]
 
 
 @pytest.mark.parametrize("sampler", SAMPLERS[1:], ids=str)

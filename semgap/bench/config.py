@@ -158,6 +158,9 @@ def add_options(parser: pytest.Parser) -> None:
     option("--semgap-results", metavar="DIR", type=Path, default=Path("results"),
            help="each run writes its JSON, report, verdicts, plots and server logs into DIR/<run id>/; "
                 "DIR/latest points at the newest run that measured something. Default: results")
+    option("--semgap-plots", metavar="SETTING", choices=["on", "off"], default="on",
+           help="draw the report's PNG plots after the run (about 2 s on a 2-core CPU); off leaves them out (`semgap-report "
+                "--force RUN_DIR/benchmark.json` rewrites the report with them later, from the JSON). Default: on")
     option("--semgap-h1", metavar="FRACTION", type=_fraction, default=0.30,
            help="H1: the byte reduction semantic must reach against every blind baseline (the headline: the strongest). Default: 0.30")
     option("--semgap-h2", metavar="FRACTION", type=_fraction, default=0.15,
@@ -225,6 +228,7 @@ class SemgapConfig:
     secret_file: Path | None
     rpc_timeout_s: int
     server_start_timeout_s: int
+    plots: bool  # draw the report's plots after the run
     results_dir: Path  # the parent of every run's directory (--semgap-results)
     run_dir: Path  # this run's directory: results_dir/<run id>, made when something is written there
     h1: float
@@ -259,7 +263,7 @@ class SemgapConfig:
             server=get("semgap_server"), host=get("semgap_host"), link=get("semgap_link"),
             link_rates_bps=get("semgap_link_rate"), transport=get("semgap_transport"),
             secret_file=get("semgap_secret_file"), rpc_timeout_s=get("semgap_rpc_timeout"),
-            server_start_timeout_s=get("semgap_server_start_timeout"), results_dir=get("semgap_results"),
+            server_start_timeout_s=get("semgap_server_start_timeout"), plots=get("semgap_plots") == "on", results_dir=get("semgap_results"),
             run_dir=get("semgap_results") / rundir.new_run_id(),
             h1=get("semgap_h1"), h2=get("semgap_h2"), alpha=get("semgap_alpha"),
             min_agreement=get("semgap_min_agreement"), enforce=get("semgap_enforce"),

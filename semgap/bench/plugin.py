@@ -320,7 +320,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             record.output_json, h1=settings.h1, h2=settings.h2, alpha=settings.alpha,
             min_agreement=settings.min_agreement,
         )
-        record.written = writer.write(record.verdicts, record.output_json, settings.run_dir)
+        record.written = writer.write(record.verdicts, record.output_json, settings.run_dir,
+                                      draw_plots=settings.plots)
     except Exception as error:  # a broken report must not hide the measurements already saved
         record.report_error = f"{type(error).__name__}: {error}"
         session.exitstatus = pytest.ExitCode.INTERNAL_ERROR

@@ -106,8 +106,10 @@ def check_out_dir(out_dir: Path, this_run: str) -> None:
     raise ReportExists(f"{out_dir} holds {whose}; choose another --out, or pass --force to replace it")
 
 
-def write(run_verdicts: RunVerdicts, output_json: dict, out_dir: Path, written_by: str = "plugin") -> list[Path]:
-    """Write verdicts.json, report.md, report.tex, where_gap.md, tables/*.csv and the PNG plots into ``out_dir``.
+def write(run_verdicts: RunVerdicts, output_json: dict, out_dir: Path, written_by: str = "plugin",
+          draw_plots: bool = True) -> list[Path]:
+    """Write verdicts.json, report.md, report.tex, where_gap.md, tables/*.csv and the PNG plots into ``out_dir``
+    (the plots unless ``draw_plots`` is False: `semgap-report` draws them later from the JSON).
 
     Returns their paths. verdicts.json is :meth:`RunVerdicts.to_dict` with ``source`` (run id, who wrote it)
     added; where_gap.md is the "where the gap is" table alone, to paste into the README.
@@ -120,7 +122,7 @@ def write(run_verdicts: RunVerdicts, output_json: dict, out_dir: Path, written_b
     dump = run_verdicts.to_dict()
     dump["source"] = {"run_id": run_id(output_json), "written_by": written_by}
     sections = tables.sections(run_verdicts, output_json)
-    drawn = _plots(run_verdicts, out_dir)
+    drawn = _plots(run_verdicts, out_dir) if draw_plots else []
     texts = {out_dir / "verdicts.json": json.dumps(dump, indent=2, default=str) + "\n",
              out_dir / "report.md": "\n".join([markdown(run_verdicts, output_json, sections), *plots.markdown(drawn)]),
              out_dir / "report.tex": latex(run_verdicts, output_json, sections),
