@@ -98,8 +98,10 @@ def suite(pytester, monkeypatch, outside_xdist):
     pytester.makepyfile(test_semantic_gap=BENCHMARK)
     pytester.makeconftest(INNER_CONFTEST)
     pytester.makeini(
-        # No plots (2 s a run): the tests that check them pass --semgap-plots=on.
-        f"[pytest]\naddopts = --benchmark-save-data --semgap-model={TEST_MODEL} --semgap-blocks=1 --semgap-plots=off\n"
+        # No plots (2 s a run): the tests that check them pass --semgap-plots=on. Nothing pinned: under xdist
+        # every inner run would pin its client to the first CPU and its server to the second, whatever the
+        # other workers run there; the test that checks pinning passes --semgap-cpus=auto.
+        f"[pytest]\naddopts = --benchmark-save-data --semgap-model={TEST_MODEL} --semgap-blocks=1 --semgap-plots=off --semgap-cpus=off\n"
         "filterwarnings =\n    error:::semgap\n"
     )
     return pytester

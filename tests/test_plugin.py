@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_a_run_writes_bytes_tokens_verdicts_report_plots_and_logs_into_its_own_directory(suite):
-    result = suite.runpytest_subprocess("--benchmark-only", *QUICK, "--semgap-plots=on")
+    result = suite.runpytest_subprocess("--benchmark-only", *QUICK, "--semgap-plots=on", "--semgap-cpus=auto")
     result.assert_outcomes(passed=14)
     [run_dir] = new_run_dirs(suite.path)
     result.stdout.fnmatch_lines([f"semgap: building {TEST_MODEL} in the client",
