@@ -118,9 +118,9 @@ def test_a_rate_sweep_measures_every_recovery_case_at_each_rate():
     assert [case.id for case in cases][:2] == ["eviction-full_cache-100mbit", "eviction-recompute-100mbit"]
     assert cases[-1].id == "migration-kv_since_sync-1gbit"
 
-def kv_benchmark(scenario, strategy, role, sent, received, recovery_ms, agreement=1.0):
+def kv_benchmark(scenario, strategy, role, sent, received, recovery_ms, agreement=1.0, model="gpt2-test"):
     info = {"scenario": scenario, "strategy": strategy, "role": role, "lossless": role == "blind", "cached_positions": 133,
-            "model": "gpt2-test", "weights": "random",
+            "model": model, "weights": "random",
             "rpc_round_trips": 2, "recovery_ms": recovery_ms, "server_compute_ms": 0.5,
             "token_agreement_with_local": agreement, "wire_tcp_bytes_sent": None,
             "payload_bytes_sent_rounds": sent, "payload_bytes_received_rounds": received}
@@ -143,6 +143,18 @@ def test_the_kv_table_shows_each_strategys_saving_against_the_blind_one_and_verd
     assert set(table["weights"]) == {"random"}  # figures on random weights say so
     assert read_run(output_json).cases == []  # not a mode x phase case: no verdict judges it
     assert scenarios.kv_recovery({"benchmarks": []}) == []
+
+
+def test_in_a_run_of_two_models_each_strategy_is_saved_against_its_own_models_blind_one():
+    """llama-test's whole cache is 7x smaller than gpt2-test's: each model's recompute is judged against its own."""
+    output_json = {"benchmarks": [
+        kv_benchmark("eviction", "full_cache", "blind", [600], [400], 10.0, model="gpt2-test"),
+        kv_benchmark("eviction", "recompute", "semantic", [90], [10], 25.0, model="gpt2-test"),
+        kv_benchmark("eviction", "full_cache", "blind", [100], [100], 5.0, model="llama-test"),
+        kv_benchmark("eviction", "recompute", "semantic", [90], [10], 25.0, model="llama-test")]}
+    table = scenarios.kv_recovery(output_json)[0].tables[0].frame
+    saving = table[table.strategy == "recompute"].set_index("model")["bytes saving"].to_dict()
+    assert saving == {"gpt2-test": pytest.approx(0.9), "llama-test": pytest.approx(0.5)}, saving
 
 
 def test_the_kv_table_labels_a_strategy_below_the_min_agreement_lossy_as_for_techniques():

@@ -112,6 +112,8 @@ def test_a_run_of_two_models_serves_each_case_from_its_own_server_and_judges_eac
     meta = output["semgap"]
     shape = {entry["model"]: entry["model_shape"] for entry in meta["models"]}
     assert meta["model"] == ",".join(models) and list(shape) == list(models), meta["model"]
+    # What every model's server shares stays at the top, for the Equal compute section's CPU line.
+    assert meta["server_cpus"] and meta["server_threads"] >= 1, meta
     infos = by_case(output)
     assert sorted(infos) == sorted(f"{m}:{mode}-prefill" for m in models for mode in ("local", "remote_cache", "semantic"))
     for case, info in infos.items():

@@ -62,7 +62,9 @@ class RunSessions:
         each = [session.conditions() for session in self.by_model.values()]
         if len(each) == 1:
             return each[0]
-        merged = {key: value for key, value in each[0].items() if key not in PER_MODEL or key in ("device", "dtype")}
+        # Kept at the top too: the settings give every model the same device, dtype and server CPUs and threads.
+        shared = ("device", "dtype", "server_cpus", "server_threads")
+        merged = {key: value for key, value in each[0].items() if key not in PER_MODEL or key in shared}
         merged["model"] = ",".join(self.by_model)
         merged["models"] = [{key: conditions[key] for key in PER_MODEL} for conditions in each]
         merged["warnings"] = [f"{conditions['model']}: {warning}" for conditions in each

@@ -100,7 +100,7 @@ def _kv_note(info: dict, baseline: dict | None, saved_bytes: float | None) -> st
 
 def kv_recovery(output_json: dict, min_agreement: float = DEFAULT_THRESHOLDS["min_agreement"]) -> list[Section]:
     """KV recovery (benchmarks/test_kv_recovery.py): each strategy's bytes and latency per recovery, its saving
-    against the blind strategy of its scenario and link rate (1 - strategy / blind: positive = cheaper), and its
+    against the blind strategy of its model, scenario and link rate (1 - strategy / blind: positive = cheaper), and its
     tokens after the recovery against local's: LOSSY below `min_agreement`, as for the techniques."""
     infos = gap.infos_of(output_json, schema.KIND_KV_RECOVERY)
     if not infos:
@@ -113,8 +113,8 @@ def kv_recovery(output_json: dict, min_agreement: float = DEFAULT_THRESHOLDS["mi
     def saving(value: float, blind: dict | None, of) -> float | None:
         return None if blind is None or not of(blind) else 1 - value / of(blind)
 
-    def where(info: dict) -> tuple:
-        return info[schema.KIND_KV_RECOVERY], info.get("link_rate")
+    def where(info: dict) -> tuple:  # each model's strategies against that model's blind one
+        return info.get("model"), info.get("weights"), info[schema.KIND_KV_RECOVERY], info.get("link_rate")
 
     blind = {where(info): info for info in infos if info.get("role") == "blind"}
     rows = []
