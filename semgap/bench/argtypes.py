@@ -28,9 +28,14 @@ def share(text: str) -> float:
     return value
 
 
+def items(text: str) -> tuple[str, ...]:
+    """The items of a comma list, stripped; empty items are dropped."""
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
 def choices(known: tuple[str, ...] | list[str], what: str):
     def parse(text: str) -> tuple[str, ...]:
-        names = tuple(name.strip() for name in text.split(",") if name.strip())
+        names = items(text)
         if text.strip() == "all":
             return tuple(known)
         unknown = [name for name in names if name not in known]
@@ -52,7 +57,7 @@ def positive_int(text: str) -> int:
 
 
 def positive_ints(text: str) -> tuple[int, ...]:
-    values = tuple(positive_int(part.strip()) for part in text.split(",") if part.strip())
+    values = tuple(positive_int(part) for part in items(text))
     if not values:
         raise argparse.ArgumentTypeError(f"expected positive whole numbers separated by commas, got {text!r}")
     return tuple(dict.fromkeys(values))  # each length once, in the order given

@@ -17,8 +17,8 @@ from semgap.analysis import sequential
 from semgap.bench import rundir
 
 from semgap.wire import transport
-from semgap.bench.argtypes import (address, choices, device, fraction as _fraction, non_negative_int, parsed_by,
-                                   positive_int, positive_ints, session_counts, share as _share)
+from semgap.bench.argtypes import (address, choices, device, fraction as _fraction, items, non_negative_int,
+                                   parsed_by, positive_int, positive_ints, session_counts, share as _share)
 from semgap.client.modes import MODES, PHASES
 from semgap.model.program import PROGRAMS, Program
 from semgap.model.runtime import FAST_PATH_SETTINGS
@@ -32,7 +32,7 @@ FIXED_BLOCKS = 10  # a sweep of link rates, without --semgap-blocks
 
 def _models(text: str) -> tuple[str, ...]:
     """One model, or several separated by commas, each a preset or a local checkpoint directory; each once."""
-    names = tuple(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
+    names = tuple(dict.fromkeys(items(text)))
     if not names:
         raise argparse.ArgumentTypeError(f"expected a model, or models separated by commas, got {text!r}")
     try:
@@ -62,7 +62,7 @@ def _rates(text: str) -> tuple[int, ...]:
     from semgap.bench.testbed.rates import parse_rate
 
     try:
-        return tuple(parse_rate(part.strip()) for part in text.split(",") if part.strip())
+        return tuple(parse_rate(part) for part in items(text))
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
 

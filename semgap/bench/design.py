@@ -77,8 +77,8 @@ def schedule(settings: SemgapConfig) -> list[BlockItem]:
 
     Modes compared with each other then run minutes apart at most, in every order: drift over the run
     (another process, clock frequency, page cache) lands on every mode of a block alike, and the
-    verdicts compare them block by block. The models of a run of several share each block too. Link rates stay the outer loop, so a shaper changes rate once
-    per rate, not once per benchmark.
+    verdicts compare them block by block; the models of a run of several share each block too. Link
+    rates stay the outer loop, so a shaper changes rate once per rate, not once per benchmark.
     """
     items = []
     for rate in settings.link_rates_bps or (None,):

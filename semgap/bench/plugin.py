@@ -152,7 +152,7 @@ def semgap_sessions(request: pytest.FixtureRequest, semgap_settings: SemgapConfi
 @pytest.fixture(scope="session")
 def semgap_session(semgap_sessions: RunSessions | None) -> ExperimentSession | None:
     """The first model's session: the model-free calibration runs on its link."""
-    return None if semgap_sessions is None else semgap_sessions.first
+    return session_of(semgap_sessions, "")
 
 
 def session_of(sessions: RunSessions | None, model: str) -> ExperimentSession | None:
