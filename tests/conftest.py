@@ -8,6 +8,13 @@ import pytest
 # Imported once, now: it registers torch libraries in C++, and a pytester test (which restores sys.modules
 # when it ends) that first imported it would leave the next import to register them again and fail.
 import torch._dynamo  # noqa: F401
+# Imported here, so that in-process inner sessions (tests/inner.py run_pytest) find torch, transformers and
+# scipy loaded and keep them: pytester takes from sys.modules only what a session imported itself.
+import semgap.bench.plugin  # noqa: F401
+# pygal (--benchmark-histogram) imports importlib_metadata, which replaces the standard library's
+# distribution finder for good: first imported inside an in-process session and then taken out of
+# sys.modules, it would leave later sessions without entry points, pytest-benchmark's among them.
+import pygal  # noqa: F401
 
 from semgap.model import presets
 
@@ -25,6 +32,16 @@ BENCHMARK = (REPO / "benchmarks" / "test_semantic_gap.py").read_text()
 CALIBRATION = (REPO / "benchmarks" / "test_calibration.py").read_text()
 # Inner sessions write their pid, so tests can tell their namespaces and servers from others'.
 INNER_CONFTEST = 'import os\npytest_plugins = ["semgap.bench.plugin"]\nopen("inner.pid", "w").write(str(os.getpid()))\n'
+
+
+def pytest_collection_modifyitems(items):
+    """Modules with a slow test first, each module's tests kept together (module fixtures are set up once).
+
+    Under xdist's worksteal, the long tests then start early and the short ones fill the end, rather than
+    one long test running alone at the end while the other worker idles.
+    """
+    slow_modules = {item.module for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.module not in slow_modules)  # stable: the order inside each group stays
 
 
 @pytest.fixture(scope="session")

@@ -2,10 +2,13 @@
 they leave behind (namespaces, veths, servers)."""
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
 import shutil
 import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -14,6 +17,7 @@ import pytest
 from semgap.bench import rundir
 from semgap.bench.testbed.netns import link_available
 from semgap.bench.testbed.tcpcounters import tcp_counters_available
+
 
 QUICK = ("--semgap-rounds", "3", "--semgap-warmup-rounds", "1", "--semgap-prompt-tokens", "32",
          "--semgap-decode-steps", "3", "-p", "no:cacheprovider")
@@ -56,14 +60,68 @@ def netns_test(test):
     return test
 
 
+def run_pytest(pytester, *args: str, timeout_s: float = 300) -> pytest.RunResult:
+    """An inner pytest session in pytester's directory, bounded to timeout_s.
+
+    It runs in this process, unless it starts PyTorch RPC (which a process can start only once): an
+    inner run then skips the 4-5 s of importing torch, transformers and scipy that a new process pays
+    (tests/conftest.py imported them). Its servers are still processes of their own. What its conftest
+    patched in semgap's modules or os is put back afterwards (Patched). It must leave no thread behind,
+    as one would have kept a process of its own from exiting. Past timeout_s, faulthandler prints every
+    thread's stack and ends this worker, which fails the test.
+    """
+    if any(_starts_rpc(arg) for arg in args):
+        return pytester.runpytest_subprocess(*args, timeout=timeout_s)
+    threads_before, patched = set(threading.enumerate()), Patched()
+    faulthandler.dump_traceback_later(timeout_s, exit=True)
+    try:
+        result = pytester.runpytest_inprocess(*args)
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+        patched.undo()
+    left = [thread for thread in threading.enumerate() if thread not in threads_before]
+    for thread in left:
+        thread.join(timeout=2.0)  # one that is ending as the session returns
+    assert not [thread for thread in left if thread.is_alive()], f"the inner session left threads running: {left}"
+    return result
+
+
+class Patched:
+    """The attributes of os, of semgap's modules and of the classes they define, as they are now; undo() puts
+    back whatever an inner conftest (a fault injected on purpose) changed, added or removed since."""
+
+    def __init__(self):
+        self.saved: dict[object, dict] = {}
+        for name, module in list(sys.modules.items()):
+            if module is not None and (name in ("os", "semgap") or name.startswith("semgap.")):
+                self.saved[module] = dict(vars(module))
+                for value in list(vars(module).values()):
+                    if isinstance(value, type) and value.__module__ == name:
+                        self.saved[value] = dict(vars(value))
+
+    def undo(self) -> None:
+        for owner, before in self.saved.items():
+            now = vars(owner)
+            for key in [key for key in now if key not in before]:
+                delattr(owner, key)
+            for key, value in before.items():
+                if now.get(key, Patched) is not value:
+                    setattr(owner, key, value)
+
+
+def _starts_rpc(arg: str) -> bool:
+    """Whether an inner run's argument starts PyTorch RPC, which a process can start only once."""
+    return arg == "rpc" or arg.endswith("=rpc") or arg == "--semgap-calibrate-rpc"
+
+
 def run_suite(pytester, *args: str):
-    """Run the suite in a subprocess; (result, its benchmark.json or None, the inner pytest's pid).
+    """Run the suite (run_pytest); (result, its benchmark.json or None, the inner pytest's pid).
 
     The inner session leaves its pid behind (INNER_CONFTEST): link names embed their owner's pid.
     """
     before = rundir.run_dirs(pytester.path / "results")
     (pytester.path / "inner.pid").unlink(missing_ok=True)
-    result = pytester.runpytest_subprocess("--benchmark-only", *args, timeout=300)
+    result = run_pytest(pytester, "--benchmark-only", *args)
     pid = int((pytester.path / "inner.pid").read_text())
     runs = new_run_dirs(pytester.path, before)
     return result, run_json(runs[0]) if runs else None, pid

@@ -23,7 +23,7 @@ from semgap.model.sampling import Sampler
 from semgap.client.sessions import ConcurrentSessions, flavour_class, session_prompts
 from semgap.report.scenarios import batching
 from .conftest import REPO
-from .inner import leftovers, netns_test, run_suite
+from .inner import leftovers, netns_test, run_pytest, run_suite
 
 STEPS = 5
 SESSIONS = 4
@@ -238,10 +238,11 @@ def test_batched_tokens_below_the_min_agreement_are_labelled_lossy_not_failed():
 BATCHING_BENCHMARK = (REPO / "benchmarks" / "test_batching.py").read_text()
 
 
+@pytest.mark.slow
 def test_batching_benchmark_end_to_end(suite):
     """The suite's batching benchmark: its option, extra_info and report table; `none` leaves it out."""
     suite.makepyfile(test_batching=BATCHING_BENCHMARK)
-    result = suite.runpytest_subprocess(
+    result = run_pytest(suite, 
         "test_batching.py", "--benchmark-only", "--semgap-modes=remote_cache", "--semgap-batch-sessions=2",
         "--semgap-batch-rounds=2", "--semgap-warmup-rounds=0", "--semgap-prompt-tokens=16", "--semgap-decode-steps=3",
         "--semgap-semantic=prune,compress,narrow-ids",
@@ -264,16 +265,17 @@ def test_batching_benchmark_end_to_end(suite):
     assert "## Semantic batching" in (run_dir / "report.md").read_text()
     assert (run_dir / "tables" / "batching.csv").exists()
 
-    left_out = suite.runpytest_subprocess("test_batching.py", "--benchmark-only", "--semgap-batch-sessions=none", "-rs")
+    left_out = run_pytest(suite, "test_batching.py", "--benchmark-only", "--semgap-batch-sessions=none", "-rs")
     left_out.stdout.fnmatch_lines(["*--semgap-batch-sessions none: the batching benchmark is left out*"])
 
 
+@pytest.mark.slow
 def test_sessions_beyond_the_static_pool_are_recorded_on_the_dynamic_path(suite):
     """With more blind sessions than the server's static pool holds, the rest decode on a dynamic cache: the
     JSON says so per path instead of naming the server's setting."""
     suite.makepyfile(test_batching=BATCHING_BENCHMARK)
     sessions = STATIC_CACHE_POOL_SIZE + 2
-    result = suite.runpytest_subprocess(
+    result = run_pytest(suite, 
         "test_batching.py", "--benchmark-only", "--semgap-modes=remote_cache", f"--semgap-batch-sessions={sessions}",
         "--semgap-batch-rounds=1", "--semgap-warmup-rounds=0", "--semgap-prompt-tokens=8", "--semgap-decode-steps=2",
         "--semgap-fast-path=static", "-k", "blind",

@@ -69,6 +69,9 @@ def test_a_server_stopped_mid_batch_times_out_in_one_line_keeps_the_json_and_lea
     assert output["semgap"]["run_status"] == "failed"
     assert "Traceback" not in result.stdout.str()
     assert leftovers(pid, suite.path) == []
+    # The teardown continues the stopped server after its SIGTERM: it stops cleanly, not killed 10 s later.
+    [log] = (suite.path / "results").glob("*/logs/server-*.log")
+    assert log.read_text().rstrip().endswith("semgap server stopped"), log.read_text()[-500:]
 
 
 @netns_test

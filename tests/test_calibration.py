@@ -18,7 +18,7 @@ from semgap.bench.testbed.netns import link_available
 from semgap.bench.testbed.serverproc import ServerProcess
 
 from .conftest import CALIBRATION, INNER_CONFTEST
-from .inner import latest_json
+from .inner import latest_json, run_pytest
 from .markdown import rows
 
 LINK_OK, _ = link_available()
@@ -98,8 +98,8 @@ def peer_processes(cwd: Path) -> list[int]:
 def test_every_run_calibrates_each_transport_against_raw_tcp(suite, link, transport_name):
     suite.makepyfile(test_calibration=CALIBRATION)
     suite.makeconftest(PEERS_AT_EXPERIMENT)
-    result = suite.runpytest_subprocess("--benchmark-only", *QUICK, "--semgap-link", link, "--semgap-calibrate-rpc",
-                                        "--semgap-transport", transport_name, timeout=600)
+    result = run_pytest(suite, "--benchmark-only", *QUICK, "--semgap-link", link, "--semgap-calibrate-rpc",
+                                        "--semgap-transport", transport_name, timeout_s=600)
     result.assert_outcomes(passed=len(PROBES) + 1)
     output = latest_json(suite.path)
     found = {bench["param"]: bench["extra_info"] for bench in output["benchmarks"]
@@ -142,8 +142,8 @@ def test_every_run_calibrates_each_transport_against_raw_tcp(suite, link, transp
 @pytest.mark.slow
 def test_on_ipv6_rpc_is_left_out_and_says_why(suite):
     suite.makepyfile(test_calibration=CALIBRATION)
-    result = suite.runpytest_subprocess("--benchmark-only", *QUICK, "-rs", "--semgap-host", "::1", "--semgap-calibrate-rpc",
-                                        timeout=600)
+    result = run_pytest(suite, "--benchmark-only", *QUICK, "-rs", "--semgap-host", "::1", "--semgap-calibrate-rpc",
+                                        timeout_s=600)
     result.assert_outcomes(passed=len(PROBES) - 2 + 1, skipped=2)
     result.stdout.fnmatch_lines(["*rpc transport cannot serve on the IPv6 address ::1*"])
     output = latest_json(suite.path)

@@ -6,7 +6,7 @@ from semgap.client.modes import MODES, PHASES
 from tests.conftest import unused_port
 
 from .conftest import INNER_CONFTEST, REPO, TEST_MODEL
-from .inner import QUICK, RUN_ORDER, by_case, new_run_dirs, run_json, run_suite, wait_for_no_leftovers
+from .inner import QUICK, RUN_ORDER, by_case, new_run_dirs, run_json, run_pytest, run_suite, wait_for_no_leftovers
 
 ALL_CASES = len(MODES) * len(PHASES)  # the default run: every mode and phase, one block
 
@@ -44,7 +44,7 @@ def assert_said_once(result, line: str) -> None:
 
 def test_a_server_lost_mid_benchmark_fails_that_one_keeps_what_finished_and_skips_the_rest(suite):
     suite.makeconftest(INNER_CONFTEST + KILL_THE_SERVER)
-    result = suite.runpytest_subprocess("--benchmark-only", "-rs", *QUICK, "--semgap-modes", "remote_cache,semantic")
+    result = run_pytest(suite, "--benchmark-only", "-rs", *QUICK, "--semgap-modes", "remote_cache,semantic")
     result.assert_outcomes(passed=2, failed=1, skipped=1)
     [run_dir] = new_run_dirs(suite.path)
     output = run_json(run_dir)
@@ -57,7 +57,7 @@ def test_a_server_lost_mid_benchmark_fails_that_one_keeps_what_finished_and_skip
 
 def test_an_unreachable_server_is_reported_once_and_every_other_benchmark_skips(suite):
     port = unused_port()  # nothing listens there
-    result = suite.runpytest_subprocess("--benchmark-only", *QUICK, "--semgap-server", f"127.0.0.1:{port}")
+    result = run_pytest(suite, "--benchmark-only", *QUICK, "--semgap-server", f"127.0.0.1:{port}")
     result.assert_outcomes(errors=1, skipped=ALL_CASES - 1)
     assert_said_once(result, f"no semgap server answers at 127.0.0.1:{port}")
     result.stdout.fnmatch_lines(["*start one with `python -m semgap.server --transport tcp --host 127.0.0.1 --port*"])
@@ -69,7 +69,7 @@ def test_an_unreachable_server_is_reported_once_and_every_other_benchmark_skips(
 
 def test_a_checkpoint_without_weights_is_reported_once(suite, preset_model):
     preset_model.config.save_pretrained(suite.path / "no-weights")  # config.json and nothing else
-    result = suite.runpytest_subprocess("--benchmark-only", *QUICK, "--semgap-model=no-weights",
+    result = run_pytest(suite, "--benchmark-only", *QUICK, "--semgap-model=no-weights",
                                         "--semgap-modes", "local,remote_cache")
     result.assert_outcomes(errors=1, skipped=3)
     assert_said_once(result, "no file named model.safetensors")
@@ -89,7 +89,7 @@ def test_a_model_of_a_list_that_cannot_open_is_named_and_the_models_opened_befor
 
 
 def test_a_server_that_does_not_start_in_time_is_one_line_with_its_log(suite):
-    result = suite.runpytest_subprocess("--benchmark-only", *QUICK, "--semgap-server-start-timeout", "1",
+    result = run_pytest(suite, "--benchmark-only", *QUICK, "--semgap-server-start-timeout", "1",
                                         "--semgap-modes", "remote_cache")
     result.assert_outcomes(errors=1, skipped=1)
     assert_said_once(result, "semgap server not ready after 1 s: ")
@@ -109,7 +109,7 @@ def test_xdist_with_benchmark_only_names_the_fix_and_the_fix_works(suite):
 
 
 def test_histograms_go_into_the_run_directory(suite):
-    result = suite.runpytest_subprocess("--benchmark-only", *QUICK, "--semgap-modes", "local",
+    result = run_pytest(suite, "--benchmark-only", *QUICK, "--semgap-modes", "local",
                                         "--semgap-phases", "prefill", "--benchmark-histogram")
     result.assert_outcomes(passed=1)
     [run_dir] = new_run_dirs(suite.path)
@@ -118,7 +118,7 @@ def test_histograms_go_into_the_run_directory(suite):
 
 def test_histograms_without_pygal_are_refused_before_the_run_with_the_fix(suite):
     suite.makeconftest(INNER_CONFTEST + "import sys\nsys.modules['pygal'] = None  # as if not installed\n")
-    result = suite.runpytest_subprocess("--benchmark-only", "--benchmark-histogram")
+    result = run_pytest(suite, "--benchmark-only", "--benchmark-histogram")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert "--benchmark-histogram needs pygal, not installed here: run `pip install 'pytest-benchmark[histogram]'`" \
         in result.stderr.str()

@@ -11,13 +11,13 @@ from semgap.model import cpus
 from semgap.model.presets import named as presets
 
 from .conftest import CALIBRATION, INNER_CONFTEST, TEST_MODEL
-from .inner import QUICK, by_case, latest_json, new_run_dirs, run_json
+from .inner import QUICK, by_case, latest_json, new_run_dirs, run_json, run_pytest
 
 pytestmark = pytest.mark.slow
 
 
 def test_a_run_writes_bytes_tokens_verdicts_report_plots_and_logs_into_its_own_directory(suite):
-    result = suite.runpytest_subprocess("--benchmark-only", *QUICK, "--semgap-plots=on", "--semgap-cpus=auto")
+    result = run_pytest(suite, "--benchmark-only", *QUICK, "--semgap-plots=on", "--semgap-cpus=auto")
     result.assert_outcomes(passed=14)
     [run_dir] = new_run_dirs(suite.path)
     result.stdout.fnmatch_lines([f"semgap: building {TEST_MODEL} in the client",
@@ -107,7 +107,7 @@ def test_blocks_interleave_every_case_in_a_seeded_order(suite):
 
 
 def test_a_decode_length_sweep_shows_naive_bytes_per_step_growing_and_resident_ones_flat(suite):
-    result = suite.runpytest_subprocess("--benchmark-only", *QUICK, "--semgap-modes", "local,naive,remote_cache",
+    result = run_pytest(suite, "--benchmark-only", *QUICK, "--semgap-modes", "local,naive,remote_cache",
                                         "--semgap-phases", "decode", "--semgap-decode-steps", "2,8")
     result.assert_outcomes(passed=6)
     cases = by_case(latest_json(suite.path))
@@ -129,7 +129,7 @@ def test_a_lossless_mode_with_other_tokens_than_local_fails_its_benchmark_and_ke
         "    logits, state = original(self, token_id, state)\n"
         "    return (torch.roll(logits, 1) if self.name == 'remote_cache' else logits), state\n"
         "remote_cache.RemoteCacheMode.decode_one_token = shifted\n"))
-    result = suite.runpytest_subprocess("--benchmark-only", *QUICK, "--semgap-modes", "remote_cache,semantic",
+    result = run_pytest(suite, "--benchmark-only", *QUICK, "--semgap-modes", "remote_cache,semantic",
                                         "--semgap-phases", "decode", "--semgap-semantic", "prune,compress")
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*remote_cache-decode: the lossless mode remote_cache generated other tokens than "
@@ -144,7 +144,7 @@ def test_a_lossless_mode_with_other_tokens_than_local_fails_its_benchmark_and_ke
 
 
 def test_an_ablation_measures_each_technique_set_as_a_case_of_the_same_blocks(suite):
-    result = suite.runpytest_subprocess("--benchmark-only", *QUICK, "--semgap-modes", "remote_cache,semantic",
+    result = run_pytest(suite, "--benchmark-only", *QUICK, "--semgap-modes", "remote_cache,semantic",
                                         "--semgap-phases", "decode", "--semgap-semantic", "prune,token-only",
                                         "--semgap-ablation", "int8,compress=9", "--semgap-sampler", "top-k=5,seed=2")
     result.assert_outcomes(passed=6)
@@ -172,7 +172,7 @@ def test_enforce_turns_a_not_supported_hypothesis_into_a_failed_run(suite, enfor
     # No semantic technique at all: semantic moves as many bytes as remote_cache, so H1 cannot hold.
     args = ["--benchmark-only", *QUICK, "--semgap-modes", "remote_cache,semantic", "--semgap-phases", "decode",
             "--semgap-semantic", "none"]
-    result = suite.runpytest_subprocess(*args, *(["--semgap-enforce"] if enforce else []))
+    result = run_pytest(suite, *args, *(["--semgap-enforce"] if enforce else []))
     assert result.ret == exit_code
     result.stdout.fnmatch_lines(["H1 bytes*decode*NOT SUPPORTED*"])
     if enforce:
@@ -224,7 +224,7 @@ def test_a_short_secret_in_the_environment_stops_the_run_at_once(suite, monkeypa
 
 
 def test_under_xdist_benchmarks_are_skipped_with_a_reason_that_names_the_fix(suite):
-    result = suite.runpytest_subprocess("-n", "1", "-rs", *QUICK, "--semgap-modes", "local")
+    result = run_pytest(suite, "-n", "1", "-rs", *QUICK, "--semgap-modes", "local")
     result.assert_outcomes(skipped=2)
     result.stdout.fnmatch_lines(["*benchmarking is disabled under pytest-xdist*drop -n, or add -n 0 after it*"])
     assert "passed" not in result.outlines[-1]
@@ -235,7 +235,7 @@ def test_the_suite_runs_twice_against_one_external_server(suite, preset_server):
     suite.makepyfile(test_calibration=CALIBRATION)  # which skips: its peers would have to run on the server's host
     address = f"{preset_server.host}:{preset_server.port}"
     for _ in range(2):
-        result = suite.runpytest_subprocess("--benchmark-only", "-rs", *QUICK, "--semgap-server", address,
+        result = run_pytest(suite, "--benchmark-only", "-rs", *QUICK, "--semgap-server", address,
                                             "--semgap-modes", "remote_cache,semantic")
         result.assert_outcomes(passed=4, skipped=len(calibration.probes(("tcp",))))  # rpc is not asked for
         result.stdout.fnmatch_lines(["*the calibration peers would have to run beside it*"])
@@ -256,7 +256,7 @@ def test_the_suite_runs_twice_against_one_external_server(suite, preset_server):
 
 
 def test_a_server_computing_in_another_dtype_is_refused_with_advice(suite, preset_server):
-    result = suite.runpytest_subprocess("--benchmark-only", *QUICK, "--semgap-modes", "remote_cache",
+    result = run_pytest(suite, "--benchmark-only", *QUICK, "--semgap-modes", "remote_cache",
                                         "--semgap-server", f"{preset_server.host}:{preset_server.port}",
                                         "--semgap-dtype", "float32")
     result.assert_outcomes(errors=1, skipped=1)  # said once; the other benchmark points at it

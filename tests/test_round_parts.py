@@ -5,11 +5,13 @@ from __future__ import annotations
 import copy
 import json
 
+import pytest
+
 from semgap.analysis import rounds, verdicts
 from semgap.client.modes.base import ModeContext
 from semgap.client.modes.remote_cache import RemoteCacheMode
 from semgap.report import round_parts
-from .inner import QUICK, new_run_dirs, run_json
+from .inner import QUICK, new_run_dirs, run_json, run_pytest
 
 CALL_ONLY = ("remote_cache", "semantic")  # every request waits for its answer: the server's time is inside the wait
 
@@ -31,8 +33,9 @@ def test_the_server_times_each_request_and_says_so_outside_the_counted_bytes(pre
     assert client.server_time().requests == 0  # each ask starts the clock again
 
 
+@pytest.mark.slow
 def test_every_remote_round_is_taken_apart_and_adds_up_to_pytest_benchmarks_time(suite):
-    result = suite.runpytest_subprocess("--benchmark-only", *QUICK, "--semgap-blocks=2", "--semgap-plots=on",
+    result = run_pytest(suite, "--benchmark-only", *QUICK, "--semgap-blocks=2", "--semgap-plots=on",
                                         "--semgap-modes=local,remote_cache,semantic,op_sync,op_pipelined")
     result.assert_outcomes(passed=20)
     [run_dir] = new_run_dirs(suite.path)

@@ -78,6 +78,7 @@ def test_a_real_cache_export_matches_the_shape_and_a_misreported_kv_head_count_f
     assert not check.ok and check.line().startswith("KV cache: the shape says"), check
 
 
+@pytest.mark.slow
 def test_a_run_checks_every_shape_and_fails_loudly_on_a_misreported_one(suite):
     """One run whose shape misreports the KV head count (as multi-head attention) and nothing else: the weight
     and logits checks agree, the eviction's export does not, and that benchmark fails saying so."""
@@ -100,6 +101,7 @@ def test_a_run_checks_every_shape_and_fails_loudly_on_a_misreported_one(suite):
     assert "| weights    |        1 |" in shape_section and "0 of 1 (NO)" in shape_section, shape_section
 
 
+@pytest.mark.slow
 def test_a_run_of_two_models_serves_each_case_from_its_own_server_and_judges_each_model(suite):
     """`--semgap-model=gpt2-test,llama-test`: every case is named by its model and measured on that model's own
     server (its one-row prefill answer weighs that model's logits row: 100 KB or 256 KB), each model gets its

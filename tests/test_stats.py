@@ -3,6 +3,7 @@ import math
 
 import numpy as np
 import pytest
+from scipy import stats as scipy_stats
 
 from semgap.analysis import effects, stats
 
@@ -79,6 +80,22 @@ def test_signed_rank_direction_and_all_zero():
     assert stats.signed_rank_p(below, "less") == pytest.approx(1 / 64)
     assert stats.signed_rank_p(below, "greater") == pytest.approx(1.0)
     assert stats.signed_rank_p([0.0, 0.0], "less") == 1.0
+
+
+@pytest.mark.parametrize("n", [6, 12, 50, 51])
+def test_the_signed_rank_p_of_each_row_is_scipys_automatic_one(n):
+    """Exact rows are computed from the null distribution (n <= 50); rows with a zero, a tied magnitude or
+    more than 50 values, and all-zero rows, are scipy's (or 1.0): every row equals scipy's method="auto"."""
+    rows = np.random.default_rng(n).normal(0.1, 1.0, size=(30, n))
+    rows[1, 2] = 0.0  # a zero
+    rows[2, 3] = -rows[2, 4]  # a tied magnitude
+    rows[3] = 0.0
+    for alternative in ("less", "greater"):
+        ours = stats.signed_rank_rows(rows, alternative)
+        theirs = [1.0 if not row.any() else scipy_stats.wilcoxon(row, alternative=alternative, method="auto").pvalue
+                  for row in rows]
+        assert ours == pytest.approx(theirs, rel=1e-12, abs=1e-300)
+        assert [stats.signed_rank_p(row, alternative) for row in rows[:4]] == list(ours[:4])
 
 
 def test_hodges_lehmann_is_the_median_of_walsh_averages():

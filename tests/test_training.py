@@ -19,7 +19,7 @@ import torch
 from semgap.model import corpus, presets, train, training, weights_cache
 
 from .conftest import REPO
-from .inner import QUICK
+from .inner import QUICK, run_pytest
 from .test_models import weights_digest
 
 TRAINED_MODEL = "gpt2-test-trained"
@@ -73,8 +73,8 @@ def test_progress_comes_at_least_every_interval(trained, monkeypatch):
 def test_first_use_in_a_run_prints_training_progress_on_the_terminal(suite, tmp_path, monkeypatch):
     """pytest captures what a fixture prints; the lines must pass it, through the terminal reporter."""
     monkeypatch.setenv(weights_cache.CACHE_VARIABLE, str(tmp_path / "fresh-cache"))
-    result = suite.runpytest_subprocess("--benchmark-only", *QUICK, f"--semgap-model={TRAINED_MODEL}",
-                                        "--semgap-modes=local", "--semgap-phases=prefill", timeout=300)
+    result = run_pytest(suite, "--benchmark-only", *QUICK, f"--semgap-model={TRAINED_MODEL}",
+                                        "--semgap-modes=local", "--semgap-phases=prefill")
     result.stdout.fnmatch_lines([f"{TRAINING_LINE}*", f"semgap: training {TRAINED_MODEL}: step *, loss * bits per "
                                  "byte, * s elapsed, ETA * s", "*bits per held-out byte*"])
 

@@ -7,7 +7,8 @@ and stops at the first look where every H2 headline is decided.
 
 **Test at a look.** For each headline still open, and each blind baseline b, the paired per-block
 differences ``d = log(candidate block median / baseline block median) - log(1 - threshold)`` of the
-blocks so far give two exact one-sided Wilcoxon signed-rank p-values (:func:`signed_rank_p`):
+blocks so far give two one-sided Wilcoxon signed-rank p-values, as the fixed design's
+(:func:`semgap.analysis.stats.signed_rank_rows`):
 "less" (against "reduction <= threshold") and "greater" (against "reduction >= threshold").
 - SUPPORTED needs the claim against every baseline: the intersection-union p is the largest "less" p.
 - NOT SUPPORTED needs the claim to fail against some baseline: the smallest "greater" p, times the
@@ -34,7 +35,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -67,46 +67,6 @@ class Design:
     def to_dict(self) -> dict:
         return {"kind": "sequential", "looks": list(self.looks), "alphas": list(self.alphas),
                 "max_blocks": self.max_blocks, "alpha": self.alpha, "spending": "Lan-DeMets Pocock-type, union bound"}
-
-
-# ---------------------------------------------------------------- the exact signed-rank test, row by row
-
-@lru_cache(maxsize=None)
-def _null_cdf(n: int) -> np.ndarray:
-    """P(W+ <= w) for w = 0 .. n(n+1)/2 under the null (each sign +/- with probability 1/2, no ties)."""
-    counts = np.zeros(n * (n + 1) // 2 + 1)
-    counts[0] = 1.0
-    for rank in range(1, n + 1):
-        counts[rank:] = counts[rank:] + counts[:-rank].copy()
-    return np.cumsum(counts) / 2.0 ** n
-
-
-def signed_rank_p(differences: np.ndarray, alternative: str) -> np.ndarray:
-    """One-sided exact Wilcoxon signed-rank p of each row of ``differences`` (shape ``[..., n]``).
-
-    ``alternative`` "less": the differences centre below 0 (p = P(W+ <= w)); "greater": above it. Equal to
-    ``scipy.stats.wilcoxon(row, alternative=..., method="exact")`` for rows without zeros or tied
-    magnitudes; a row with either is handed to :func:`semgap.analysis.stats.signed_rank_p` (zeros dropped,
-    normal approximation with ties), as the fixed design does.
-    """
-    d = np.asarray(differences, dtype=float)
-    flat = d.reshape(-1, d.shape[-1])
-    n = flat.shape[1]
-    magnitudes = np.abs(flat)
-    ranks = magnitudes.argsort(axis=1).argsort(axis=1) + 1
-    w_plus = np.where(flat > 0, ranks, 0).sum(axis=1)
-    cdf = _null_cdf(n)
-    if alternative == "less":
-        p = cdf[w_plus]
-    elif alternative == "greater":
-        p = 1.0 - np.where(w_plus > 0, cdf[np.maximum(w_plus - 1, 0)], 0.0)
-    else:
-        raise ValueError(f"alternative must be 'less' or 'greater', not {alternative!r}")
-    sorted_magnitudes = np.sort(magnitudes, axis=1)
-    irregular = (magnitudes == 0).any(axis=1) | (np.diff(sorted_magnitudes, axis=1) == 0).any(axis=1)
-    for row in np.flatnonzero(irregular):
-        p[row] = stats.signed_rank_p(flat[row], alternative)
-    return p.reshape(d.shape[:-1])
 
 
 # ---------------------------------------------------------------- looks
@@ -159,8 +119,8 @@ def run_looks(design: Design, differences: np.ndarray, looks_available: int | No
         n = design.looks[k]
         usable = ((~np.isnan(d[..., :n])).all(axis=3) | ~present).all(axis=2) & (n_baselines > 0)  # no block missing
         window = np.nan_to_num(d[..., :n], nan=1.0)
-        less = np.where(present, signed_rank_p(window, "less"), -np.inf)
-        greater = np.where(present, signed_rank_p(window, "greater"), np.inf)
+        less = np.where(present, stats.signed_rank_rows(window, "less"), -np.inf)
+        greater = np.where(present, stats.signed_rank_rows(window, "greater"), np.inf)
         p_for[:, k] = np.where(n_baselines > 0, less.max(axis=2), 1.0)
         p_against[:, k] = np.minimum(1.0, greater.min(axis=2) * np.maximum(n_baselines, 1))
         open_ = (decided_at < 0) & usable & (stopped_at < 0)[:, np.newaxis]

@@ -18,13 +18,13 @@ from __future__ import annotations
 import functools
 import socket
 import statistics
-import struct
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Callable
 
 from semgap.wire import names
+from semgap.wire.calibration_protocol import BULK, MESSAGE_BYTES, RAW, RAW_START, SMALL
 from semgap import schema
 from semgap.bench.design import measured
 from semgap.wire import transport
@@ -33,17 +33,12 @@ from semgap.bench.testbed.serverproc import ServerProcess
 from semgap.wire.transport import auth, tcp
 from semgap.bench.testbed.tcpcounters import TcpCounter, delta, tcp_counters_available
 
-RAW = "raw"
-SMALL, BULK = "small", "bulk"
-MESSAGE_BYTES = {SMALL: 8, BULK: 25_000_000}
 # Small calls take tens of microseconds: many more rounds than a benchmark round of the experiment.
 SMALL_ROUNDS_PER_ROUND = 25
 # Before its warm-up rounds each probe runs unmeasured for this long: 500 small calls last only
 # ~20 ms, short enough for whatever else the machine does to swing a median.
 SETTLE_S = 0.5
 NETNS_FIRST_PORT = 29510  # inside a fresh namespace nothing else listens
-RAW_START = struct.Struct("<cQ")  # the raw peer's only header: which probe, and its message size
-RAW_KINDS = (b"s", b"b")  # the probe kinds' first letters, as RAW_START carries them
 
 
 @dataclass(frozen=True)

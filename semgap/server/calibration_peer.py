@@ -1,6 +1,6 @@
 """A calibration peer: raw TCP, or a transport serving only echo and sink (python -m semgap.server.calibration_peer).
 
-The raw peer reads one header per connection (semgap.bench.calibration.RAW_START: the probe, `s`mall or
+The raw peer reads one header per connection (semgap.wire.calibration_protocol.RAW_START: the probe, `s`mall or
 `b`ulk, and the message size), then answers every small message with itself and every bulk
 message with one byte, reusing one buffer: what a socket can do with no framework at all. It takes
 only the probes' kinds and sizes, at most MAX_CONNECTIONS at once, and drops a peer silent for
@@ -17,7 +17,7 @@ import threading
 
 from semgap.wire import names
 from semgap.wire import transport
-from semgap.bench.calibration import MESSAGE_BYTES, RAW, RAW_KINDS, RAW_START
+from semgap.wire.calibration_protocol import MESSAGE_BYTES, RAW, RAW_KINDS, RAW_START
 from semgap.bench.testbed.serverproc import ready_line
 from semgap.wire.transport import auth
 

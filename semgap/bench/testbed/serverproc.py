@@ -142,12 +142,16 @@ class ServerProcess:
     def stop(self, timeout_s: float = 10.0) -> None:
         """SIGTERM the process group, then SIGKILL whatever is left after `timeout_s`.
 
-        Once the server itself has exited, anything else still in its group (a compile worker, an
-        `ip netns exec` child) is killed at once rather than waited for.
+        A stopped server (SIGSTOP, a debugger) is continued after the SIGTERM, so it stops cleanly at
+        once rather than be killed after `timeout_s`. Once the server itself has exited, anything else
+        still in its group (a compile worker, an `ip netns exec` child) is killed at once rather than
+        waited for.
         """
         for signum, wait_s in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 5.0)):
             try:
                 os.killpg(self.process.pid, signum)
+                if signum == signal.SIGTERM:
+                    os.killpg(self.process.pid, signal.SIGCONT)
             except ProcessLookupError:
                 break
             try:
