@@ -1,6 +1,7 @@
 """Shared fixtures of the library's tests: one small server and one client connection per test process."""
 import os
 import socket
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from semgap.model import presets
 
 from semgap.wire import transport
 from semgap.bench.testbed.serverproc import ServerProcess
+
+from .inner import KEPT_MODULES
 
 pytest_plugins = ["pytester"]
 
@@ -42,6 +45,14 @@ def pytest_collection_modifyitems(items):
     """
     slow_modules = {item.module for item in items if item.get_closest_marker("slow")}
     items.sort(key=lambda item: item.module not in slow_modules)  # stable: the order inside each group stays
+
+
+@pytest.fixture(autouse=True)
+def kept_library_modules():
+    """Put back the library modules in-process inner runs imported (tests/inner.py KeptLibraries) before
+    each test, and before its pytester, if any, notes which modules were there."""
+    for name, module in KEPT_MODULES.items():
+        sys.modules.setdefault(name, module)
 
 
 @pytest.fixture(scope="session")

@@ -66,24 +66,52 @@ def run_pytest(pytester, *args: str, timeout_s: float = 300) -> pytest.RunResult
     It runs in this process, unless it starts PyTorch RPC (which a process can start only once): an
     inner run then skips the 4-5 s of importing torch, transformers and scipy that a new process pays
     (tests/conftest.py imported them). Its servers are still processes of their own. What its conftest
-    patched in semgap's modules or os is put back afterwards (Patched). It must leave no thread behind,
+    patched in semgap's modules or os is put back afterwards (Patched), and the libraries it imported
+    stay imported (KeptLibraries). It must leave no thread behind,
     as one would have kept a process of its own from exiting. Past timeout_s, faulthandler prints every
     thread's stack and ends this worker, which fails the test.
     """
     if any(_starts_rpc(arg) for arg in args):
         return pytester.runpytest_subprocess(*args, timeout=timeout_s)
-    threads_before, patched = set(threading.enumerate()), Patched()
+    threads_before, patched, libraries = set(threading.enumerate()), Patched(), KeptLibraries(pytester.path)
     faulthandler.dump_traceback_later(timeout_s, exit=True)
     try:
-        result = pytester.runpytest_inprocess(*args)
+        result = pytester.runpytest_inprocess(*args, plugins=[libraries])
     finally:
         faulthandler.cancel_dump_traceback_later()
         patched.undo()
+        libraries.keep()
     left = [thread for thread in threading.enumerate() if thread not in threads_before]
     for thread in left:
         thread.join(timeout=2.0)  # one that is ending as the session returns
     assert not [thread for thread in left if thread.is_alive()], f"the inner session left threads running: {left}"
     return result
+
+
+# The library modules in-process sessions imported, for the rest of this worker's life (KeptLibraries).
+KEPT_MODULES: dict[str, object] = {}
+
+
+class KeptLibraries:
+    """A plugin of an in-process session that keeps the library modules it imported (transformers loads many
+    lazily). pytester takes out of sys.modules every module a session added, and again at the end of the
+    test; imported again, such a module would be a second copy beside the first that other modules still
+    hold, with classes of its own (`isinstance(cache, DynamicCache)` then fails). So they go into
+    KEPT_MODULES, which tests/conftest.py puts back before every test. The session's own test files and
+    semgap's modules, which an inner conftest may patch, are still taken out."""
+
+    def __init__(self, root: Path):
+        self.root, self.modules = str(root), {}
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_unconfigure(self) -> None:
+        self.modules = dict(sys.modules)
+
+    def keep(self) -> None:
+        for name, module in self.modules.items():
+            if name not in sys.modules and name.partition(".")[0] != "semgap" \
+                    and not str(getattr(module, "__file__", None) or "").startswith(self.root):
+                KEPT_MODULES[name] = sys.modules[name] = module
 
 
 class Patched:
