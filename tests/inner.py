@@ -18,7 +18,6 @@ from semgap.bench import rundir
 from semgap.bench.testbed.netns import link_available
 from semgap.bench.testbed.tcpcounters import tcp_counters_available
 
-
 QUICK = ("--semgap-rounds", "3", "--semgap-warmup-rounds", "1", "--semgap-prompt-tokens", "32",
          "--semgap-decode-steps", "3", "-p", "no:cacheprovider")
 # One remote benchmark, briefly: enough to spawn the server (and the link) and measure.
@@ -67,9 +66,9 @@ def run_pytest(pytester, *args: str, timeout_s: float = 300) -> pytest.RunResult
     inner run then skips the 4-5 s of importing torch, transformers and scipy that a new process pays
     (tests/conftest.py imported them). Its servers are still processes of their own. What its conftest
     patched in semgap's modules or os is put back afterwards (Patched), and the libraries it imported
-    stay imported (KeptLibraries). It must leave no thread behind,
-    as one would have kept a process of its own from exiting. Past timeout_s, faulthandler prints every
-    thread's stack and ends this worker, which fails the test.
+    stay imported (KeptLibraries). It must leave no thread behind, as one would have kept a process of
+    its own from exiting. Past timeout_s, faulthandler prints every thread's stack and ends this worker,
+    which fails the test.
     """
     if any(_starts_rpc(arg) for arg in args):
         return pytester.runpytest_subprocess(*args, timeout=timeout_s)

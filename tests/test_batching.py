@@ -242,8 +242,8 @@ BATCHING_BENCHMARK = (REPO / "benchmarks" / "test_batching.py").read_text()
 def test_batching_benchmark_end_to_end(suite):
     """The suite's batching benchmark: its option, extra_info and report table; `none` leaves it out."""
     suite.makepyfile(test_batching=BATCHING_BENCHMARK)
-    result = run_pytest(suite, 
-        "test_batching.py", "--benchmark-only", "--semgap-modes=remote_cache", "--semgap-batch-sessions=2",
+    result = run_pytest(
+        suite, "test_batching.py", "--benchmark-only", "--semgap-modes=remote_cache", "--semgap-batch-sessions=2",
         "--semgap-batch-rounds=2", "--semgap-warmup-rounds=0", "--semgap-prompt-tokens=16", "--semgap-decode-steps=3",
         "--semgap-semantic=prune,compress,narrow-ids",
     )
@@ -275,8 +275,8 @@ def test_sessions_beyond_the_static_pool_are_recorded_on_the_dynamic_path(suite)
     JSON says so per path instead of naming the server's setting."""
     suite.makepyfile(test_batching=BATCHING_BENCHMARK)
     sessions = STATIC_CACHE_POOL_SIZE + 2
-    result = run_pytest(suite, 
-        "test_batching.py", "--benchmark-only", "--semgap-modes=remote_cache", f"--semgap-batch-sessions={sessions}",
+    result = run_pytest(
+        suite, "test_batching.py", "--benchmark-only", "--semgap-modes=remote_cache", f"--semgap-batch-sessions={sessions}",
         "--semgap-batch-rounds=1", "--semgap-warmup-rounds=0", "--semgap-prompt-tokens=8", "--semgap-decode-steps=2",
         "--semgap-fast-path=static", "-k", "blind",
     )

@@ -99,7 +99,7 @@ def test_every_run_calibrates_each_transport_against_raw_tcp(suite, link, transp
     suite.makepyfile(test_calibration=CALIBRATION)
     suite.makeconftest(PEERS_AT_EXPERIMENT)
     result = run_pytest(suite, "--benchmark-only", *QUICK, "--semgap-link", link, "--semgap-calibrate-rpc",
-                                        "--semgap-transport", transport_name, timeout_s=600)
+                        "--semgap-transport", transport_name, timeout_s=600)
     result.assert_outcomes(passed=len(PROBES) + 1)
     output = latest_json(suite.path)
     found = {bench["param"]: bench["extra_info"] for bench in output["benchmarks"]
@@ -143,7 +143,7 @@ def test_every_run_calibrates_each_transport_against_raw_tcp(suite, link, transp
 def test_on_ipv6_rpc_is_left_out_and_says_why(suite):
     suite.makepyfile(test_calibration=CALIBRATION)
     result = run_pytest(suite, "--benchmark-only", *QUICK, "-rs", "--semgap-host", "::1", "--semgap-calibrate-rpc",
-                                        timeout_s=600)
+                        timeout_s=600)
     result.assert_outcomes(passed=len(PROBES) - 2 + 1, skipped=2)
     result.stdout.fnmatch_lines(["*rpc transport cannot serve on the IPv6 address ::1*"])
     output = latest_json(suite.path)

@@ -70,7 +70,7 @@ def test_an_unreachable_server_is_reported_once_and_every_other_benchmark_skips(
 def test_a_checkpoint_without_weights_is_reported_once(suite, preset_model):
     preset_model.config.save_pretrained(suite.path / "no-weights")  # config.json and nothing else
     result = run_pytest(suite, "--benchmark-only", *QUICK, "--semgap-model=no-weights",
-                                        "--semgap-modes", "local,remote_cache")
+                        "--semgap-modes", "local,remote_cache")
     result.assert_outcomes(errors=1, skipped=3)
     assert_said_once(result, "no file named model.safetensors")
 
@@ -90,7 +90,7 @@ def test_a_model_of_a_list_that_cannot_open_is_named_and_the_models_opened_befor
 
 def test_a_server_that_does_not_start_in_time_is_one_line_with_its_log(suite):
     result = run_pytest(suite, "--benchmark-only", *QUICK, "--semgap-server-start-timeout", "1",
-                                        "--semgap-modes", "remote_cache")
+                        "--semgap-modes", "remote_cache")
     result.assert_outcomes(errors=1, skipped=1)
     assert_said_once(result, "semgap server not ready after 1 s: ")
     result.stdout.fnmatch_lines(["*semgap server not ready after 1 s: *(whole log: results/*/logs/server-*.log)*"])
@@ -110,7 +110,7 @@ def test_xdist_with_benchmark_only_names_the_fix_and_the_fix_works(suite):
 
 def test_histograms_go_into_the_run_directory(suite):
     result = run_pytest(suite, "--benchmark-only", *QUICK, "--semgap-modes", "local",
-                                        "--semgap-phases", "prefill", "--benchmark-histogram")
+                        "--semgap-phases", "prefill", "--benchmark-histogram")
     result.assert_outcomes(passed=1)
     [run_dir] = new_run_dirs(suite.path)
     assert [path.name for path in run_dir.glob("*.svg")] == ["histogram-prefill.svg"]

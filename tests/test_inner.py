@@ -37,4 +37,3 @@ def test_a_library_an_inner_run_imported_stays_the_one_copy(suite, tmp_path_fact
     import semgap_kept_probe
     assert str(id(semgap_kept_probe.Probe)) == (suite.path / "probe.id").read_text()
     assert KEPT_MODULES["semgap_kept_probe"] is semgap_kept_probe
-

@@ -108,7 +108,7 @@ def test_blocks_interleave_every_case_in_a_seeded_order(suite):
 
 def test_a_decode_length_sweep_shows_naive_bytes_per_step_growing_and_resident_ones_flat(suite):
     result = run_pytest(suite, "--benchmark-only", *QUICK, "--semgap-modes", "local,naive,remote_cache",
-                                        "--semgap-phases", "decode", "--semgap-decode-steps", "2,8")
+                        "--semgap-phases", "decode", "--semgap-decode-steps", "2,8")
     result.assert_outcomes(passed=6)
     cases = by_case(latest_json(suite.path))
     assert set(cases) == {f"{mode}-decode-{steps}steps" for mode in ("local", "naive", "remote_cache") for steps in (2, 8)}
@@ -130,7 +130,7 @@ def test_a_lossless_mode_with_other_tokens_than_local_fails_its_benchmark_and_ke
         "    return (torch.roll(logits, 1) if self.name == 'remote_cache' else logits), state\n"
         "remote_cache.RemoteCacheMode.decode_one_token = shifted\n"))
     result = run_pytest(suite, "--benchmark-only", *QUICK, "--semgap-modes", "remote_cache,semantic",
-                                        "--semgap-phases", "decode", "--semgap-semantic", "prune,compress")
+                        "--semgap-phases", "decode", "--semgap-semantic", "prune,compress")
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*remote_cache-decode: the lossless mode remote_cache generated other tokens than "
                                  "local: measured round 0, token 0:*"])
@@ -145,8 +145,8 @@ def test_a_lossless_mode_with_other_tokens_than_local_fails_its_benchmark_and_ke
 
 def test_an_ablation_measures_each_technique_set_as_a_case_of_the_same_blocks(suite):
     result = run_pytest(suite, "--benchmark-only", *QUICK, "--semgap-modes", "remote_cache,semantic",
-                                        "--semgap-phases", "decode", "--semgap-semantic", "prune,token-only",
-                                        "--semgap-ablation", "int8,compress=9", "--semgap-sampler", "top-k=5,seed=2")
+                        "--semgap-phases", "decode", "--semgap-semantic", "prune,token-only",
+                        "--semgap-ablation", "int8,compress=9", "--semgap-sampler", "top-k=5,seed=2")
     result.assert_outcomes(passed=6)
     output = latest_json(suite.path)
     cases = by_case(output)
@@ -236,7 +236,7 @@ def test_the_suite_runs_twice_against_one_external_server(suite, preset_server):
     address = f"{preset_server.host}:{preset_server.port}"
     for _ in range(2):
         result = run_pytest(suite, "--benchmark-only", "-rs", *QUICK, "--semgap-server", address,
-                                            "--semgap-modes", "remote_cache,semantic")
+                            "--semgap-modes", "remote_cache,semantic")
         result.assert_outcomes(passed=4, skipped=len(calibration.probes(("tcp",))))  # rpc is not asked for
         result.stdout.fnmatch_lines(["*the calibration peers would have to run beside it*"])
         assert "another host" not in result.stdout.str()  # the server is on this host's loopback
@@ -257,8 +257,8 @@ def test_the_suite_runs_twice_against_one_external_server(suite, preset_server):
 
 def test_a_server_computing_in_another_dtype_is_refused_with_advice(suite, preset_server):
     result = run_pytest(suite, "--benchmark-only", *QUICK, "--semgap-modes", "remote_cache",
-                                        "--semgap-server", f"{preset_server.host}:{preset_server.port}",
-                                        "--semgap-dtype", "float32")
+                        "--semgap-server", f"{preset_server.host}:{preset_server.port}",
+                        "--semgap-dtype", "float32")
     result.assert_outcomes(errors=1, skipped=1)  # said once; the other benchmark points at it
     result.stdout.fnmatch_lines(["*computes in bfloat16, this client in float32*--semgap-dtype bfloat16*"])
     assert preset_server.alive

@@ -36,7 +36,7 @@ def test_the_server_times_each_request_and_says_so_outside_the_counted_bytes(pre
 @pytest.mark.slow
 def test_every_remote_round_is_taken_apart_and_adds_up_to_pytest_benchmarks_time(suite):
     result = run_pytest(suite, "--benchmark-only", *QUICK, "--semgap-blocks=2", "--semgap-plots=on",
-                                        "--semgap-modes=local,remote_cache,semantic,op_sync,op_pipelined")
+                        "--semgap-modes=local,remote_cache,semantic,op_sync,op_pipelined")
     result.assert_outcomes(passed=20)
     [run_dir] = new_run_dirs(suite.path)
     output = run_json(run_dir)

@@ -74,7 +74,7 @@ def test_first_use_in_a_run_prints_training_progress_on_the_terminal(suite, tmp_
     """pytest captures what a fixture prints; the lines must pass it, through the terminal reporter."""
     monkeypatch.setenv(weights_cache.CACHE_VARIABLE, str(tmp_path / "fresh-cache"))
     result = run_pytest(suite, "--benchmark-only", *QUICK, f"--semgap-model={TRAINED_MODEL}",
-                                        "--semgap-modes=local", "--semgap-phases=prefill")
+                        "--semgap-modes=local", "--semgap-phases=prefill")
     result.stdout.fnmatch_lines([f"{TRAINING_LINE}*", f"semgap: training {TRAINED_MODEL}: step *, loss * bits per "
                                  "byte, * s elapsed, ETA * s", "*bits per held-out byte*"])
 

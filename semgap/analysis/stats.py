@@ -223,10 +223,7 @@ def signed_rank_p(differences: Sequence[float], alternative: str) -> float:
     the differences are independent and symmetric about their centre. All
     differences zero gives 1.0. Computed by :func:`signed_rank_rows`.
     """
-    d = np.asarray(differences, dtype=float)
-    if not np.any(d != 0):
-        return 1.0
-    return float(signed_rank_rows(d[np.newaxis, :], alternative)[0])
+    return float(signed_rank_rows(np.asarray(differences, dtype=float)[np.newaxis, :], alternative)[0])
 
 
 @lru_cache(maxsize=None)
@@ -249,8 +246,8 @@ def signed_rank_rows(differences: np.ndarray, alternative: str) -> np.ndarray:
     if alternative not in ("less", "greater"):
         raise ValueError(f"alternative must be 'less' or 'greater', not {alternative!r}")
     d = np.asarray(differences, dtype=float)
-    flat = d.reshape(-1, d.shape[-1])
-    n = flat.shape[1]
+    n = d.shape[-1]
+    flat = d.reshape(math.prod(d.shape[:-1]), n)  # also rows of no difference at all
     magnitudes = np.abs(flat)
     ranks = magnitudes.argsort(axis=1).argsort(axis=1) + 1
     w_plus = np.where(flat > 0, ranks, 0).sum(axis=1)

@@ -1,6 +1,6 @@
 """The calibration probes' wire format, which the client (semgap.bench.calibration) and its peers
 (semgap.server.calibration_peer) share. Kept apart from both, so a peer starts without importing the
-client's torch and scipy (2.7 s a peer on the 2-core VM, against 0.03 s)."""
+client's torch and scipy (2.7 s a peer on the 2-core VM, against 0.04 s)."""
 import struct
 
 RAW = "raw"  # the probe of raw TCP: no framework, the floor the transports are set against
